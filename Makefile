@@ -1,0 +1,67 @@
+# CryptoMarket. `make run` and `make test` work on a fresh machine: they create .venv from the lock files.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help install install-runtime run demo test lint bench lock servers clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv
+
+$(VENV)/bin/python: | $(UV)
+	$(UV) venv --quiet --python $(PYTHON) $(VENV)
+
+# Runtime only: what `make run` needs.
+$(VENV)/.runtime: requirements.lock pyproject.toml | $(VENV)/bin/python
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+# Runtime + tests and tools: what every other target needs.
+$(VENV)/.dev: requirements-dev.lock pyproject.toml | $(VENV)/bin/python
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements-dev.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.dev  ## create .venv from requirements-dev.lock and install the project in it
+
+install-runtime: $(VENV)/.runtime
+
+run: install-runtime  ## embedded mode: the service on APP_HOST:APP_PORT (default 127.0.0.1:8003)
+	$(BIN)/cryptomarket serve
+
+demo: install-runtime  ## the Deribit simulator plus the service, no network or Deribit account needed
+	$(BIN)/cryptomarket simulate --port 8765 & sim=$$!; trap "kill $$sim" EXIT; \
+	DERIBIT_WS_URL=ws://127.0.0.1:8765/ws/api/v2 $(BIN)/cryptomarket serve
+
+servers:  ## install the PostgreSQL and Redis servers the tests start (Debian packages), when missing
+	scripts/ensure-servers
+
+lint: install  ## ruff and mypy on the package
+	$(BIN)/ruff check cryptomarket __tests__
+	$(BIN)/ruff format --check cryptomarket __tests__
+	$(BIN)/mypy
+
+test: install servers lint  ## the whole suite: lint, type check, tests against real servers on loopback
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install  ## benchmarks under bench/, printing their figures
+	@if ls bench/bench_*.py >/dev/null 2>&1; then for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done; \
+	else echo "no benchmarks yet"; fi
+
+lock: | $(UV)  ## recompile the hashed lock files from pyproject.toml
+	$(UV) pip compile --quiet --upgrade --generate-hashes --python-version 3.11 pyproject.toml -o requirements.lock
+	$(UV) pip compile --quiet --upgrade --generate-hashes --python-version 3.11 --extra dev pyproject.toml -o requirements-dev.lock
+
+clean:  ## remove the virtual environments and caches
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

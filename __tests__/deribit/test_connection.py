@@ -1,0 +1,281 @@
+"""The Deribit connection against a running simulator, over real sockets."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from __tests__.helpers import eventually
+from cryptomarket.deribit.auth import Credentials
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
+from cryptomarket.deribit.credits import CreditBudget
+from cryptomarket.deribit.errors import (
+    InvalidCredentials,
+    InvalidParams,
+    MethodNotFound,
+    RequestTimeout,
+    Unauthorized,
+)
+from cryptomarket.deribit.simulator import Simulator
+
+ALICE = Credentials("sim-alice", "sim-alice-secret")
+FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5)
+
+Factory = Callable[..., Awaitable[DeribitConnection]]
+
+
+@pytest.fixture
+async def open_connection(simulator: Simulator) -> AsyncIterator[Factory]:
+    """Opens started connections to the simulator (heartbeat 0.5 s) and closes them after."""
+    opened: list[DeribitConnection] = []
+
+    async def factory(**options: Any) -> DeribitConnection:
+        options.setdefault("budget", CreditBudget())
+        options.setdefault("heartbeat_interval", 0.5)
+        options.setdefault("request_timeout", 5)
+        options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
+        connection = DeribitConnection(simulator.url, **options)
+        opened.append(connection)
+        connection.start()
+        return connection
+
+    yield factory
+    await asyncio.gather(*(connection.close() for connection in opened))
+
+
+async def control(simulator: Simulator, *calls: tuple[str, dict[str, Any]]) -> None:
+    """Steer the simulator as an operator would: sim/ calls on a socket of their own."""
+    async with connect(simulator.url) as ws:
+        for request_id, (method, params) in enumerate(calls):
+            request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            await ws.send(json.dumps(request))
+            assert json.loads(await ws.recv())["result"] == "ok"
+
+
+class Ticks:
+    """Collects index ticks per channel from a connection's notifications."""
+
+    def __init__(self, connection: DeribitConnection) -> None:
+        self.by_channel: dict[str, list[int]] = {}
+        connection.on_notification(self.add)
+
+    def add(self, channel: str, data: Any) -> None:
+        self.by_channel.setdefault(channel, []).append(data["timestamp"])
+
+    def count(self, channel: str) -> int:
+        return len(self.by_channel.get(channel, []))
+
+
+async def test_calls_return_results_and_typed_errors(open_connection: Factory) -> None:
+    connection = await open_connection()
+    price = await connection.call("public/get_index_price", {"index_name": "btc_usd"})
+    assert price["index_price"] > 0
+    assert isinstance(await connection.call("public/get_time"), int)
+    with pytest.raises(MethodNotFound):
+        await connection.call("public/get_index", {"currency": "BTC"})
+    with pytest.raises(InvalidParams) as caught:
+        await connection.call("public/get_index_price", {"index_name": "nope_usd"})
+    assert caught.value.reason == "Invalid params: invalid index (index_name)"
+    assert connection.connected
+
+
+async def test_concurrent_requests_answered_out_of_order_are_matched_by_id(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    # Every reply waits a random 0-200 ms, so later requests are often answered first.
+    await control(simulator, ("sim/set_latency", {"ms": 0, "jitter_ms": 200}))
+    names = ["btc_usd", "eth_usd", "sol_usdc", "xrp_usdc", "ada_usdc"] * 8
+    finished: list[int] = []
+
+    async def ask(position: int, name: str) -> dict[str, float]:
+        result: dict[str, float] = await connection.call(
+            "public/get_index_price", {"index_name": name}
+        )
+        finished.append(position)
+        return result
+
+    results = await asyncio.gather(*(ask(i, name) for i, name in enumerate(names)))
+    assert finished != sorted(finished), "the answers did not come out of order"
+    for name, result in zip(names, results, strict=True):
+        assert result["index_price"] == pytest.approx(simulator.price(name), rel=0.05)
+
+
+async def test_a_late_answer_times_out_and_the_connection_carries_on(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    await control(simulator, ("sim/set_latency", {"ms": 400}))
+    with pytest.raises(RequestTimeout):
+        await connection.call("public/get_time", timeout=0.1)
+    await control(simulator, ("sim/set_latency", {"ms": 0}))
+    assert isinstance(await connection.call("public/get_time"), int)
+    assert connection.connected
+
+
+async def test_heartbeats_are_answered_for_many_cycles(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    await eventually(lambda: simulator.calls["public/test"] >= 6, what="six test_requests answered")
+    assert connection.connected
+    assert connection.reconnects == 0
+    assert simulator.calls["public/set_heartbeat"] == 1
+
+
+async def test_subscriptions_deliver_ticks_and_are_never_doubled(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection()
+    ticks = Ticks(connection)
+    channels = ["deribit_price_index.btc_usd", "deribit_price_index.eth_usd"]
+    await connection.wait_ready()
+    assert sorted(await connection.subscribe(channels)) == channels
+    assert await connection.subscribe(channels) == []  # already in the set: nothing sent
+    assert simulator.calls["public/subscribe"] == 1
+    await eventually(lambda: all(ticks.count(c) >= 3 for c in channels), what="ticks")
+    await connection.unsubscribe(["deribit_price_index.eth_usd"])
+    assert connection.channels == {"deribit_price_index.btc_usd"}
+
+
+async def test_unknown_channels_leave_the_set(open_connection: Factory) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    acked = await connection.subscribe(["deribit_price_index.btc_usd", "deribit_price_index.zzz"])
+    assert acked == ["deribit_price_index.btc_usd"]
+    assert connection.channels == {"deribit_price_index.btc_usd"}
+
+
+async def _reconnects_with_everything_restored(
+    open_connection: Factory, simulator: Simulator, fault: str, params: dict[str, Any]
+) -> None:
+    connection = await open_connection(credentials=ALICE)
+    states: list[ConnectionState] = []
+    connection.on_state(states.append)
+    ticks = Ticks(connection)
+    channels = ["deribit_price_index.btc_usd", "deribit_price_index.eth_usd"]
+    await connection.wait_ready()
+    await connection.subscribe(channels)
+    await eventually(lambda: all(ticks.count(c) >= 2 for c in channels), what="first ticks")
+
+    await control(simulator, (fault, params))
+    await eventually(lambda: connection.reconnects == 1 and connection.connected, what="back")
+    before = {c: ticks.count(c) for c in channels}
+    await eventually(
+        lambda: all(ticks.count(c) >= before[c] + 3 for c in channels), what="ticks resume"
+    )
+
+    assert states[-2:] == [ConnectionState.RECONNECTING, ConnectionState.CONNECTED]
+    assert simulator.calls["public/auth"] == 2  # re-authenticated on the new socket
+    assert simulator.calls["public/set_heartbeat"] == 2
+    assert simulator.calls["public/subscribe"] == 2  # one call per socket, the whole set
+    assert connection.channels == set(channels)
+    for channel in channels:
+        stamps = ticks.by_channel[channel]
+        assert stamps == sorted(set(stamps)), "a tick arrived twice or out of order"
+    summary = await connection.call("private/get_account_summary", {"currency": "BTC"})
+    assert summary["currency"] == "BTC"
+
+
+async def test_reconnect_after_dropped_connections(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    await _reconnects_with_everything_restored(
+        open_connection, simulator, "sim/drop_connections", {}
+    )
+
+
+async def test_reconnect_after_a_silent_socket(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    await _reconnects_with_everything_restored(
+        open_connection, simulator, "sim/go_silent", {"seconds": 5}
+    )
+
+
+async def test_wrong_credentials_fail_once_with_one_auth_on_the_wire(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection(credentials=Credentials("sim-alice", "wrong"))
+    with pytest.raises(InvalidCredentials) as caught:
+        await connection.wait_ready()
+    assert caught.value.code == 13004
+    assert caught.value.reason == "invalid_credentials"
+    assert connection.closed
+    with pytest.raises(InvalidCredentials):
+        await connection.call("public/get_time")
+    assert simulator.calls["public/auth"] == 1
+    assert simulator.calls["public/set_heartbeat"] == 1  # no second socket was opened
+
+
+async def test_client_signature_is_accepted_and_a_wrong_one_refused(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    signed = await open_connection(
+        credentials=Credentials("sim-alice", "sim-alice-secret", grant_type="client_signature")
+    )
+    await signed.wait_ready()
+    assert signed.token is not None
+    summary = await signed.call("private/get_account_summary", {"currency": "ETH"})
+    assert summary["currency"] == "ETH"
+
+    forged = await open_connection(
+        credentials=Credentials("sim-alice", "not-her-secret", grant_type="client_signature")
+    )
+    with pytest.raises(Unauthorized):
+        await forged.wait_ready()
+    assert simulator.calls["public/auth"] == 2
+
+
+async def test_the_token_is_refreshed_before_it_expires(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection(
+        credentials=Credentials("sim-alice", "sim-alice-secret", scope="expires:2")
+    )
+    await connection.wait_ready()
+    first = connection.token
+    assert first is not None
+    assert first.expires_in == 2
+    await eventually(lambda: connection.token is not first, timeout=5, what="refresh")
+    assert simulator.calls["public/auth"] == 2
+    await eventually(
+        lambda: asyncio.get_running_loop().time() > first.issued_at + 2.2, what="first expired"
+    )
+    summary = await connection.call("private/get_account_summary", {"currency": "BTC"})
+    assert summary["currency"] == "BTC"
+    assert connection.reconnects == 0
+
+
+async def test_authenticating_an_open_socket_sends_one_auth(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    token = await connection.authenticate(ALICE)
+    assert token.connection_bound
+    with pytest.raises(InvalidCredentials):
+        await connection.authenticate(Credentials("sim-bob", "wrong"))
+    assert connection.credentials == ALICE  # a refused key is not kept
+    assert simulator.calls["public/auth"] == 2
+
+
+async def test_refused_connections_are_retried_with_backoff(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    await control(
+        simulator, ("sim/refuse_connections", {"seconds": 1}), ("sim/drop_connections", {})
+    )
+    await eventually(lambda: connection.reconnects >= 2, what="refused attempts")
+    await connection.wait_ready(timeout=10)
+    # A refusal window of 1 s with backoff from 50 ms doubling: a handful of attempts, no storm.
+    assert connection.reconnects <= 8

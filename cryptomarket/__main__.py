@@ -1,0 +1,3 @@
+from cryptomarket.cli import main
+
+main()

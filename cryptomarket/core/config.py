@@ -1,0 +1,172 @@
+"""Settings, read once from the environment or `.env` (SPEC section 3)."""
+
+import base64
+import binascii
+import re
+from datetime import timedelta
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TICKER_PATTERN = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)+$")
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    DEBUG: bool = True
+    PROJECT_MODE: Literal["testing", "development", "production"] = "development"
+
+    DATABASE_URL: str | None = None
+    POSTGRES_HOST: str = "127.0.0.1"
+    POSTGRES_PORT: int = Field(5432, ge=1, le=65535)
+    POSTGRES_USER: str = "cryptomarket"
+    POSTGRES_PASSWORD: SecretStr = SecretStr("")
+    POSTGRES_DB: str = "cryptomarket"
+    REDIS_URL: str | None = None
+
+    APP_HOST: str = "127.0.0.1"
+    APP_PORT: int = Field(8003, ge=1, le=65535)
+
+    DERIBIT_WS_URL: str = "wss://test.deribit.com/ws/api/v2"
+    # Deribit allows 32 connections per IP; the pool stays below that with room for ingest.
+    DERIBIT_POOL_SIZE: int = Field(10, ge=1, le=30)
+    DERIBIT_HEARTBEAT_INTERVAL: int = Field(10, ge=1, le=3600)
+    DERIBIT_REQUEST_TIMEOUT: float = Field(10.0, gt=0, le=300)
+    TRACKED_TICKERS: CommaList = Field(default_factory=lambda: ["btc_usd", "eth_usd"])
+
+    ENCRYPTION_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    CORS_ORIGINS: CommaList = Field(default_factory=list)
+    SSE_MAX_STREAMS_PER_USER: int = Field(5, ge=1, le=1000)
+    SSE_MAX_STREAMS: int = Field(10_000, ge=1, le=1_000_000)
+    SESSION_TTL: timedelta = timedelta(hours=27)
+    HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_JSON: bool = False
+
+    _split = field_validator("TRACKED_TICKERS", "CORS_ORIGINS", "ENCRYPTION_KEYS", mode="before")(
+        _split_commas
+    )
+
+    @field_validator("HISTORY_RETENTION_DAYS", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("DATABASE_URL", "REDIS_URL", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("must be a sqlite:// or postgresql:// SQLAlchemy URL")
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("DERIBIT_WS_URL")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not re.match(r"^wss?://[^/\s]+", value):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("TRACKED_TICKERS")
+    @classmethod
+    def _tickers(cls, value: list[str]) -> list[str]:
+        bad = [ticker for ticker in value if not TICKER_PATTERN.match(ticker)]
+        if bad:
+            raise ValueError(f"not an index name: {', '.join(bad)} (expected e.g. btc_usd)")
+        return list(dict.fromkeys(value))
+
+    @field_validator("CORS_ORIGINS")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        bad = [o for o in value if o != "*" and not re.match(r"^https?://[^/\s]+$", o)]
+        if bad:
+            raise ValueError(f"not an origin: {', '.join(bad)} (expected e.g. https://app.example)")
+        return value
+
+    @field_validator("ENCRYPTION_KEYS")
+    @classmethod
+    def _fernet_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for position, key in enumerate(value, start=1):
+            try:
+                raw = base64.urlsafe_b64decode(key.get_secret_value().encode())
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(f"key {position} is not a Fernet key (32 url-safe base64 bytes)")
+        return value
+
+    @field_validator("SESSION_TTL", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?", value.strip()):
+            return float(value)
+        return value
+
+    @field_validator("SESSION_TTL")
+    @classmethod
+    def _positive_ttl(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_outside_debug(self) -> "Settings":
+        if not self.DEBUG and not self.ENCRYPTION_KEYS:
+            raise ValueError("ENCRYPTION_KEYS is required when DEBUG is false")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        """Redis set means distributed mode (SPEC section 2)."""
+        return self.REDIS_URL is not None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings; a bad value raises SettingsError with one line naming it."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

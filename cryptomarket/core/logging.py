@@ -1,0 +1,82 @@
+"""One logging configuration for every process: stdout, plain or JSON lines, secrets masked."""
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+MASK = "***"
+
+# Names of keys whose values must never be logged.
+_SENSITIVE_KEYS = (
+    "client_secret|access_token|refresh_token|token|secret|password|signature|x-secret-key"
+)
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    # HTTP credentials anywhere (Authorization headers, reprs).
+    (re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + MASK),
+    # key=value, key: value, "key": "value", 'key': 'value' (JSON, reprs, query strings, headers).
+    (
+        re.compile(
+            rf"""(?i)(\b(?:{_SENSITIVE_KEYS})["']?\s*[:=]\s*["']?)(?!{re.escape(MASK)})[^"'\s&,;}}]+"""
+        ),
+        r"\1" + MASK,
+    ),
+    # Passwords in URLs: scheme://user:password@host.
+    (re.compile(r"(://[^:/@\s]*:)[^@\s/]+@"), r"\1" + MASK + "@"),
+]
+
+
+def mask_secrets(text: str) -> str:
+    """Replace every secret-looking value in the text with ***."""
+    for pattern, replacement in _RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks secrets in the message and traceback of every record that reaches a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_secrets(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    """Route every logger to stdout through the secret filter; idempotent."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(SecretMaskingFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if json_lines
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries that log frames or requests verbatim stay at WARNING unless asked for.
+    for noisy in ("websockets", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))

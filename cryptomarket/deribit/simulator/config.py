@@ -1,0 +1,34 @@
+"""Settings of one simulator instance."""
+
+from dataclasses import dataclass, field
+
+from cryptomarket.deribit.credits import DEFAULT_LIMITS, SUBSCRIBE_LIMITS, CreditLimits
+from cryptomarket.deribit.simulator.accounts import DEFAULT_ACCOUNTS, Account
+
+
+@dataclass
+class SimulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 picks a free port
+    tick_interval: float = 1.0  # seconds between ticks of every index
+    seed: int | None = None  # seeds the price walk
+    accounts: list[Account] = field(default_factory=lambda: list(DEFAULT_ACCOUNTS))
+    min_heartbeat_interval: float = 10.0  # Deribit's minimum; tests lower it to run fast
+    default_limits: CreditLimits = DEFAULT_LIMITS
+    subscribe_limits: CreditLimits = SUBSCRIBE_LIMITS
+    max_connections_per_ip: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"simulator port must be 0-65535, not {self.port}")
+        if self.tick_interval <= 0:
+            raise ValueError(f"tick interval must be positive, not {self.tick_interval}")
+        if self.min_heartbeat_interval <= 0:
+            raise ValueError("minimum heartbeat interval must be positive")
+        if self.max_connections_per_ip < 1:
+            raise ValueError("max connections per IP must be at least 1")
+        if not self.accounts:
+            raise ValueError("the simulator needs at least one account")
+        client_ids = [account.client_id for account in self.accounts]
+        if len(set(client_ids)) != len(client_ids):
+            raise ValueError("simulator accounts must have distinct client_ids")

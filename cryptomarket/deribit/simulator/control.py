@@ -1,0 +1,84 @@
+"""`sim/*` control methods: steer a running simulator over its own socket (SPEC §8).
+
+They answer "ok", are never charged credits, and act on the other connections, never the caller's.
+"""
+
+import asyncio
+import logging
+
+from cryptomarket.deribit.simulator import rpc
+from cryptomarket.deribit.simulator.methods import index_name
+from cryptomarket.deribit.simulator.state import Call, Handler
+
+log = logging.getLogger("cryptomarket.simulator")
+
+
+def _seconds(call: Call, name: str = "seconds") -> float:
+    return rpc.number(call.params, name, minimum=0.0)
+
+
+def _until(seconds: float) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+def set_price(call: Call) -> str:
+    name = index_name(call)
+    price = rpc.number(call.params, "price")
+    if price <= 0:
+        raise rpc.invalid_params("must be positive", "price")
+    call.state.market.set_price(name, price)
+    log.info("sim: next %s tick will be %s", name, price)
+    return "ok"
+
+
+def pause_ticks(call: Call) -> str:
+    seconds = _seconds(call)
+    call.state.paused_until = _until(seconds)
+    log.info("sim: ticks paused for %gs", seconds)
+    return "ok"
+
+
+def drop_connections(call: Call) -> str:
+    others = call.others
+    for session in others:
+        session.abort()
+    log.info("sim: dropped %d other connection(s)", len(others))
+    return "ok"
+
+
+def refuse_connections(call: Call) -> str:
+    seconds = _seconds(call)
+    call.state.refuse_until = _until(seconds)
+    log.info("sim: refusing new connections for %gs", seconds)
+    return "ok"
+
+
+def go_silent(call: Call) -> str:
+    seconds = _seconds(call)
+    others = call.others
+    for session in others:
+        session.silent_until = _until(seconds)
+    log.info("sim: %d other connection(s) silent for %gs", len(others), seconds)
+    return "ok"
+
+
+def set_latency(call: Call) -> str:
+    ms = rpc.number(call.params, "ms", minimum=0.0)
+    # Optional: each reply waits up to jitter_ms more, so replies may overtake one another.
+    jitter_ms = (
+        rpc.number(call.params, "jitter_ms", minimum=0.0) if "jitter_ms" in call.params else 0.0
+    )
+    call.state.latency = ms / 1000
+    call.state.reply_jitter = jitter_ms / 1000
+    log.info("sim: outgoing latency %gms, reply jitter %gms", ms, jitter_ms)
+    return "ok"
+
+
+CONTROL_METHODS: dict[str, Handler] = {
+    "sim/set_price": set_price,
+    "sim/pause_ticks": pause_ticks,
+    "sim/drop_connections": drop_connections,
+    "sim/refuse_connections": refuse_connections,
+    "sim/go_silent": go_silent,
+    "sim/set_latency": set_latency,
+}

@@ -1,0 +1,188 @@
+"""The simulator's WebSocket server: handshake rules, one session per socket, and the ticker."""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from http import HTTPStatus
+from types import TracebackType
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from cryptomarket.deribit.simulator import rpc
+from cryptomarket.deribit.simulator.config import SimulatorConfig
+from cryptomarket.deribit.simulator.dispatch import handle_frame
+from cryptomarket.deribit.simulator.methods import CHANNEL_PREFIX
+from cryptomarket.deribit.simulator.session import Session
+from cryptomarket.deribit.simulator.state import SimState
+
+log = logging.getLogger("cryptomarket.simulator")
+
+PATH = "/ws/api/v2"
+
+
+class Simulator:
+    """A Deribit look-alike on `ws://host:port/ws/api/v2` (SPEC §8)."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.port = config.port
+        self._state = SimState(config)
+        self._server: Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        # Sockets per remote IP, counted from the accepted handshake (the 33rd gets HTTP 429).
+        self._by_ip: dict[str, set[ServerConnection]] = {}
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"ws://{host}:{self.port}{PATH}"
+
+    @property
+    def calls(self) -> Counter[str]:
+        """Requests received per method name, `sim/*` included."""
+        return self._state.calls
+
+    @property
+    def errors(self) -> Counter[int]:
+        """Error codes answered."""
+        return self._state.errors
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._state.sessions)
+
+    def price(self, index_name: str) -> float:
+        """The current price (the last tick's)."""
+        return self._state.market.price(index_name)
+
+    def history(self, index_name: str) -> list[tuple[int, float]]:
+        """The ticks generated in the last hour, chronological (timestamp_ms, price)."""
+        return self._state.market.history(index_name)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            # Deribit's liveness check is its JSON heartbeat; it documents no WebSocket pings.
+            ping_interval=None,
+            close_timeout=2,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = asyncio.create_task(self._tick_loop(), name="sim-ticker")
+
+    async def stop(self) -> None:
+        """Close every connection and stop ticking; safe to call twice."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> "Simulator":
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path != PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if asyncio.get_running_loop().time() < self._state.refuse_until:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        ip = _remote_ip(connection)
+        live = {c for c in self._by_ip.get(ip, ()) if c.state is not State.CLOSED}
+        if len(live) >= self.config.max_connections_per_ip:
+            log.info("refused a connection from %s: %d already open", ip, len(live))
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
+        live.add(connection)
+        self._by_ip[ip] = live
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        state = self._state
+        ip = _remote_ip(ws)
+        session = Session(
+            next(self._ids),
+            ws,
+            ip,
+            latency=lambda: state.latency,
+            jitter=lambda: state.reply_jitter,
+        )
+        state.sessions[session.id] = session
+        log.info("connection %d opened from %s", session.id, ip)
+        try:
+            async for frame in ws:
+                handle_frame(state, session, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            del state.sessions[session.id]
+            state.tokens.drop_connection(session.id)
+            self._by_ip.get(ip, set()).discard(ws)
+            if not self._by_ip.get(ip, True):
+                del self._by_ip[ip]
+            await session.shutdown()
+            log.info("connection %d closed (code %s)", session.id, ws.close_code)
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_interval
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > interval:
+                next_at = loop.time()  # fell behind (suspended host): skip, never burst
+            if loop.time() < self._state.paused_until:
+                continue
+            try:
+                self._broadcast()
+            except Exception:  # a bug must not stop the prices
+                log.exception("tick failed")
+
+    def _broadcast(self) -> None:
+        ticks = self._state.market.tick(rpc.now_us() // 1000)
+        frames: dict[str, str] = {}
+        for name, timestamp, price in ticks:
+            channel = CHANNEL_PREFIX + name
+            data = {"index_name": name, "price": price, "timestamp": timestamp}
+            frames[channel] = rpc.subscription(channel, data)
+        for session in list(self._state.sessions.values()):
+            for channel in session.subscriptions:
+                session.send(frames[channel])
+
+
+def _remote_ip(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "unknown"
+
+
+async def run(config: SimulatorConfig) -> None:
+    """Serve until cancelled (`cryptomarket simulate`)."""
+    simulator = Simulator(config)
+    await simulator.start()
+    log.info("Deribit simulator listening on %s", simulator.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await simulator.stop()
