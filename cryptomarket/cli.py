@@ -9,10 +9,16 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import uvicorn
 
+from cryptomarket.app import create_app
 from cryptomarket.core.config import Settings, SettingsError, load_settings
-from cryptomarket.core.logging import configure_logging
+from cryptomarket.core.db import database_urls
+from cryptomarket.core.logging import configure_logging, mask_secrets
+from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.simulator import DEFAULT_ACCOUNTS, SimulatorConfig, load_accounts, run
+from cryptomarket.prices.backfill import RANGE_NAMES
+from cryptomarket.prices.history import BackfillError, load_history
 
 app = typer.Typer(
     name="cryptomarket",
@@ -63,8 +69,20 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to bind (default APP_PORT).")] = None,
 ) -> None:
     """Run the API (and, without REDIS_URL, ingest and the periodic jobs) in one process."""
-    _settings()
-    _not_built("serve")
+    settings = _settings()
+    if not settings.distributed:
+        _migrate(settings)  # embedded mode brings its own database up to date
+    application = create_app(settings, with_ingest=not settings.distributed)
+    config = uvicorn.Config(
+        application,
+        host=host or settings.APP_HOST,
+        port=port or settings.APP_PORT,
+        log_config=None,  # ours: stdout, secrets masked
+        server_header=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
 
 
 @app.command()
@@ -77,20 +95,36 @@ def ingest() -> None:
 @app.command()
 def migrate() -> None:
     """Upgrade the database to the newest schema (never downgrades)."""
-    _settings()
-    _not_built("migrate")
+    _migrate(_settings())
+    typer.echo("database schema is up to date")
 
 
 @app.command()
 def backfill(
     ticker: Annotated[str, typer.Option(help="Index name, e.g. btc_usd.")],
     range_: Annotated[
-        str, typer.Option("--range", help="How far back: 1h, 1d, 2d, 1m, 1y or all.")
+        str,
+        typer.Option("--range", help=f"How far back: {', '.join(RANGE_NAMES)}."),
     ] = "1d",
 ) -> None:
     """Load a ticker's history from Deribit into the database, with a progress bar."""
-    _settings()
-    _not_built("backfill")
+    settings = _settings()
+    if range_ not in RANGE_NAMES:
+        _fail("backfill", f"--range must be one of {', '.join(RANGE_NAMES)}")
+    try:
+        stored = asyncio.run(load_history(settings, ticker, range_))
+    except BackfillError as error:
+        _fail("backfill", str(error))
+    typer.echo(f"{ticker}: {stored} points from Deribit's {range_} history are in the database")
+
+
+def _migrate(settings: Settings) -> None:
+    urls = database_urls(settings)
+    try:
+        upgrade(urls.sync_url)
+    except Exception as error:  # any failure: one line, no traceback
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        _fail("migrate", f"cannot migrate the {urls.dialect} database: {mask_secrets(reason)}")
 
 
 @app.command()

@@ -1,0 +1,40 @@
+"""The FastAPI application."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cryptomarket import __version__, health
+from cryptomarket.core.config import Settings
+from cryptomarket.core.errors import install_error_handlers
+from cryptomarket.prices import endpoints as prices
+from cryptomarket.runtime import Runtime
+
+DESCRIPTION = """
+A gateway between your applications and Deribit: index prices live over Server-Sent Events,
+their stored history with a date filter, and your users' Deribit account data.
+
+Errors are `{"detail": "<sentence>", "code": "<machine_code>"}`.
+"""
+
+
+def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = await Runtime.start(settings, with_ingest=with_ingest)
+        try:
+            yield
+        finally:
+            await app.state.runtime.stop()
+
+    app = FastAPI(
+        title="CryptoMarket",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(prices.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,100 @@
+"""Errors a client sees: typed classes that carry their status, and the handlers that render them.
+
+Every error body is `{"detail": "<a sentence>", "code": "<machine_code>"}`. Nothing else reaches
+a client: an unexpected failure is logged with its traceback and answered with a plain 500.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+logger = logging.getLogger("cryptomarket.errors")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+
+
+class AppError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class InvalidInput(AppError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class Unavailable(AppError):
+    status_code = 503
+    code = "unavailable"
+
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_input",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, detail: str, code: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, **extra)
+
+
+def describe_validation(error: RequestValidationError) -> str:
+    """One sentence naming each bad parameter, e.g. "limit: must be at most 10000"."""
+    parts = []
+    for item in error.errors():
+        location = [
+            str(part) for part in item.get("loc", ()) if part not in ("query", "path", "body")
+        ]
+        name = ".".join(location) or "request"
+        message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return "; ".join(parts) or "the request is invalid"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_request: Request, error: AppError) -> JSONResponse:
+        return error_response(error.status_code, error.detail, error.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(422, describe_validation(error), "invalid_input")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(error.status_code, "error")
+        return error_response(
+            error.status_code, str(error.detail), code, headers=getattr(error, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "Something went wrong on our side.", "internal_error")

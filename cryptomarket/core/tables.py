@@ -1,0 +1,103 @@
+"""The database tables, named per SPEC section 2.
+
+SQLite has no schemas, so its tables carry the prefix `crypto_`; PostgreSQL keeps them in the
+schema `crypto`. The tables are built once per dialect and handed to the repositories.
+"""
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.types import JSON
+
+SCHEMA = "crypto"
+SQLITE_PREFIX = "crypto_"
+
+
+def table_name(name: str, dialect: str) -> tuple[str, str | None]:
+    """(name, schema) of a table on a dialect."""
+    if dialect == "postgresql":
+        return name, SCHEMA
+    return SQLITE_PREFIX + name, None
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: MetaData
+    person: Table
+    person_prices: Table
+    price_tickers: Table
+    price_gaps: Table
+
+
+@cache
+def build_tables(dialect: str) -> Tables:
+    metadata = MetaData()
+
+    def table(name: str, *items: Any, **options: Any) -> Table:
+        real_name, schema = table_name(name, dialect)
+        return Table(real_name, metadata, *items, schema=schema, **options)
+
+    person_name, person_schema = table_name("person", dialect)
+    person_key = (
+        f"{person_schema}.{person_name}.user_id" if person_schema else f"{person_name}.user_id"
+    )
+
+    person = table(
+        "person",
+        Column("user_id", String(64), primary_key=True),
+        Column("client_id", String(128), nullable=False),
+        # Fernet token of the client secret under ENCRYPTION_KEYS; never the plaintext.
+        Column("client_secret_encrypted", LargeBinary, nullable=False),
+        Column("deribit_account_id", BigInteger, nullable=True),
+        Column("profile", JSON, nullable=True),
+        Column("profile_fetched_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    person_prices = table(
+        "person_prices",
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("user_id", String(64), ForeignKey(person_key, ondelete="CASCADE"), nullable=False),
+        Column("ticker", String(64), nullable=False),
+        Column("timer", Integer, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("user_id", "ticker", name="uq_person_prices_user_ticker"),
+    )
+    # One row per Deribit tick. The primary key (ticker, timestamp) is both the idempotency key
+    # and the index every history query walks.
+    price_tickers = table(
+        "price_tickers",
+        Column("ticker", String(64), nullable=False),
+        Column("timestamp", BigInteger, nullable=False),  # Deribit's, ms
+        Column("price", Double, nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False),
+        PrimaryKeyConstraint("ticker", "timestamp", name="pk_price_tickers"),
+        sqlite_with_rowid=False,
+    )
+    # Time ranges in which ticks were missed and could not be filled.
+    price_gaps = table(
+        "price_gaps",
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("ticker", String(64), nullable=False),
+        Column("from_ts", BigInteger, nullable=False),
+        Column("to_ts", BigInteger, nullable=False),
+        Column("reason", String(200), nullable=False),
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("ticker", "from_ts", name="uq_price_gaps_ticker_from"),
+    )
+    return Tables(metadata, person, person_prices, price_tickers, price_gaps)

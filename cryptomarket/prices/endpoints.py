@@ -1,0 +1,98 @@
+"""Price history routes (SPEC section 4). Public: no session needed."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from cryptomarket.core.errors import ErrorBody, Unavailable
+from cryptomarket.prices.schemas import PricePage, PricePoint, PriceRange, TickerList
+from cryptomarket.prices.service import DEFAULT_LIMIT, MAX_LIMIT
+from cryptomarket.prices.tickers import CatalogueUnavailable
+from cryptomarket.runtime import PriceServiceDep
+
+router = APIRouter(prefix="/api/v1", tags=["prices"])
+
+Ticker = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Deribit index name, as listed by /api/v1/tickers.",
+        examples=["btc_usd"],
+    ),
+]
+Limit = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"Rows per page (at most {MAX_LIMIT}).")
+]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=32, description="`next_cursor` of the previous page."),
+]
+DATE_HELP = "YYYY-MM-DD_HH:MM:SS or ISO 8601; without an offset it is UTC."
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorBody, "description": "Unknown ticker, or no price stored yet."},
+    422: {"model": ErrorBody, "description": "Invalid parameter, with a sentence saying which."},
+    503: {"model": ErrorBody, "description": "Deribit's index list cannot be reached."},
+}
+
+
+@router.get("/prices", response_model=PricePage, responses=ERRORS, summary="Stored prices")
+async def prices(
+    service: PriceServiceDep,
+    *,
+    ticker: Ticker,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> PricePage:
+    """Stored prices of a ticker, newest first, a page at a time."""
+    return await service.newest_first(ticker, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/prices/latest", response_model=PricePoint, responses=ERRORS, summary="The latest price"
+)
+async def latest_price(service: PriceServiceDep, ticker: Ticker) -> PricePoint:
+    """The newest stored price of a ticker."""
+    return await service.latest(ticker)
+
+
+@router.get(
+    "/prices/by-date", response_model=PriceRange, responses=ERRORS, summary="Prices in a range"
+)
+async def prices_by_date(
+    service: PriceServiceDep,
+    *,
+    ticker: Ticker,
+    start_date: Annotated[
+        str, Query(max_length=64, description=DATE_HELP, examples=["2025-11-24_09:00:00"])
+    ],
+    end_date: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description=DATE_HELP + " Default: now.",
+            examples=["2025-11-24T10:00:00Z"],
+        ),
+    ] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> PriceRange:
+    """Prices between two dates (by Deribit's timestamp), oldest first, a page at a time."""
+    return await service.between(
+        ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
+    )
+
+
+@router.get(
+    "/tickers",
+    response_model=TickerList,
+    responses={503: ERRORS[503]},
+    summary="Supported index names",
+)
+async def tickers(service: PriceServiceDep) -> TickerList:
+    """Index names Deribit supports, from `public/get_index_price_names` (cached)."""
+    try:
+        return TickerList(tickers=await service.catalogue.names())
+    except CatalogueUnavailable as error:
+        raise Unavailable(str(error)) from None

@@ -1,0 +1,172 @@
+"""Live market data: one upstream connection, reference-counted channels, ticks to bus and store.
+
+Tracked tickers are always subscribed; any other ticker is subscribed while someone watches it
+(`acquire` / `release`), so Deribit sees one subscription per ticker, never one per user. After
+every (re)connect, and at start, the ticks missed while down are fetched from Deribit's history
+(`backfill.fill_window`) and what Deribit no longer has is recorded as a gap.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from cryptomarket.core.db import Database
+from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
+from cryptomarket.prices.backfill import ChartSource, fill_window
+from cryptomarket.prices.models import CHANNEL_PREFIX, Tick, channel_of
+from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.writer import TickWriter
+from cryptomarket.streaming.bus import LocalBus, upstream_status
+
+logger = logging.getLogger("cryptomarket.prices.ingest")
+
+
+class Ingest:
+    def __init__(
+        self,
+        connection: DeribitConnection,
+        writer: TickWriter,
+        bus: LocalBus,
+        *,
+        database: Database,
+        history: ChartSource,
+        tracked: Iterable[str] = (),
+        stale_after: float = 10.0,
+    ) -> None:
+        self.connection = connection
+        self.writer = writer
+        self.bus = bus
+        self.database = database
+        self.history = history
+        self.tracked = frozenset(tracked)
+        self.stale_after = stale_after
+        self.status = "connecting"
+        self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
+        self._refs: Counter[str] = Counter()
+        self._last_tick_at = time.monotonic()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._removers = [
+            connection.on_notification(self._on_notification),
+            connection.on_state(self._on_state),
+        ]
+
+    @property
+    def tickers(self) -> frozenset[str]:
+        """Every ticker ingested now."""
+        return self.tracked | frozenset(self._refs)
+
+    async def start(self) -> None:
+        """Learn where the store stops, subscribe the tracked tickers and connect."""
+        try:
+            async with self.database.reading() as connection:
+                repository = PriceRepository(connection, self.database.tables)
+                for ticker in self.tracked:
+                    last = await repository.last_timestamp(ticker)
+                    if last is not None:
+                        self.last_seen[ticker] = last
+        except Exception as error:  # the store may be down; ingest goes on
+            logger.warning("could not read the newest stored ticks: %s", type(error).__name__)
+        await self.connection.subscribe(channel_of(ticker) for ticker in sorted(self.tracked))
+        self.connection.start()
+        self._spawn(self._watch_staleness())
+
+    async def stop(self) -> None:
+        for remove in self._removers:
+            remove()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.connection.close()
+
+    async def acquire(self, ticker: str) -> None:
+        """Someone watches `ticker`: subscribe upstream if nobody did yet."""
+        self._refs[ticker] += 1
+        if self._refs[ticker] == 1 and ticker not in self.tracked:
+            await self.connection.subscribe([channel_of(ticker)])
+
+    async def release(self, ticker: str) -> None:
+        """One watcher fewer: the last one leaving drops the channel, unless it is tracked."""
+        if self._refs[ticker] <= 0:
+            return
+        self._refs[ticker] -= 1
+        if self._refs[ticker] == 0:
+            del self._refs[ticker]
+            if ticker not in self.tracked:
+                await self.connection.unsubscribe([channel_of(ticker)])
+
+    # -- upstream events --------------------------------------------------------------------
+
+    def _on_notification(self, channel: str, data: Any) -> None:
+        if not channel.startswith(CHANNEL_PREFIX) or not isinstance(data, dict):
+            return
+        ticker = channel.removeprefix(CHANNEL_PREFIX)
+        try:
+            price, timestamp = float(data["price"]), int(data["timestamp"])
+        except (KeyError, TypeError, ValueError):
+            logger.warning("ignored a malformed tick on %s", channel)
+            return
+        if not math.isfinite(price) or timestamp <= 0:
+            logger.warning("ignored an impossible tick on %s", channel)
+            return
+        tick = Tick(ticker, price, timestamp)
+        self.last_seen[ticker] = max(timestamp, self.last_seen.get(ticker, 0))
+        self._last_tick_at = time.monotonic()
+        if self.status == "stale":
+            self._set_status("connected")
+        self.writer.add(tick)
+        self.bus.publish(tick)
+
+    def _on_state(self, state: ConnectionState) -> None:
+        if state is ConnectionState.CONNECTED:
+            self._last_tick_at = time.monotonic()
+            self._set_status("connected")
+            until = int(time.time() * 1000)
+            for ticker in sorted(self.tickers):
+                since = self.last_seen.get(ticker)
+                if since is not None:
+                    self._spawn(self._backfill(ticker, since, until))
+        elif state in (ConnectionState.CONNECTING, ConnectionState.RECONNECTING):
+            self._set_status(state.value)
+
+    async def _backfill(self, ticker: str, since: int, until: int) -> None:
+        filled, gap = await fill_window(self.history, ticker, since, until)
+        for tick in filled:
+            self.writer.add(tick)
+        if gap is not None:
+            self.writer.add_gap(gap)
+            self.bus.publish(gap)
+        if filled or gap:
+            logger.info(
+                "%s: backfilled %d tick(s)%s", ticker, len(filled), ", gap recorded" if gap else ""
+            )
+
+    async def _watch_staleness(self) -> None:
+        """Connected but no tick for `stale_after` seconds: tell the clients the data is stale."""
+        while True:
+            await asyncio.sleep(min(1.0, self.stale_after / 4))
+            quiet = time.monotonic() - self._last_tick_at
+            if self.status == "connected" and self.tickers and quiet > self.stale_after:
+                self._set_status("stale")
+
+    def _set_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            logger.info("upstream %s", status)
+            self.bus.publish(upstream_status(status))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        if error := task.exception():
+            logger.error("ingest task failed: %s", error)

@@ -1,0 +1,115 @@
+"""Every query of the price store. Callers own the transaction."""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cryptomarket.core.tables import Tables
+from cryptomarket.prices.models import Gap, Tick
+
+
+class PriceRepository:
+    def __init__(self, connection: AsyncConnection, tables: Tables) -> None:
+        self.connection = connection
+        self.ticks = tables.price_tickers
+        self.gaps = tables.price_gaps
+        self._insert = (
+            postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        )
+
+    async def add_ticks(self, ticks: Sequence[Tick]) -> None:
+        """Store ticks; one already stored (same ticker and timestamp) is left as it is."""
+        if not ticks:
+            return
+        statement = self._insert(self.ticks).on_conflict_do_nothing(
+            index_elements=["ticker", "timestamp"]
+        )
+        await self.connection.execute(
+            statement,
+            [
+                {
+                    "ticker": tick.ticker,
+                    "timestamp": tick.timestamp,
+                    "price": tick.price,
+                    "received_at": tick.received_at,
+                }
+                for tick in ticks
+            ],
+        )
+
+    async def add_gap(self, gap: Gap) -> None:
+        """Record a gap; recording the same start again widens it instead of repeating it."""
+        statement = self._insert(self.gaps).values(
+            ticker=gap.ticker,
+            from_ts=gap.from_ts,
+            to_ts=gap.to_ts,
+            reason=gap.reason,
+            recorded_at=datetime.now(UTC),
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["ticker", "from_ts"],
+            set_={"to_ts": func.max(self.gaps.c.to_ts, statement.excluded.to_ts)}
+            if self.connection.dialect.name == "sqlite"
+            else {"to_ts": func.greatest(self.gaps.c.to_ts, statement.excluded.to_ts)},
+        )
+        await self.connection.execute(statement)
+
+    async def latest(self, ticker: str) -> Row[Any] | None:
+        result = await self.connection.execute(
+            select(self.ticks)
+            .where(self.ticks.c.ticker == ticker)
+            .order_by(self.ticks.c.timestamp.desc())
+            .limit(1)
+        )
+        return result.first()
+
+    async def newest_first(
+        self, ticker: str, *, before: int | None, limit: int
+    ) -> Sequence[Row[Any]]:
+        """A page of the newest ticks, older than `before` when given."""
+        query = select(self.ticks).where(self.ticks.c.ticker == ticker)
+        if before is not None:
+            query = query.where(self.ticks.c.timestamp < before)
+        result = await self.connection.execute(
+            query.order_by(self.ticks.c.timestamp.desc()).limit(limit)
+        )
+        return result.all()
+
+    async def between(
+        self, ticker: str, start: int, end: int, *, after: int | None, limit: int
+    ) -> Sequence[Row[Any]]:
+        """A page of ticks in [start, end], oldest first, later than `after` when given."""
+        lower = self.ticks.c.timestamp > after if after is not None else None
+        query = select(self.ticks).where(
+            self.ticks.c.ticker == ticker,
+            self.ticks.c.timestamp >= start,
+            self.ticks.c.timestamp <= end,
+        )
+        if lower is not None:
+            query = query.where(lower)
+        result = await self.connection.execute(query.order_by(self.ticks.c.timestamp).limit(limit))
+        return result.all()
+
+    async def last_timestamp(self, ticker: str) -> int | None:
+        """The newest stored timestamp of a ticker (an index lookup, not a scan)."""
+        result = await self.connection.execute(
+            select(func.max(self.ticks.c.timestamp)).where(self.ticks.c.ticker == ticker)
+        )
+        value = result.scalar()
+        return None if value is None else int(value)
+
+    async def gaps_between(self, ticker: str, start: int, end: int) -> list[Gap]:
+        result = await self.connection.execute(
+            select(self.gaps)
+            .where(
+                self.gaps.c.ticker == ticker,
+                self.gaps.c.to_ts >= start,
+                self.gaps.c.from_ts <= end,
+            )
+            .order_by(self.gaps.c.from_ts)
+        )
+        return [Gap(row.ticker, row.from_ts, row.to_ts, row.reason) for row in result]

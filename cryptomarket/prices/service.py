@@ -1,0 +1,128 @@
+"""The price API's logic: checks its input, reads the store, shapes the answers."""
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row
+
+from cryptomarket.core.config import TICKER_PATTERN
+from cryptomarket.core.db import Database
+from cryptomarket.core.errors import InvalidInput, NotFound, Unavailable
+from cryptomarket.prices.dates import InvalidDate, from_ms, parse_datetime, to_ms
+from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.schemas import PricePage, PricePoint, PriceRange
+from cryptomarket.prices.tickers import TICKERS_URL, CatalogueUnavailable, TickerCatalogue
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+
+
+def point(row: Row[Any]) -> PricePoint:
+    return PricePoint(
+        ticker=row.ticker, price=row.price, timestamp=row.timestamp, datetime=from_ms(row.timestamp)
+    )
+
+
+def read_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise InvalidInput("cursor is not one this API handed out; pass next_cursor as it came")
+    return int(cursor)
+
+
+def next_cursor(rows: Sequence[Row[Any]], limit: int) -> str | None:
+    return str(rows[-1].timestamp) if len(rows) == limit else None
+
+
+class PriceService:
+    def __init__(
+        self, database: Database, catalogue: TickerCatalogue, always_known: Iterable[str] = ()
+    ) -> None:
+        self.database = database
+        self.catalogue = catalogue
+        self.always_known = frozenset(always_known)
+
+    async def check_ticker(self, ticker: str) -> str:
+        """The ticker if Deribit knows it: 422 when malformed, 404 when unknown."""
+        if not TICKER_PATTERN.fullmatch(ticker):
+            raise InvalidInput(
+                f"ticker {ticker[:64]!r} is not an index name (lower case, like btc_usd)"
+            )
+        if ticker in self.always_known:
+            return ticker
+        try:
+            known = await self.catalogue.contains(ticker)
+        except CatalogueUnavailable:
+            raise Unavailable(
+                f"cannot check ticker {ticker!r} now: Deribit's index list is unreachable"
+            ) from None
+        if not known:
+            raise NotFound(
+                f"unknown ticker {ticker!r}; the supported index names are at {TICKERS_URL}",
+                code="unknown_ticker",
+            )
+        return ticker
+
+    async def latest(self, ticker: str) -> PricePoint:
+        await self.check_ticker(ticker)
+        async with self.database.reading() as connection:
+            row = await PriceRepository(connection, self.database.tables).latest(ticker)
+        if row is None:
+            raise NotFound(f"no price stored for {ticker} yet", code="no_prices")
+        return point(row)
+
+    async def newest_first(self, ticker: str, *, limit: int, cursor: str | None) -> PricePage:
+        await self.check_ticker(ticker)
+        before = read_cursor(cursor)
+        async with self.database.reading() as connection:
+            rows = await PriceRepository(connection, self.database.tables).newest_first(
+                ticker, before=before, limit=limit
+            )
+        return PricePage(
+            ticker=ticker,
+            items=[point(row) for row in rows],
+            limit=limit,
+            next_cursor=next_cursor(rows, limit),
+        )
+
+    async def between(
+        self,
+        ticker: str,
+        *,
+        start_date: str,
+        end_date: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> PriceRange:
+        start, end = parse_range(start_date, end_date)
+        await self.check_ticker(ticker)
+        after = read_cursor(cursor)
+        async with self.database.reading() as connection:
+            rows = await PriceRepository(connection, self.database.tables).between(
+                ticker, to_ms(start), to_ms(end), after=after, limit=limit
+            )
+        return PriceRange(
+            ticker=ticker,
+            start_date=start,
+            end_date=end,
+            items=[point(row) for row in rows],
+            limit=limit,
+            next_cursor=next_cursor(rows, limit),
+        )
+
+
+def parse_range(start_date: str, end_date: str | None) -> tuple[datetime, datetime]:
+    """Both ends in UTC; no end means now; a start after the end is refused."""
+    try:
+        start = parse_datetime(start_date, name="start_date")
+        end = parse_datetime(end_date, name="end_date") if end_date else datetime.now(UTC)
+    except InvalidDate as error:
+        raise InvalidInput(str(error), code="invalid_date") from None
+    if start > end:
+        raise InvalidInput(
+            f"start_date ({start.isoformat()}) is after end_date ({end.isoformat()})",
+            code="invalid_date_range",
+        )
+    return start, end

@@ -1,0 +1,145 @@
+"""Ticks into the store in batches, riding out database outages in a bounded buffer.
+
+Ingest hands every tick to `add`, which never blocks. A background task writes what has gathered
+at least every `flush_interval` seconds (or as soon as a batch is full). While the database is
+down, the batch stays at the head of the buffer and is written again after a backoff, so nothing
+in the buffer is lost. When the buffer is full, new ticks are not kept: each ticker's dropped range
+is recorded as a gap once the database is back, for the gap backfill to fill from Deribit later.
+Writes are idempotent, so a batch written twice (a commit whose answer was lost) stores once.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from cryptomarket.core.db import Database
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.repository import PriceRepository
+
+logger = logging.getLogger("cryptomarket.prices.writer")
+
+OVERFLOW_REASON = "the database was unavailable and the write buffer was full"
+
+
+class TickWriter:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_buffer: int = 200_000,
+        batch_size: int = 5_000,
+        flush_interval: float = 0.5,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.database = database
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.backoff = backoff or Backoff(initial=0.2, maximum=5.0)
+        self._buffer: deque[Tick] = deque()
+        self._overflow: dict[str, Gap] = {}
+        self._gaps: list[Gap] = []
+        self._batch_ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = True  # the last write went through
+        self.written = 0
+        self.dropped = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def add(self, tick: Tick) -> None:
+        """Queue a tick; never blocks. Past the bound it is dropped and its range becomes a gap."""
+        if len(self._buffer) >= self.max_buffer:
+            self.dropped += 1
+            gap = self._overflow.get(tick.ticker)
+            start = tick.timestamp if gap is None else min(gap.from_ts, tick.timestamp)
+            end = tick.timestamp if gap is None else max(gap.to_ts, tick.timestamp)
+            self._overflow[tick.ticker] = Gap(tick.ticker, start, end, OVERFLOW_REASON)
+            return
+        self._buffer.append(tick)
+        if len(self._buffer) >= self.batch_size:
+            self._batch_ready.set()
+
+    def add_gap(self, gap: Gap) -> None:
+        """Queue a gap to record (written after the ticks buffered before it)."""
+        self._gaps.append(gap)
+        self._batch_ready.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tick-writer")
+
+    async def stop(self, *, timeout: float = 5.0) -> None:
+        """Stop the loop and write what is buffered, as far as the database lets us in `timeout`."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            async with asyncio.timeout(timeout):
+                while self._pending():
+                    await self._write_once()
+        except Exception as error:  # shutting down: report, do not raise
+            logger.error("stopped with %d ticks unwritten: %s", len(self._buffer), _describe(error))
+
+    async def flush(self) -> None:
+        """Write everything buffered now (raises if the database is down)."""
+        while self._pending():
+            await self._write_once()
+
+    def _pending(self) -> bool:
+        return bool(self._buffer or self._gaps or self._overflow)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval):
+                    await self._batch_ready.wait()
+            self._batch_ready.clear()
+            while self._pending():
+                try:
+                    await self._write_once()
+                except Exception as error:  # any database failure: keep and retry
+                    if self.healthy:
+                        logger.error(
+                            "database write failed, buffering ticks (%d held): %s",
+                            len(self._buffer),
+                            _describe(error),
+                        )
+                    self.healthy = False
+                    await asyncio.sleep(self.backoff.next_delay())
+                    continue
+                if not self.healthy:
+                    logger.info("database writes resumed (%d ticks still held)", len(self._buffer))
+                self.healthy = True
+                self.backoff.reset()
+                if len(self._buffer) < self.batch_size:
+                    break
+
+    async def _write_once(self) -> None:
+        """Write the head of the buffer (or the gaps when it is empty) in one transaction."""
+        batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+        gaps = [] if batch else [*self._gaps, *self._overflow.values()]
+        async with self.database.transaction() as connection:
+            repository = PriceRepository(connection, self.database.tables)
+            await repository.add_ticks(batch)
+            for gap in gaps:
+                await repository.add_gap(gap)
+        for _ in batch:
+            self._buffer.popleft()
+        self.written += len(batch)
+        if gaps:
+            self._gaps.clear()
+            for gap in gaps:
+                if self._overflow.get(gap.ticker) == gap:
+                    del self._overflow[gap.ticker]
+            logger.warning("recorded %d gap(s)", len(gaps))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -1,0 +1,102 @@
+"""Everything a serving process holds, started and stopped together.
+
+One database engine, one Deribit pool and credit budget, the bus, and, in embedded mode, the
+ingest connection with its writer: the process's single instance of each, shared by every request.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from cryptomarket.core.config import Settings
+from cryptomarket.core.db import Database, database_urls
+from cryptomarket.deribit.connection import DeribitConnection
+from cryptomarket.deribit.credits import CreditBudget
+from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.prices.backfill import chart_source
+from cryptomarket.prices.ingest import Ingest
+from cryptomarket.prices.service import PriceService
+from cryptomarket.prices.tickers import TickerCatalogue
+from cryptomarket.prices.writer import TickWriter
+from cryptomarket.streaming.bus import LocalBus
+
+logger = logging.getLogger("cryptomarket.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    budget: CreditBudget
+    pool: DeribitPool
+    bus: LocalBus
+    catalogue: TickerCatalogue
+    prices: PriceService
+    writer: TickWriter | None = None
+    ingest: Ingest | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, with_ingest: bool = True) -> "Runtime":
+        database = Database(database_urls(settings).async_url)
+        budget = CreditBudget()
+        pool = DeribitPool(
+            settings.DERIBIT_WS_URL,
+            size=settings.DERIBIT_POOL_SIZE,
+            budget=budget,
+            heartbeat_interval=settings.DERIBIT_HEARTBEAT_INTERVAL,
+            request_timeout=settings.DERIBIT_REQUEST_TIMEOUT,
+        )
+        catalogue = TickerCatalogue(pool.call)
+        runtime = cls(
+            settings=settings,
+            database=database,
+            budget=budget,
+            pool=pool,
+            bus=LocalBus(),
+            catalogue=catalogue,
+            prices=PriceService(database, catalogue, settings.TRACKED_TICKERS),
+        )
+        if with_ingest:
+            runtime.writer = TickWriter(database)
+            runtime.ingest = Ingest(
+                DeribitConnection(
+                    settings.DERIBIT_WS_URL,
+                    budget=budget,
+                    heartbeat_interval=settings.DERIBIT_HEARTBEAT_INTERVAL,
+                    request_timeout=settings.DERIBIT_REQUEST_TIMEOUT,
+                    name="deribit-ingest",
+                ),
+                runtime.writer,
+                runtime.bus,
+                database=database,
+                history=chart_source(pool.call),
+                tracked=settings.TRACKED_TICKERS,
+            )
+            runtime.writer.start()
+            await runtime.ingest.start()
+        return runtime
+
+    async def stop(self) -> None:
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+        await self.pool.close()
+        await self.database.dispose()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_price_service(runtime: RuntimeDep) -> PriceService:
+    return runtime.prices
+
+
+PriceServiceDep = Annotated[PriceService, Depends(get_price_service)]

@@ -1,0 +1,1 @@
+"""Getting market events to the clients that watch them."""
