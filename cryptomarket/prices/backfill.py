@@ -28,7 +28,7 @@ RANGES: tuple[tuple[str, int], ...] = (
     ("all", 100 * 365 * DAY_MS),
 )
 RANGE_NAMES = tuple(name for name, _ in RANGES)
-# Ticks come about once a second: a window shorter than this missed nothing.
+# Ticks come about once a second: history that starts this close to the window's start covers it.
 QUIET_MS = 2_000
 
 
@@ -67,7 +67,7 @@ async def fill_window(
     history: ChartSource, ticker: str, since: int, until: int
 ) -> tuple[list[Tick], Gap | None]:
     """The ticks Deribit still has strictly between `since` and `until`, and the gap if any."""
-    if until - since <= QUIET_MS:
+    if until <= since:
         return [], None
     now_span = until - since
     try:

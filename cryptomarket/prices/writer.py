@@ -42,6 +42,7 @@ class TickWriter:
         self._overflow: dict[str, Gap] = {}
         self._gaps: list[Gap] = []
         self._batch_ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.healthy = True  # the last write went through
         self.written = 0
@@ -102,27 +103,35 @@ class TickWriter:
                     await self._batch_ready.wait()
             self._batch_ready.clear()
             while self._pending():
+                was_healthy = self.healthy
                 try:
                     await self._write_once()
                 except Exception as error:  # any database failure: keep and retry
-                    if self.healthy:
+                    if was_healthy:
                         logger.error(
                             "database write failed, buffering ticks (%d held): %s",
                             len(self._buffer),
                             _describe(error),
                         )
-                    self.healthy = False
                     await asyncio.sleep(self.backoff.next_delay())
                     continue
-                if not self.healthy:
+                if not was_healthy:
                     logger.info("database writes resumed (%d ticks still held)", len(self._buffer))
-                self.healthy = True
                 self.backoff.reset()
                 if len(self._buffer) < self.batch_size:
                     break
 
     async def _write_once(self) -> None:
         """Write the head of the buffer (or the gaps when it is empty) in one transaction."""
+        async with self._write_lock:  # `flush` and the loop may both be writing
+            try:
+                await self._write_head()
+            except Exception:
+                self.healthy = False
+                raise
+            self.healthy = True
+
+    async def _write_head(self) -> None:
         batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
         gaps = [] if batch else [*self._gaps, *self._overflow.values()]
         async with self.database.transaction() as connection:

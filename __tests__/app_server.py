@@ -1,0 +1,40 @@
+"""A real uvicorn server running the application on a free loopback port, inside the test's loop."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+
+from __tests__.servers import free_port
+from cryptomarket.core.config import Settings
+
+
+def app_settings(**values: Any) -> Settings:
+    """Settings from the given values only: no .env, no environment of the developer."""
+    values.setdefault("DERIBIT_HEARTBEAT_INTERVAL", 1)
+    values.setdefault("DERIBIT_REQUEST_TIMEOUT", 5)
+    values.setdefault("LOG_LEVEL", "INFO")
+    return Settings(_env_file=None, **values)
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn until the block ends; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:
+                if task.done():
+                    task.result()  # raises what stopped it
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.01)  # uvicorn offers no start event
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,41 @@
+"""Fixtures shared by the whole suite.
+
+- `postgres_server`: one real PostgreSQL on a free port of 127.0.0.1 for the session.
+- `redis_server`: one real Redis (no password) on a free port of 127.0.0.1 for the session.
+- `simulator`, `simulator_factory`: a running Deribit simulator per test (see simulated.py).
+
+Each starts only when a test first asks for it and is stopped at the end of the session. A test
+may stop, kill or restart one (it comes back on the same port), but must leave it running, in a
+`finally`, for the tests after it.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+
+from __tests__.servers import PostgresServer, RedisServer
+from __tests__.simulated import simulator, simulator_factory
+
+__all__ = ["simulator", "simulator_factory"]  # the Deribit simulator, for every test package
+
+# Servers
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,190 @@
+"""Live ingest from the simulator into the store, through upstream faults and a database outage."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from websockets.asyncio.client import connect
+
+from __tests__.helpers import eventually, eventually_async
+from __tests__.servers import PostgresServer
+from cryptomarket.core.db import Database, urls_for
+from cryptomarket.core.migrate import upgrade
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.deribit.connection import DeribitConnection
+from cryptomarket.deribit.credits import CreditBudget
+from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.prices.backfill import chart_source
+from cryptomarket.prices.ingest import Ingest
+from cryptomarket.prices.writer import TickWriter
+from cryptomarket.streaming.bus import Event, LocalBus, UpstreamStatus
+
+StartIngest = Callable[..., Awaitable[Ingest]]
+
+
+@pytest.fixture
+async def start_ingest(simulator: Simulator) -> AsyncIterator[StartIngest]:
+    """Starts ingest the way the service does, with fast timings; stops everything after."""
+    started: list[tuple[Ingest, TickWriter, DeribitPool]] = []
+
+    async def start(database: Database, tracked: set[str]) -> Ingest:
+        budget = CreditBudget()
+        pool = DeribitPool(simulator.url, size=2, budget=budget, heartbeat_interval=0.5)
+        writer = TickWriter(database, flush_interval=0.05, backoff=Backoff(0.05, 0.3))
+        connection = DeribitConnection(
+            simulator.url,
+            budget=budget,
+            heartbeat_interval=0.5,
+            backoff=Backoff(initial=0.05, maximum=0.3),
+            name="ingest",
+        )
+        ingest = Ingest(
+            connection,
+            writer,
+            LocalBus(),
+            database=database,
+            history=chart_source(pool.call),
+            tracked=tracked,
+        )
+        writer.start()
+        await ingest.start()
+        started.append((ingest, writer, pool))
+        return ingest
+
+    yield start
+    for ingest, writer, pool in started:
+        await ingest.stop()
+        await writer.stop()
+        await pool.close()
+
+
+async def control(simulator: Simulator, *calls: tuple[str, dict[str, Any]]) -> None:
+    async with connect(simulator.url) as ws:
+        for request_id, (method, params) in enumerate(calls):
+            request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            await ws.send(json.dumps(request))
+            assert json.loads(await ws.recv())["result"] == "ok"
+
+
+async def stored(database: Database, ticker: str) -> list[int]:
+    table = database.tables.price_tickers
+    async with database.reading() as connection:
+        result = await connection.execute(
+            select(table.c.timestamp).where(table.c.ticker == ticker).order_by(table.c.timestamp)
+        )
+        return list(result.scalars())
+
+
+def sent_between(simulator: Simulator, ticker: str, first: int, last: int) -> list[int]:
+    return [ts for ts, _ in simulator.history(ticker) if first <= ts <= last]
+
+
+async def every_sent_tick_is_stored_once(
+    database: Database, simulator: Simulator, ticker: str, after: int
+) -> None:
+    """Wait until the store holds exactly the simulator's ticks, from its first to past `after`."""
+    latest: list[int] = []
+
+    async def complete() -> bool:
+        latest[:] = await stored(database, ticker)
+        return (
+            bool(latest)
+            and latest[-1] > after
+            and latest == sent_between(simulator, ticker, latest[0], latest[-1])
+        )
+
+    try:
+        await eventually_async(complete, timeout=15, what="every tick stored")
+    except AssertionError:
+        expected = sent_between(simulator, ticker, latest[0], latest[-1]) if latest else []
+        missing = sorted(set(expected) - set(latest))
+        raise AssertionError(f"{len(missing)} ticks missing, first {missing[:5]}") from None
+
+
+async def test_ticks_missed_during_a_drop_are_backfilled(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    ingest = await start_ingest(database, {"btc_usd"})
+    statuses: list[str] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, UpstreamStatus):
+            statuses.append(event.state)
+
+    ingest.bus.subscribe(on_event)
+    await eventually_async(
+        lambda: _count_at_least(database, "btc_usd", 10), what="ticks stored before the drop"
+    )
+    # Cut the upstream and keep it out for a second: about 20 ticks happen unseen.
+    await control(
+        simulator, ("sim/refuse_connections", {"seconds": 1}), ("sim/drop_connections", {})
+    )
+    dropped_at = simulator.history("btc_usd")[-1][0]
+    await eventually(lambda: statuses[-1:] == ["connected"], what="reconnected")
+    assert "reconnecting" in statuses
+    await every_sent_tick_is_stored_once(database, simulator, "btc_usd", after=dropped_at + 2000)
+
+
+async def _count_at_least(database: Database, ticker: str, count: int) -> bool:
+    return len(await stored(database, ticker)) >= count
+
+
+async def test_a_database_restart_during_ingest_loses_nothing(
+    postgres_server: PostgresServer, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    postgres_server.create_database("ingest_outage")
+    url = postgres_server.url(database="ingest_outage")
+    upgrade(urls_for(url).sync_url)
+    database = Database(url)
+    try:
+        ingest = await start_ingest(database, {"eth_usd"})
+        await eventually_async(lambda: _count_at_least(database, "eth_usd", 10), what="first ticks")
+        await asyncio.to_thread(postgres_server.stop)
+        await eventually(lambda: not ingest.writer.healthy, what="the writer to see the outage")
+        down_since = simulator.history("eth_usd")[-1][0]
+        await eventually(
+            lambda: simulator.history("eth_usd")[-1][0] > down_since + 1000,
+            what="a second of ticks while the database is down",
+        )
+        await asyncio.to_thread(postgres_server.start)
+        await every_sent_tick_is_stored_once(
+            database, simulator, "eth_usd", after=down_since + 2000
+        )
+        assert ingest.writer.dropped == 0
+    finally:
+        await database.dispose()
+        if not postgres_server.running:
+            postgres_server.start()
+        postgres_server.drop_database("ingest_outage")
+
+
+async def test_upstream_channels_are_reference_counted(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    ingest = await start_ingest(database, {"btc_usd"})
+    await ingest.connection.wait_ready()
+    channel = "deribit_price_index.sol_usdc"
+
+    await ingest.acquire("sol_usdc")
+    await ingest.acquire("sol_usdc")
+    assert channel in ingest.connection.channels
+    assert simulator.calls["public/subscribe"] == 2  # the tracked set, then sol_usdc once
+
+    await ingest.release("sol_usdc")
+    assert channel in ingest.connection.channels
+    assert simulator.calls["public/unsubscribe"] == 0
+
+    await ingest.release("sol_usdc")
+    assert channel not in ingest.connection.channels
+    assert simulator.calls["public/unsubscribe"] == 1
+
+    await ingest.acquire("btc_usd")
+    await ingest.release("btc_usd")
+    await ingest.release("btc_usd")  # more releases than acquires: ignored
+    assert "deribit_price_index.btc_usd" in ingest.connection.channels
+    assert simulator.calls["public/unsubscribe"] == 1
+    assert ingest.tickers == {"btc_usd"}
