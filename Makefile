@@ -42,7 +42,8 @@ run: install-runtime  ## embedded mode: the service on APP_HOST:APP_PORT (defaul
 
 demo: install-runtime  ## the Deribit simulator plus the service, no network or Deribit account needed
 	$(BIN)/cryptomarket simulate --port 8765 & sim=$$!; trap "kill $$sim" EXIT; \
-	DERIBIT_WS_URL=ws://127.0.0.1:8765/ws/api/v2 $(BIN)/cryptomarket serve
+	DERIBIT_WS_URL=ws://127.0.0.1:8765/ws/api/v2 DATABASE_URL=sqlite:///demo.sqlite3 \
+	$(BIN)/cryptomarket serve
 
 servers:  ## install the PostgreSQL and Redis servers the tests start (Debian packages), when missing
 	scripts/ensure-servers
@@ -55,9 +56,8 @@ lint: install  ## ruff and mypy on the package
 test: install servers lint  ## the whole suite: lint, type check, tests against real servers on loopback
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install  ## benchmarks under bench/, printing their figures
-	@if ls bench/bench_*.py >/dev/null 2>&1; then for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done; \
-	else echo "no benchmarks yet"; fi
+bench: install servers  ## benchmarks under bench/: print their figures, write bench/results/
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
 lock: | $(UV)  ## recompile the hashed lock files from pyproject.toml
 	$(UV) pip compile --quiet --upgrade --generate-hashes --python-version 3.11 pyproject.toml -o requirements.lock
