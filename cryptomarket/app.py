@@ -10,6 +10,9 @@ from cryptomarket.core.config import Settings
 from cryptomarket.core.errors import install_error_handlers
 from cryptomarket.prices import endpoints as prices
 from cryptomarket.runtime import Runtime
+from cryptomarket.streaming import endpoints as streaming
+from cryptomarket.subscriptions import endpoints as subscriptions
+from cryptomarket.users import endpoints as users
 
 DESCRIPTION = """
 A gateway between your applications and Deribit: index prices live over Server-Sent Events,
@@ -35,6 +38,9 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.include_router(users.router)
+    app.include_router(subscriptions.router)
+    app.include_router(streaming.router)
     app.include_router(prices.router)
     app.include_router(health.router)
     return app

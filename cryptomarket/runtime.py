@@ -21,6 +21,11 @@ from cryptomarket.prices.service import PriceService
 from cryptomarket.prices.tickers import TickerCatalogue
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import LocalBus
+from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
+from cryptomarket.users.repository import UserRepository
+from cryptomarket.users.secrets import SecretBox
+from cryptomarket.users.service import UserService
 
 logger = logging.getLogger("cryptomarket.runtime")
 
@@ -34,6 +39,9 @@ class Runtime:
     bus: LocalBus
     catalogue: TickerCatalogue
     prices: PriceService
+    users: UserService
+    hub: StreamHub
+    subscriptions: SubscriptionService
     writer: TickWriter | None = None
     ingest: Ingest | None = None
 
@@ -49,6 +57,10 @@ class Runtime:
             request_timeout=settings.DERIBIT_REQUEST_TIMEOUT,
         )
         catalogue = TickerCatalogue(pool.call)
+        prices = PriceService(database, catalogue, settings.TRACKED_TICKERS)
+        hub = StreamHub(
+            max_streams=settings.SSE_MAX_STREAMS, max_per_user=settings.SSE_MAX_STREAMS_PER_USER
+        )
         runtime = cls(
             settings=settings,
             database=database,
@@ -56,8 +68,18 @@ class Runtime:
             pool=pool,
             bus=LocalBus(),
             catalogue=catalogue,
-            prices=PriceService(database, catalogue, settings.TRACKED_TICKERS),
+            prices=prices,
+            users=UserService(
+                database,
+                pool,
+                SecretBox(settings.ENCRYPTION_KEYS),
+                session_ttl=settings.SESSION_TTL,
+            ),
+            hub=hub,
+            subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
         )
+        runtime.bus.subscribe(hub.publish)
+        hub.start()
         if with_ingest:
             runtime.writer = TickWriter(database)
             runtime.ingest = Ingest(
@@ -74,11 +96,24 @@ class Runtime:
                 history=chart_source(pool.call),
                 tracked=settings.TRACKED_TICKERS,
             )
+            runtime.subscriptions.watchers = runtime.ingest
             runtime.writer.start()
+            await runtime._watch_stored_subscriptions()
             await runtime.ingest.start()
         return runtime
 
+    async def _watch_stored_subscriptions(self) -> None:
+        """Subscriptions survive restarts: ingest follows every stored one from the start."""
+        assert self.ingest is not None  # noqa: S101  # called only with ingest
+        async with self.database.reading() as connection:
+            counts = await UserRepository(connection, self.database.tables).subscribed_tickers()
+        for ticker, count in counts.items():
+            for _ in range(count):
+                await self.ingest.acquire(ticker)
+
     async def stop(self) -> None:
+        await self.hub.stop()
+        await self.users.stop()
         if self.ingest is not None:
             await self.ingest.stop()
         if self.writer is not None:

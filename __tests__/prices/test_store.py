@@ -15,7 +15,7 @@ from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import OVERFLOW_REASON, TickWriter
 
-EXPECTED_TABLES = {"person", "person_prices", "price_tickers", "price_gaps"}
+EXPECTED_TABLES = {"person", "person_prices", "price_tickers", "price_gaps", "sessions"}
 
 
 def ticks(ticker: str, start: int, count: int, step: int = 1000) -> list[Tick]:

@@ -37,6 +37,26 @@ class NotFound(AppError):
     code = "not_found"
 
 
+class NotAuthenticated(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class TooMany(AppError):
+    status_code = 429
+    code = "too_many_requests"
+
+
 class InvalidInput(AppError):
     status_code = 422
     code = "invalid_input"
@@ -81,7 +101,8 @@ def describe_validation(error: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_request: Request, error: AppError) -> JSONResponse:
-        return error_response(error.status_code, error.detail, error.code)
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        return error_response(error.status_code, error.detail, error.code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -42,6 +42,7 @@ class Tables:
     person_prices: Table
     price_tickers: Table
     price_gaps: Table
+    sessions: Table
 
 
 @cache
@@ -74,7 +75,8 @@ def build_tables(dialect: str) -> Tables:
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("user_id", String(64), ForeignKey(person_key, ondelete="CASCADE"), nullable=False),
         Column("ticker", String(64), nullable=False),
-        Column("timer", Integer, nullable=False),
+        # Seconds between prices; NULL: the stream's own ?timer= (else 60) applies.
+        Column("timer", Integer, nullable=True),
         Column("created_at", DateTime(timezone=True), nullable=False),
         UniqueConstraint("user_id", "ticker", name="uq_person_prices_user_ticker"),
     )
@@ -100,4 +102,13 @@ def build_tables(dialect: str) -> Tables:
         Column("recorded_at", DateTime(timezone=True), nullable=False),
         UniqueConstraint("ticker", "from_ts", name="uq_price_gaps_ticker_from"),
     )
-    return Tables(metadata, person, person_prices, price_tickers, price_gaps)
+    # Session tokens are stored only as their SHA-256; the token itself lives with the client.
+    sessions = table(
+        "sessions",
+        Column("token_hash", String(64), primary_key=True),
+        Column("user_id", String(64), ForeignKey(person_key, ondelete="CASCADE"), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("revoked_at", DateTime(timezone=True), nullable=True),
+    )
+    return Tables(metadata, person, person_prices, price_tickers, price_gaps, sessions)

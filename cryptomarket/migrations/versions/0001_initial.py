@@ -46,7 +46,7 @@ def upgrade() -> None:
             "user_id", sa.String(64), sa.ForeignKey(person_ref, ondelete="CASCADE"), nullable=False
         ),
         sa.Column("ticker", sa.String(64), nullable=False),
-        sa.Column("timer", sa.Integer, nullable=False),
+        sa.Column("timer", sa.Integer, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("user_id", "ticker", name="uq_person_prices_user_ticker"),
     )

@@ -1,0 +1,259 @@
+"""The stream hub: every open SSE stream of this process, and the fan-out of market events to them.
+
+Each tick is encoded once into its SSE frame; the same bytes object is appended to the buffer of
+every stream that takes it. Streams with `timer=0` take every tick as it arrives. Streams with a
+timer take the latest price of the ticker every `timer` seconds from one scheduler for the whole
+process (a heap of due times), never from a loop per client. A stream whose buffer fills up is
+dropped; a closed stream's state is gone at once.
+"""
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptomarket.core.errors import TooMany, Unavailable
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.streaming import events
+from cryptomarket.streaming.bus import Event, UpstreamStatus
+
+logger = logging.getLogger("cryptomarket.streaming")
+
+DEFAULT_TIMER = 60
+PING_INTERVAL = 15.0
+MAX_BUFFERED_FRAMES = 2_000  # a client this far behind is dropped
+
+
+@dataclass(eq=False)
+class Stream:
+    """One open SSE connection: its subscriptions and the frames waiting for it."""
+
+    id: str
+    user_id: str
+    default_timer: int
+    timers: dict[str, int] = field(default_factory=dict)  # ticker -> effective seconds
+    last_sent: dict[str, int] = field(default_factory=dict)  # ticker -> newest timestamp sent
+    closed: bool = False
+    dropped: bool = False
+    _buffer: deque[bytes] = field(default_factory=deque)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        if len(self._buffer) >= MAX_BUFFERED_FRAMES:
+            self.dropped = True
+            self.close()
+            logger.warning(
+                "stream %s of %s dropped: %d frames unread",
+                self.id,
+                self.user_id,
+                len(self._buffer),
+            )
+            return
+        self._buffer.append(frame)
+        self._wake.set()
+
+    def push_price(self, tick: Tick, frame: bytes) -> None:
+        """A price, unless this stream already has it or a newer one."""
+        if tick.timestamp > self.last_sent.get(tick.ticker, 0):
+            self.last_sent[tick.ticker] = tick.timestamp
+            self.push(frame)
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def chunks(self, ping_interval: float = PING_INTERVAL) -> AsyncIterator[bytes]:
+        """What to write next: every buffered frame at once, or a ping after a quiet interval."""
+        while not self.closed or self._buffer:
+            if self.dropped:
+                return  # too slow to keep: what it missed stays missed, the server moves on
+            if not self._buffer:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(ping_interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    yield events.PING
+                    continue
+            if self._buffer and not self.dropped:
+                chunk = b"".join(self._buffer)
+                self._buffer.clear()
+                yield chunk
+
+
+class StreamHub:
+    def __init__(self, *, max_streams: int, max_per_user: int) -> None:
+        self.max_streams = max_streams
+        self.max_per_user = max_per_user
+        self.latest: dict[str, tuple[Tick, bytes]] = {}
+        self.upstream = events.status_frame("connecting", _now())
+        self.upstream_state = "connecting"
+        self._by_user: dict[str, set[Stream]] = {}
+        self._every_tick: dict[str, set[Stream]] = {}  # ticker -> streams with timer 0
+        self._due: list[tuple[float, int, Stream, str, int]] = []
+        self._order = itertools.count()
+        self._due_changed = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._scheduler: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(streams) for streams in self._by_user.values())
+
+    def streams_of(self, user_id: str) -> frozenset[Stream]:
+        return frozenset(self._by_user.get(user_id, ()))
+
+    def start(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = asyncio.create_task(self._run_timers(), name="stream-timers")
+
+    async def stop(self) -> None:
+        for streams in list(self._by_user.values()):
+            for stream in list(streams):
+                stream.close()
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+            self._scheduler = None
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def open(self, user_id: str, default_timer: int | None) -> Stream:
+        """Register a new stream, within the per-user and per-process bounds."""
+        if self.open_streams >= self.max_streams:
+            raise Unavailable(
+                f"this server holds its maximum of {self.max_streams} streams; retry shortly",
+                code="too_many_streams",
+            )
+        mine = self._by_user.setdefault(user_id, set())
+        if len(mine) >= self.max_per_user:
+            if not mine:
+                del self._by_user[user_id]
+            raise TooMany(
+                f"user {user_id!r} already has {self.max_per_user} open streams; close one first",
+                code="too_many_streams",
+            )
+        stream = Stream(
+            id=f"s{next(self._ids)}",
+            user_id=user_id,
+            default_timer=DEFAULT_TIMER if default_timer is None else default_timer,
+        )
+        mine.add(stream)
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        """Forget a stream at once (its timer entries are skipped when they come due)."""
+        stream.close()
+        if stream.dropped:
+            self.dropped += 1
+        mine = self._by_user.get(stream.user_id)
+        if mine is not None:
+            mine.discard(stream)
+            if not mine:
+                del self._by_user[stream.user_id]
+        for ticker in list(stream.timers):
+            self._stop_every_tick(stream, ticker)
+        stream.timers.clear()
+
+    def subscribe(self, stream: Stream, ticker: str, timer: int | None) -> None:
+        """(Re)subscribe a stream to a ticker; the latest price goes out at once."""
+        effective = stream.default_timer if timer is None else timer
+        if stream.timers.get(ticker) == effective:
+            return
+        self._stop_every_tick(stream, ticker)
+        stream.timers[ticker] = effective
+        if effective == 0:
+            self._every_tick.setdefault(ticker, set()).add(stream)
+        else:
+            self._schedule(asyncio.get_running_loop().time() + effective, stream, ticker, effective)
+        if latest := self.latest.get(ticker):
+            stream.push_price(*latest)
+
+    def unsubscribe(self, stream: Stream, ticker: str) -> None:
+        self._stop_every_tick(stream, ticker)
+        stream.timers.pop(ticker, None)
+
+    def remember_latest(self, tick: Tick) -> None:
+        """Keep a price as the latest if it is newer than what the hub has (e.g. from the store)."""
+        current = self.latest.get(tick.ticker)
+        if current is None or tick.timestamp > current[0].timestamp:
+            self.latest[tick.ticker] = (tick, events.price_frame(tick))
+
+    # -- market events ----------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """The bus listener: encode once, hand the same bytes to every stream that takes them."""
+        if isinstance(event, Tick):
+            self._publish_tick(event)
+        elif isinstance(event, Gap):
+            frame = events.gap_frame(event)
+            for stream in self._streams():
+                if event.ticker in stream.timers:
+                    stream.push(frame)
+        elif isinstance(event, UpstreamStatus):
+            self.upstream_state = event.state
+            self.upstream = events.status_frame(event.state, event.at)
+            for stream in self._streams():
+                stream.push(self.upstream)
+
+    def _publish_tick(self, tick: Tick) -> None:
+        current = self.latest.get(tick.ticker)
+        if current is not None and tick.timestamp <= current[0].timestamp:
+            return
+        frame = events.price_frame(tick)
+        self.latest[tick.ticker] = (tick, frame)
+        for stream in tuple(self._every_tick.get(tick.ticker, ())):
+            stream.push_price(tick, frame)
+        if current is None:  # the first price of a new ticker: "at once" for everyone on it
+            for stream in self._streams():
+                if tick.ticker in stream.timers:
+                    stream.push_price(tick, frame)
+
+    def _streams(self) -> list[Stream]:
+        return [stream for streams in self._by_user.values() for stream in streams]
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _stop_every_tick(self, stream: Stream, ticker: str) -> None:
+        watchers = self._every_tick.get(ticker)
+        if watchers is not None:
+            watchers.discard(stream)
+            if not watchers:
+                del self._every_tick[ticker]
+
+    def _schedule(self, due: float, stream: Stream, ticker: str, timer: int) -> None:
+        first = not self._due or due < self._due[0][0]
+        heapq.heappush(self._due, (due, next(self._order), stream, ticker, timer))
+        if first:
+            self._due_changed.set()
+
+    async def _run_timers(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._due_changed.clear()
+            now = loop.time()
+            while self._due and self._due[0][0] <= now:
+                due, _, stream, ticker, timer = heapq.heappop(self._due)
+                if stream.closed or stream.timers.get(ticker) != timer:
+                    continue  # closed, unsubscribed, or re-timed: this entry is stale
+                if latest := self.latest.get(ticker):
+                    stream.push_price(*latest)
+                following = due + timer
+                self._schedule(following if following > now else now + timer, stream, ticker, timer)
+            delay = self._due[0][0] - now if self._due else PING_INTERVAL
+            try:
+                async with asyncio.timeout(max(delay, 0.0)):
+                    await self._due_changed.wait()
+            except TimeoutError:
+                pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

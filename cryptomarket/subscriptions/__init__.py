@@ -1,0 +1,1 @@
+"""A user's tickers and intervals (the seed's "orders"), and how changes reach their streams."""

@@ -1,0 +1,118 @@
+"""The seed's market routes (SPEC section 4), each answering GET and POST with JSON.
+
+Every route needs the user's own session (or key headers): the router checks it before any of them.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
+
+from cryptomarket.core.errors import ErrorBody
+from cryptomarket.core.routing import get_and_post
+from cryptomarket.prices.endpoints import DATE_HELP, Cursor, Limit
+from cryptomarket.prices.schemas import PriceRange
+from cryptomarket.prices.service import DEFAULT_LIMIT
+from cryptomarket.runtime import RuntimeDep
+from cryptomarket.subscriptions.schemas import MAX_TIMER, Created, Removed, TimerBody
+from cryptomarket.users.auth import UserIdPath, require_owner
+
+router = APIRouter(
+    prefix="/api/v1/market/{user_id}",
+    tags=["market"],
+    dependencies=[Depends(require_owner)],
+    responses={
+        401: {"model": ErrorBody, "description": "No credentials, or wrong ones."},
+        403: {"model": ErrorBody, "description": "Another user's id."},
+        422: {"model": ErrorBody, "description": "Invalid parameter."},
+    },
+)
+
+TickerPath = Annotated[
+    str, Path(min_length=1, max_length=64, description="Deribit index name.", examples=["btc_usd"])
+]
+Timer = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_TIMER,
+        description="Seconds between prices; 0 for every tick. Default: the stream's ?timer=.",
+    ),
+]
+
+
+@get_and_post(
+    router,
+    "/create_order/{ticker}",
+    response_model=Created,
+    status_code=status.HTTP_201_CREATED,
+    summary="Subscribe to a ticker",
+    responses={
+        200: {"model": Created, "description": "Already subscribed (timer updated if given)."},
+        404: {"model": ErrorBody, "description": "Unknown ticker."},
+    },
+)
+async def create_order(
+    *,
+    user_id: UserIdPath,
+    ticker: TickerPath,
+    response: Response,
+    runtime: RuntimeDep,
+    timer: Timer = None,
+    body: Annotated[TimerBody | None, Body()] = None,
+) -> Created:
+    """Subscribe: 201 when new, 200 when already subscribed. Open streams follow at once."""
+    chosen = timer if timer is not None else (body.timer if body else None)
+    created = await runtime.subscriptions.subscribe(user_id, ticker, chosen)
+    if not created.created:
+        response.status_code = status.HTTP_200_OK
+    return created
+
+
+@get_and_post(
+    router,
+    "/cancel_order/{ticker}",
+    response_model=Removed,
+    summary="Unsubscribe from a ticker",
+    responses={404: {"model": ErrorBody, "description": "Not subscribed to that ticker."}},
+)
+async def cancel_order(user_id: UserIdPath, ticker: TickerPath, runtime: RuntimeDep) -> Removed:
+    """Unsubscribe one ticker: 200, or 404 if it was not subscribed."""
+    return await runtime.subscriptions.unsubscribe(user_id, [ticker])
+
+
+@get_and_post(
+    router,
+    "/cancel_all_orders",
+    response_model=Removed,
+    summary="Unsubscribe from everything",
+)
+async def cancel_all_orders(user_id: UserIdPath, runtime: RuntimeDep) -> Removed:
+    """Unsubscribe every ticker; the answer lists what was removed (maybe nothing)."""
+    return await runtime.subscriptions.unsubscribe(user_id, None)
+
+
+@get_and_post(
+    router,
+    "/get_order/{ticker}",
+    response_model=PriceRange,
+    summary="A ticker's history in a date range",
+    responses={404: {"model": ErrorBody, "description": "Unknown ticker."}},
+)
+async def get_order(
+    *,
+    user_id: UserIdPath,
+    ticker: TickerPath,
+    runtime: RuntimeDep,
+    start_date: Annotated[
+        str, Query(max_length=64, description=DATE_HELP, examples=["2025-11-24_09:00:00"])
+    ],
+    end_date: Annotated[
+        str | None, Query(max_length=64, description=DATE_HELP + " Default: now.")
+    ] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> PriceRange:
+    """Stored prices of the ticker between two dates, oldest first, paginated."""
+    return await runtime.prices.between(
+        ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
+    )

@@ -1,0 +1,1 @@
+"""Users: their Deribit keys (encrypted), their sessions, and their account data."""

@@ -1,0 +1,161 @@
+"""Every query of people, their sessions and their subscriptions. Callers own the transaction."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cryptomarket.core.tables import Tables
+
+
+class UserRepository:
+    def __init__(self, connection: AsyncConnection, tables: Tables) -> None:
+        self.connection = connection
+        self.person = tables.person
+        self.sessions = tables.sessions
+        self.subscriptions = tables.person_prices
+
+    # -- people -----------------------------------------------------------------------------
+
+    async def get(self, user_id: str) -> Row[Any] | None:
+        result = await self.connection.execute(
+            select(self.person).where(self.person.c.user_id == user_id)
+        )
+        return result.first()
+
+    async def save(
+        self,
+        user_id: str,
+        *,
+        client_id: str,
+        secret: bytes,
+        account_id: int,
+        profile: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        values = {
+            "client_id": client_id,
+            "client_secret_encrypted": secret,
+            "deribit_account_id": account_id,
+            "profile": profile,
+            "profile_fetched_at": now,
+            "updated_at": now,
+        }
+        changed = await self.connection.execute(
+            update(self.person).where(self.person.c.user_id == user_id).values(**values)
+        )
+        if changed.rowcount == 0:
+            await self.connection.execute(
+                self.person.insert().values(user_id=user_id, created_at=now, **values)
+            )
+
+    async def set_profile(self, user_id: str, profile: dict[str, Any], now: datetime) -> None:
+        await self.connection.execute(
+            update(self.person)
+            .where(self.person.c.user_id == user_id)
+            .values(profile=profile, profile_fetched_at=now)
+        )
+
+    async def set_secret(self, user_id: str, secret: bytes) -> None:
+        await self.connection.execute(
+            update(self.person)
+            .where(self.person.c.user_id == user_id)
+            .values(client_secret_encrypted=secret)
+        )
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def add_session(
+        self, token_hash: str, user_id: str, *, now: datetime, expires_at: datetime
+    ) -> None:
+        await self.connection.execute(
+            self.sessions.insert().values(
+                token_hash=token_hash, user_id=user_id, created_at=now, expires_at=expires_at
+            )
+        )
+
+    async def session_user(self, token_hash: str, now: datetime) -> str | None:
+        """The user of a live session (not revoked, not expired)."""
+        result = await self.connection.execute(
+            select(self.sessions.c.user_id).where(
+                self.sessions.c.token_hash == token_hash,
+                self.sessions.c.revoked_at.is_(None),
+                self.sessions.c.expires_at > now,
+            )
+        )
+        return result.scalar()
+
+    async def revoke_session(self, token_hash: str, now: datetime) -> None:
+        await self.connection.execute(
+            update(self.sessions)
+            .where(self.sessions.c.token_hash == token_hash)
+            .values(revoked_at=now)
+        )
+
+    async def purge_sessions(self, now: datetime) -> int:
+        """Forget sessions that expired or were revoked."""
+        result = await self.connection.execute(
+            delete(self.sessions).where(
+                (self.sessions.c.expires_at <= now) | self.sessions.c.revoked_at.is_not(None)
+            )
+        )
+        return result.rowcount
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    async def subscriptions_of(self, user_id: str) -> dict[str, int | None]:
+        result = await self.connection.execute(
+            select(self.subscriptions.c.ticker, self.subscriptions.c.timer)
+            .where(self.subscriptions.c.user_id == user_id)
+            .order_by(self.subscriptions.c.ticker)
+        )
+        return {ticker: timer for ticker, timer in result.all()}
+
+    async def subscribe(
+        self, user_id: str, ticker: str, timer: int | None, now: datetime
+    ) -> tuple[bool, int | None]:
+        """Add a subscription, or change its timer when one is given; (is new, timer now)."""
+        result = await self.connection.execute(
+            select(self.subscriptions.c.timer).where(
+                self.subscriptions.c.user_id == user_id, self.subscriptions.c.ticker == ticker
+            )
+        )
+        existing = result.first()
+        if existing is None:
+            await self.connection.execute(
+                self.subscriptions.insert().values(
+                    user_id=user_id, ticker=ticker, timer=timer, created_at=now
+                )
+            )
+            return True, timer
+        if timer is None or timer == existing.timer:
+            return False, existing.timer
+        await self.connection.execute(
+            update(self.subscriptions)
+            .where(self.subscriptions.c.user_id == user_id, self.subscriptions.c.ticker == ticker)
+            .values(timer=timer)
+        )
+        return False, timer
+
+    async def unsubscribe(self, user_id: str, tickers: list[str] | None = None) -> list[str]:
+        """Remove some (or all) of a user's subscriptions; returns the tickers removed."""
+        condition = self.subscriptions.c.user_id == user_id
+        if tickers is not None:
+            condition = condition & self.subscriptions.c.ticker.in_(tickers)
+        result = await self.connection.execute(
+            select(self.subscriptions.c.ticker)
+            .where(condition)
+            .order_by(self.subscriptions.c.ticker)
+        )
+        removed = list(result.scalars())
+        if removed:
+            await self.connection.execute(delete(self.subscriptions).where(condition))
+        return removed
+
+    async def subscribed_tickers(self) -> dict[str, int]:
+        """How many users subscribe each ticker."""
+        result = await self.connection.execute(
+            select(self.subscriptions.c.ticker, func.count()).group_by(self.subscriptions.c.ticker)
+        )
+        return {ticker: int(count) for ticker, count in result.all()}

@@ -1,0 +1,185 @@
+"""Signing in with a Deribit key, sessions, and the user's Deribit account data."""
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptomarket.core.db import Database
+from cryptomarket.core.errors import AppError, Conflict, NotAuthenticated, NotFound, Unavailable
+from cryptomarket.deribit.auth import Credentials
+from cryptomarket.deribit.errors import (
+    DeribitError,
+    DeribitTransportError,
+    InvalidCredentials,
+    Unauthorized,
+)
+from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.users.repository import UserRepository
+from cryptomarket.users.schemas import Profile, SessionCreated, UserOut
+from cryptomarket.users.secrets import SecretBox, SecretUnreadable
+
+logger = logging.getLogger("cryptomarket.users")
+
+PROFILE_TTL = timedelta(hours=27)  # served from the store this long (SPEC: cached 27 hours)
+PROFILE_REFRESH_AFTER = timedelta(hours=1)  # older than this: refreshed in the background
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class DeribitRefused(AppError):
+    status_code = 401
+    code = "invalid_credentials"
+
+
+class UserService:
+    def __init__(
+        self,
+        database: Database,
+        pool: DeribitPool,
+        box: SecretBox,
+        *,
+        session_ttl: timedelta,
+    ) -> None:
+        self.database = database
+        self.pool = pool
+        self.box = box
+        self.session_ttl = session_ttl
+        self._refreshing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def sign_in(self, user_id: str, client_id: str, client_secret: str) -> SessionCreated:
+        """Check the key with Deribit, keep the user, open a session."""
+        profile = await self._fetch_profile(Credentials(client_id, client_secret))
+        now = datetime.now(UTC)
+        token = secrets.token_urlsafe(32)
+        expires_at = now + self.session_ttl
+        async with self.database.transaction() as connection:
+            users = UserRepository(connection, self.database.tables)
+            person = await users.get(user_id)
+            if person is not None and person.deribit_account_id not in (None, profile.account_id):
+                raise Conflict(
+                    f"user_id {user_id!r} belongs to another Deribit account; choose another id",
+                    code="user_id_taken",
+                )
+            await users.save(
+                user_id,
+                client_id=client_id,
+                secret=self.box.encrypt(client_secret),
+                account_id=profile.account_id,
+                profile=profile.model_dump(mode="json"),
+                now=now,
+            )
+            await users.add_session(token_hash(token), user_id, now=now, expires_at=expires_at)
+        logger.info("user %s signed in (Deribit account %s)", user_id, profile.account_id)
+        return SessionCreated(user_id=user_id, token=token, expires_at=expires_at, profile=profile)
+
+    async def sign_out(self, token: str) -> None:
+        async with self.database.transaction() as connection:
+            await UserRepository(connection, self.database.tables).revoke_session(
+                token_hash(token), datetime.now(UTC)
+            )
+
+    async def user_of_token(self, token: str) -> str | None:
+        """The user of a live session token, or None."""
+        if not token or len(token) > 256:
+            return None
+        async with self.database.reading() as connection:
+            return await UserRepository(connection, self.database.tables).session_user(
+                token_hash(token), datetime.now(UTC)
+            )
+
+    async def user_of_key(self, user_id: str, client_id: str, client_secret: str) -> bool:
+        """The seed's headers: does this key match the one stored for the user?"""
+        async with self.database.reading() as connection:
+            person = await UserRepository(connection, self.database.tables).get(user_id)
+        if person is None or not hmac.compare_digest(person.client_id, client_id):
+            return False
+        try:
+            stored = self.box.decrypt(person.client_secret_encrypted)
+        except SecretUnreadable:
+            return False
+        if not hmac.compare_digest(stored.encode(), client_secret.encode()):
+            return False
+        if self.box.needs_rotation(person.client_secret_encrypted):
+            async with self.database.transaction() as connection:
+                await UserRepository(connection, self.database.tables).set_secret(
+                    user_id, self.box.rotate(person.client_secret_encrypted)
+                )
+        return True
+
+    async def user(self, user_id: str) -> UserOut:
+        """The user's Deribit data: from the store while fresh, refreshed when it ages."""
+        async with self.database.reading() as connection:
+            person = await UserRepository(connection, self.database.tables).get(user_id)
+        if person is None:
+            raise NotFound(f"no user {user_id!r}")
+        profile = Profile.model_validate(person.profile) if person.profile else None
+        age = datetime.now(UTC) - profile.fetched_at if profile else PROFILE_TTL
+        if age >= PROFILE_TTL:
+            profile = await self.refresh_profile(user_id)
+        elif age >= PROFILE_REFRESH_AFTER:
+            self._refresh_later(user_id)
+        return UserOut(user_id=user_id, client_id=person.client_id, profile=profile)
+
+    async def refresh_profile(self, user_id: str) -> Profile:
+        """Fetch the user's data from Deribit now with the stored key."""
+        async with self.database.reading() as connection:
+            person = await UserRepository(connection, self.database.tables).get(user_id)
+        if person is None:
+            raise NotFound(f"no user {user_id!r}")
+        try:
+            secret = self.box.decrypt(person.client_secret_encrypted)
+        except SecretUnreadable:
+            raise NotAuthenticated(
+                "the stored Deribit key can no longer be read; sign in again", code="sign_in_again"
+            ) from None
+        profile = await self._fetch_profile(Credentials(person.client_id, secret))
+        async with self.database.transaction() as connection:
+            await UserRepository(connection, self.database.tables).set_profile(
+                user_id, profile.model_dump(mode="json"), profile.fetched_at
+            )
+        return profile
+
+    def _refresh_later(self, user_id: str) -> None:
+        if user_id in self._refreshing:
+            return
+        self._refreshing.add(user_id)
+
+        async def refresh() -> None:
+            try:
+                await self.refresh_profile(user_id)
+            except AppError as error:
+                logger.warning("profile of %s not refreshed: %s", user_id, error.detail)
+            finally:
+                self._refreshing.discard(user_id)
+
+        task = asyncio.create_task(refresh())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch_profile(self, credentials: Credentials) -> Profile:
+        try:
+            async with self.pool.authenticated(credentials) as connection:
+                result: dict[str, Any] = await connection.call(
+                    "private/get_account_summaries", {"extended": True}
+                )
+        except (InvalidCredentials, Unauthorized) as error:
+            raise DeribitRefused(f"Deribit refused the key: {error.reason}") from None
+        except DeribitTransportError as error:
+            raise Unavailable(
+                f"Deribit is unreachable: {error}", code="deribit_unreachable"
+            ) from None
+        except DeribitError as error:
+            raise Unavailable(f"Deribit could not answer: {error.reason}") from None
+        return Profile.from_summaries(result, datetime.now(UTC))
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
