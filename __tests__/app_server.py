@@ -5,10 +5,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
-
 from __tests__.servers import free_port
 from cryptomarket.core.config import Settings
+from cryptomarket.core.server import make_server
 
 
 def app_settings(**values: Any) -> Settings:
@@ -23,9 +22,7 @@ def app_settings(**values: Any) -> Settings:
 async def serving(app: Any) -> AsyncIterator[str]:
     """Serve `app` with uvicorn until the block ends; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
+    server = make_server(app, "127.0.0.1", port, lifespan="on")
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(30):
@@ -36,5 +33,8 @@ async def serving(app: Any) -> AsyncIterator[str]:
                 await asyncio.sleep(0.01)  # uvicorn offers no start event
         yield f"http://127.0.0.1:{port}"
     finally:
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            runtime.begin_shutdown()  # as `cryptomarket serve` does on SIGTERM
         server.should_exit = True
         await task

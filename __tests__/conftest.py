@@ -9,12 +9,15 @@ may stop, kill or restart one (it comes back on the same port), but must leave i
 `finally`, for the tests after it.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from __tests__.servers import PostgresServer, RedisServer
+from __tests__.service import Service, running_service
 from __tests__.simulated import simulator, simulator_factory
+from cryptomarket.deribit.simulator import Simulator
 
 __all__ = ["simulator", "simulator_factory"]  # the Deribit simulator, for every test package
 
@@ -39,3 +42,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.close()
+
+
+# The service
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cryptomarket.sqlite3'}"
+
+
+@pytest.fixture
+async def service(simulator: Simulator, sqlite_url: str) -> AsyncIterator[Service]:
+    """The service on SQLite against the simulator (ticks every 50 ms)."""
+    async with running_service(simulator, sqlite_url) as running:
+        yield running

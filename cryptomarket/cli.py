@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import uvicorn
 
 from cryptomarket.app import create_app
 from cryptomarket.core.config import Settings, SettingsError, load_settings
 from cryptomarket.core.db import database_urls
 from cryptomarket.core.logging import configure_logging, mask_secrets
 from cryptomarket.core.migrate import upgrade
+from cryptomarket.core.server import make_server
 from cryptomarket.deribit.simulator import DEFAULT_ACCOUNTS, SimulatorConfig, load_accounts, run
 from cryptomarket.prices.backfill import RANGE_NAMES
 from cryptomarket.prices.history import BackfillError, load_history
@@ -73,16 +73,20 @@ def serve(
     if not settings.distributed:
         _migrate(settings)  # embedded mode brings its own database up to date
     application = create_app(settings, with_ingest=not settings.distributed)
-    config = uvicorn.Config(
-        application,
-        host=host or settings.APP_HOST,
-        port=port or settings.APP_PORT,
-        log_config=None,  # ours: stdout, secrets masked
-        server_header=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=10,
+    server = make_server(
+        application, host or settings.APP_HOST, port or settings.APP_PORT, proxy_headers=True
     )
-    uvicorn.Server(config).run()
+    uvicorn_exit = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        # Streams never end on their own: end them, so the graceful shutdown can finish.
+        runtime = getattr(application.state, "runtime", None)
+        if runtime is not None and server.config.loaded:
+            asyncio.get_event_loop().call_soon_threadsafe(runtime.begin_shutdown)
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
 
 
 @app.command()

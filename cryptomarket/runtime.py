@@ -59,7 +59,9 @@ class Runtime:
         catalogue = TickerCatalogue(pool.call)
         prices = PriceService(database, catalogue, settings.TRACKED_TICKERS)
         hub = StreamHub(
-            max_streams=settings.SSE_MAX_STREAMS, max_per_user=settings.SSE_MAX_STREAMS_PER_USER
+            max_streams=settings.SSE_MAX_STREAMS,
+            max_per_user=settings.SSE_MAX_STREAMS_PER_USER,
+            client_buffer=settings.SSE_CLIENT_BUFFER,
         )
         runtime = cls(
             settings=settings,
@@ -110,6 +112,10 @@ class Runtime:
         for ticker, count in counts.items():
             for _ in range(count):
                 await self.ingest.acquire(ticker)
+
+    def begin_shutdown(self) -> None:
+        """The server is going down: end every stream now, so no response holds the exit up."""
+        self.hub.close_all()
 
     async def stop(self) -> None:
         await self.hub.stop()

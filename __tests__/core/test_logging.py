@@ -16,6 +16,7 @@ LEAKY_LINES = [
     f"header Authorization: Bearer {SECRET}",
     f"database postgresql+asyncpg://crypto:{SECRET}@db:5432/crypto",
     f"signed client_signature signature={SECRET}&nonce=1",
+    f"set-cookie: cm_session={SECRET}; HttpOnly; Path=/",
 ]
 
 

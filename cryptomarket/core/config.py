@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     CORS_ORIGINS: CommaList = Field(default_factory=list)
     SSE_MAX_STREAMS_PER_USER: int = Field(5, ge=1, le=1000)
     SSE_MAX_STREAMS: int = Field(10_000, ge=1, le=1_000_000)
+    # Frames a stream may have waiting; a client further behind is dropped.
+    SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)
     SESSION_TTL: timedelta = timedelta(hours=27)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
 

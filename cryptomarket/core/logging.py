@@ -12,6 +12,7 @@ MASK = "***"
 # Names of keys whose values must never be logged.
 _SENSITIVE_KEYS = (
     "client_secret|access_token|refresh_token|token|secret|password|signature|x-secret-key"
+    "|cm_session"
 )
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # HTTP credentials anywhere (Authorization headers, reprs).

@@ -1,5 +1,6 @@
 """`/api/v2/sse/connection`: the user's live price stream (SPEC section 5)."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -77,6 +78,7 @@ async def sse_connection(
     )
 
     async def body() -> AsyncIterator[bytes]:
+        stream.writer = asyncio.current_task()
         try:
             yield events.retry() + connected + b"".join(replay) + hub.upstream
             async for chunk in stream.chunks():
@@ -105,7 +107,8 @@ async def _replay(
         for ticker, own in subscriptions.items()
         if (stream.default_timer if own is None else own) == 0
     ]
-    missed: list[Tick] = []
+    # The store has the older ticks; the hub's recent ones cover what is not written yet.
+    missed: dict[tuple[str, int], Tick] = {}
     database = runtime.database
     async with database.reading() as connection:
         repository = PriceRepository(connection, database.tables)
@@ -113,8 +116,13 @@ async def _replay(
             rows = await repository.between(
                 ticker, since + 1, 2**62, after=None, limit=REPLAY_LIMIT
             )
-            missed += [Tick(row.ticker, row.price, row.timestamp) for row in rows]
-    missed.sort(key=lambda tick: (tick.timestamp, tick.ticker))
-    for tick in missed:
+            for row in rows:
+                missed[ticker, row.timestamp] = Tick(row.ticker, row.price, row.timestamp)
+            for tick in runtime.hub.recent.get(ticker, ()):
+                if tick.timestamp > since:
+                    missed[ticker, tick.timestamp] = tick
+    ordered = sorted(missed.values(), key=lambda tick: (tick.timestamp, tick.ticker))
+    ordered = ordered[-REPLAY_LIMIT * max(1, len(every_tick)) :]
+    for tick in ordered:
         stream.last_sent[tick.ticker] = max(tick.timestamp, stream.last_sent.get(tick.ticker, 0))
-    return [events.price_frame(tick) for tick in missed]
+    return [events.price_frame(tick) for tick in ordered]

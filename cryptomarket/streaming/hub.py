@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,7 +25,7 @@ logger = logging.getLogger("cryptomarket.streaming")
 
 DEFAULT_TIMER = 60
 PING_INTERVAL = 15.0
-MAX_BUFFERED_FRAMES = 2_000  # a client this far behind is dropped
+RECENT_TICKS = 600  # per ticker, for Last-Event-ID replay of what the store may not have yet
 
 
 @dataclass(eq=False)
@@ -35,25 +35,33 @@ class Stream:
     id: str
     user_id: str
     default_timer: int
+    max_buffered: int = 2_000  # a client this far behind is dropped
     timers: dict[str, int] = field(default_factory=dict)  # ticker -> effective seconds
     last_sent: dict[str, int] = field(default_factory=dict)  # ticker -> newest timestamp sent
     closed: bool = False
     dropped: bool = False
+    # Called when the stream is dropped: unregister it and abort the response writing to it.
+    on_drop: Callable[["Stream"], None] | None = None
+    writer: asyncio.Task[object] | None = None
     _buffer: deque[bytes] = field(default_factory=deque)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, frame: bytes) -> None:
         if self.closed:
             return
-        if len(self._buffer) >= MAX_BUFFERED_FRAMES:
-            self.dropped = True
-            self.close()
+        # One latest price per subscription may arrive at once (on connect) on top of the bound.
+        if len(self._buffer) >= self.max_buffered + len(self.timers):
             logger.warning(
-                "stream %s of %s dropped: %d frames unread",
+                "stream %s of %s dropped: %d events unread",
                 self.id,
                 self.user_id,
                 len(self._buffer),
             )
+            self.dropped = True
+            self._buffer.clear()
+            self.close()
+            if self.on_drop is not None:
+                self.on_drop(self)
             return
         self._buffer.append(frame)
         self._wake.set()
@@ -88,10 +96,12 @@ class Stream:
 
 
 class StreamHub:
-    def __init__(self, *, max_streams: int, max_per_user: int) -> None:
+    def __init__(self, *, max_streams: int, max_per_user: int, client_buffer: int = 2_000) -> None:
         self.max_streams = max_streams
         self.max_per_user = max_per_user
+        self.client_buffer = client_buffer
         self.latest: dict[str, tuple[Tick, bytes]] = {}
+        self.recent: dict[str, deque[Tick]] = {}
         self.upstream = events.status_frame("connecting", _now())
         self.upstream_state = "connecting"
         self._by_user: dict[str, set[Stream]] = {}
@@ -114,10 +124,13 @@ class StreamHub:
         if self._scheduler is None:
             self._scheduler = asyncio.create_task(self._run_timers(), name="stream-timers")
 
+    def close_all(self) -> None:
+        """End every stream: each sends what it has buffered and finishes its response."""
+        for stream in self._streams():
+            stream.close()
+
     async def stop(self) -> None:
-        for streams in list(self._by_user.values()):
-            for stream in list(streams):
-                stream.close()
+        self.close_all()
         if self._scheduler is not None:
             self._scheduler.cancel()
             await asyncio.gather(self._scheduler, return_exceptions=True)
@@ -144,17 +157,26 @@ class StreamHub:
             id=f"s{next(self._ids)}",
             user_id=user_id,
             default_timer=DEFAULT_TIMER if default_timer is None else default_timer,
+            max_buffered=self.client_buffer,
+            on_drop=self._drop,
         )
         mine.add(stream)
         return stream
 
+    def _drop(self, stream: Stream) -> None:
+        """A stream too far behind: its state goes now, and its response is aborted (the
+        writer is stuck waiting for a client that does not read, so it cannot end by itself)."""
+        self.close(stream)
+        if stream.writer is not None and stream.writer is not asyncio.current_task():
+            stream.writer.cancel()
+
     def close(self, stream: Stream) -> None:
         """Forget a stream at once (its timer entries are skipped when they come due)."""
         stream.close()
-        if stream.dropped:
-            self.dropped += 1
         mine = self._by_user.get(stream.user_id)
-        if mine is not None:
+        if mine is not None and stream in mine:
+            if stream.dropped:
+                self.dropped += 1
             mine.discard(stream)
             if not mine:
                 del self._by_user[stream.user_id]
@@ -209,6 +231,7 @@ class StreamHub:
             return
         frame = events.price_frame(tick)
         self.latest[tick.ticker] = (tick, frame)
+        self.recent.setdefault(tick.ticker, deque(maxlen=RECENT_TICKS)).append(tick)
         for stream in tuple(self._every_tick.get(tick.ticker, ())):
             stream.push_price(tick, frame)
         if current is None:  # the first price of a new ticker: "at once" for everyone on it

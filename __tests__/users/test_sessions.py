@@ -1,0 +1,186 @@
+"""Signing in, sessions, the authorization rules of every {user_id} route, and secrets at rest."""
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from __tests__.service import Service, running_service
+from __tests__.sse import open_stream
+from cryptomarket.core.logging import configure_logging
+from cryptomarket.deribit.simulator import Simulator
+
+ALICE_SECRET = "sim-alice-secret"
+USER_ROUTES = [
+    ("GET", "/api/v1/users/{user}"),
+    ("GET", "/api/v1/market/{user}/create_order/btc_usd"),
+    ("POST", "/api/v1/market/{user}/create_order/btc_usd"),
+    ("GET", "/api/v1/market/{user}/cancel_order/btc_usd"),
+    ("POST", "/api/v1/market/{user}/cancel_order/btc_usd"),
+    ("GET", "/api/v1/market/{user}/cancel_all_orders"),
+    ("POST", "/api/v1/market/{user}/cancel_all_orders"),
+    ("GET", "/api/v1/market/{user}/get_order/btc_usd?start_date=2024-01-01"),
+    ("POST", "/api/v1/market/{user}/get_order/btc_usd?start_date=2024-01-01"),
+]
+
+
+def error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"detail", "code"} and body["code"] == code, body
+    return str(body["detail"])
+
+
+async def test_sign_in_returns_a_session_and_the_profile(service: Service) -> None:
+    response = await service.client.post(
+        "/api/v1/sessions",
+        json={"user_id": "alice", "client_id": "sim-alice", "client_secret": ALICE_SECRET},
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"user_id", "token", "expires_at", "profile"}
+    assert body["profile"]["account_id"] == 1001
+    assert body["profile"]["username"] == "alice"
+    assert body["profile"]["email"] == "alice@example.com"
+    assert "BTC" in body["profile"]["balances"]
+    cookie = response.headers["set-cookie"]
+    assert f"cm_session={body['token']}" in cookie
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    user = await service.client.get("/api/v1/users/alice")  # the cookie is enough
+    assert user.status_code == 200
+    assert user.json()["profile"]["account_id"] == 1001
+
+
+async def test_wrong_secret_is_401_with_deribits_reason_and_one_auth(service: Service) -> None:
+    before = service.simulator.calls["public/auth"]
+    response = await service.client.post(
+        "/api/v1/sessions",
+        json={"user_id": "alice", "client_id": "sim-alice", "client_secret": "wrong"},
+    )
+    assert "invalid_credentials" in error(response, 401, "invalid_credentials")
+    assert service.simulator.calls["public/auth"] == before + 1
+
+
+async def test_a_user_id_stays_with_its_deribit_account(service: Service) -> None:
+    await service.sign_in("alice")
+    response = await service.client.post(
+        "/api/v1/sessions",
+        json={"user_id": "alice", "client_id": "sim-bob", "client_secret": "sim-bob-secret"},
+    )
+    error(response, 409, "user_id_taken")
+    await service.sign_in("alice")  # the owner may sign in again
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"user_id": "a b", "client_id": "x", "client_secret": "y"},
+        {"user_id": "alice", "client_id": "", "client_secret": "y"},
+        {"user_id": "alice", "client_id": "x", "client_secret": "y", "extra": 1},
+        {"user_id": "x" * 65, "client_id": "x", "client_secret": "y"},
+    ],
+)
+async def test_malformed_sign_in_is_422(service: Service, body: dict[str, object]) -> None:
+    error(await service.client.post("/api/v1/sessions", json=body), 422, "invalid_input")
+
+
+async def test_unreachable_deribit_is_503(simulator: Simulator, sqlite_url: str) -> None:
+    async with running_service(simulator, sqlite_url, DERIBIT_REQUEST_TIMEOUT=1) as service:
+        await simulator.stop()
+        response = await service.client.post(
+            "/api/v1/sessions",
+            json={"user_id": "alice", "client_id": "sim-alice", "client_secret": ALICE_SECRET},
+        )
+        error(response, 503, "deribit_unreachable")
+
+
+async def test_every_user_route_needs_the_owners_credentials(service: Service) -> None:
+    alice_token = await service.sign_in("alice")
+    bob_token = await service.sign_in("bob")
+    anonymous = httpx.AsyncClient(base_url=service.base_url)
+    as_alice = service.client_for(alice_token)
+    as_bob = service.client_for(bob_token)
+    seed_headers = {"X-User-id": "alice", "X-Client-Id": "sim-alice", "X-Secret-key": ALICE_SECRET}
+    bad_seed = {**seed_headers, "X-Secret-key": "nope"}
+    for method, template in USER_ROUTES:
+        path = template.format(user="alice")
+        error(await anonymous.request(method, path), 401, "unauthorized")
+        error(await as_bob.request(method, path), 403, "forbidden")
+        error(await anonymous.request(method, path, headers=bad_seed), 401, "invalid_credentials")
+        bad_token = {"Authorization": "Bearer not-a-session"}
+        error(await anonymous.request(method, path, headers=bad_token), 401, "invalid_session")
+        for allowed in (
+            await as_alice.request(method, path),
+            await anonymous.request(method, path, headers=seed_headers),
+        ):
+            # Let through: the route's own answer (cancelling twice is a 404 of its own).
+            assert allowed.status_code in (200, 201, 404), (method, path, allowed.text)
+            assert allowed.json().get("code") in (None, "not_subscribed"), allowed.text
+    for client in (anonymous, as_alice, as_bob):
+        await client.aclose()
+
+
+async def test_the_stream_accepts_every_credential_and_refuses_others(service: Service) -> None:
+    token = await service.sign_in("alice")
+    anonymous = httpx.AsyncClient(base_url=service.base_url)
+    async with open_stream(anonymous) as refused:
+        assert refused.response.status_code == 401
+    async with open_stream(anonymous, params={"token": token}) as by_query:
+        assert (await by_query.until("connected")).data["user_id"] == "alice"
+    seed = {"X-User-id": "alice", "X-Client-Id": "sim-alice", "X-Secret-key": ALICE_SECRET}
+    async with open_stream(anonymous, headers=seed) as by_headers:
+        assert (await by_headers.until("connected")).data["user_id"] == "alice"
+    async with open_stream(service.client) as by_cookie:  # signed in above: the cookie
+        assert (await by_cookie.until("connected")).data["user_id"] == "alice"
+    await anonymous.aclose()
+
+
+async def test_signing_out_ends_the_session_at_once(service: Service) -> None:
+    token = await service.sign_in("alice")
+    client = service.client_for(token)
+    assert (await client.get("/api/v1/users/alice")).status_code == 200
+    assert (await client.delete("/api/v1/sessions/current")).status_code == 204
+    error(await client.get("/api/v1/users/alice"), 401, "invalid_session")
+    await client.aclose()
+
+
+async def test_an_expired_session_no_longer_works(simulator: Simulator, sqlite_url: str) -> None:
+    async with running_service(simulator, sqlite_url, SESSION_TTL=1) as service:
+        token = await service.sign_in("alice")
+        client = service.client_for(token)
+        assert (await client.get("/api/v1/users/alice")).status_code == 200
+        await asyncio.sleep(1.1)  # the expiry is a wall-clock fact: nothing to await but time
+        error(await client.get("/api/v1/users/alice"), 401, "invalid_session")
+        await client.aclose()
+
+
+async def test_the_secret_is_nowhere_but_in_the_request(
+    service: Service, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("DEBUG")  # what the process prints, at its most talkative
+    token = await service.sign_in("alice")
+    seed = {"X-User-id": "alice", "X-Client-Id": "sim-alice", "X-Secret-key": ALICE_SECRET}
+    client = service.client_for(token)
+    responses = [
+        await client.get("/api/v1/users/alice"),
+        await client.get("/api/v1/market/alice/create_order/btc_usd", headers=seed),
+        await service.client.post(
+            "/api/v1/sessions",
+            json={"user_id": "alice", "client_id": "sim-alice", "client_secret": ALICE_SECRET},
+        ),
+    ]
+    for response in responses:
+        assert ALICE_SECRET not in response.text
+    database_file = Path(sqlite_url.removeprefix("sqlite:///"))
+    stored = b"".join(
+        path.read_bytes() for path in database_file.parent.glob(database_file.name + "*")
+    )
+    assert ALICE_SECRET.encode() not in stored
+    assert token.encode() not in stored  # sessions are kept as hashes
+    logged = capsys.readouterr().out
+    assert "POST /api/v1/sessions" in logged  # the requests were logged ...
+    assert ALICE_SECRET not in logged  # ... without the secret
+    assert token not in logged
+    await client.aclose()
