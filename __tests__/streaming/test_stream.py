@@ -2,14 +2,17 @@
 
 import asyncio
 import itertools
+import json
 import socket
 
 import httpx
+from websockets.asyncio.client import connect
 
 from __tests__.helpers import eventually
 from __tests__.service import Service, running_service
 from __tests__.sse import Event, open_stream
 from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.prices.models import Gap
 
 
 def prices(events: list[Event], ticker: str | None = None) -> list[int]:
@@ -231,4 +234,31 @@ async def test_connect_and_disconnect_a_thousand_times_leaves_nothing(service: S
     assert all(not streams for streams in hub._every_tick.values())
     stale = [entry for entry in hub._due if not entry[2].closed]
     assert stale == []
+    await client.aclose()
+
+
+async def test_status_gap_and_ping_reach_the_stream(service: Service) -> None:
+    client = service.client_for(await service.sign_in("alice"))
+    await subscribe(client, "alice", "btc_usd", 0)
+    hub = service.runtime.hub
+    async with open_stream(client) as stream:
+        await stream.until("connected")
+        assert (await stream.until("status")).data["upstream"] == "connected"
+        async with connect(service.simulator.url) as control:
+            request = {"jsonrpc": "2.0", "id": 1, "method": "sim/drop_connections", "params": {}}
+            await control.send(json.dumps(request))
+            await control.recv()
+        assert (await stream.until("status")).data["upstream"] == "reconnecting"
+        assert (await stream.until("status")).data["upstream"] == "connected"
+
+        service.runtime.bus.publish(Gap("btc_usd", 1_000, 2_000, "test"))
+        service.runtime.bus.publish(Gap("eth_usd", 1_000, 2_000, "not subscribed"))
+        gap = await stream.until("gap")
+        assert gap.data == {"ticker": "btc_usd", "from": 1_000, "to": 2_000}
+
+    await client.get("/api/v1/market/alice/cancel_all_orders")
+    hub.ping_interval = 0.2
+    async with open_stream(client) as idle:
+        await idle.until("connected")
+        await eventually(lambda: "ping" in idle.parser.comments, what="a ping comment")
     await client.aclose()

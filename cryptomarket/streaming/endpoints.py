@@ -81,7 +81,7 @@ async def sse_connection(
         stream.writer = asyncio.current_task()
         try:
             yield events.retry() + connected + b"".join(replay) + hub.upstream
-            async for chunk in stream.chunks():
+            async for chunk in stream.chunks(hub.ping_interval):
                 yield chunk
         finally:
             hub.close(stream)

@@ -100,6 +100,7 @@ class StreamHub:
         self.max_streams = max_streams
         self.max_per_user = max_per_user
         self.client_buffer = client_buffer
+        self.ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
         self.recent: dict[str, deque[Tick]] = {}
         self.upstream = events.status_frame("connecting", _now())
