@@ -1,6 +1,7 @@
 """The SSE stream over a real uvicorn server, read by a strict event-stream parser."""
 
 import asyncio
+import gc
 import itertools
 import json
 import socket
@@ -13,6 +14,7 @@ from __tests__.service import Service, running_service
 from __tests__.sse import Event, open_stream
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Gap
+from cryptomarket.streaming.hub import Stream as HubStream
 
 
 def prices(events: list[Event], ticker: str | None = None) -> list[int]:
@@ -231,6 +233,8 @@ async def test_connect_and_disconnect_a_thousand_times_leaves_nothing(service: S
     await eventually(lambda: hub.open_streams == 0, what="every stream freed")
     await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before, what="tasks finished")
     assert not hub._by_user
+    gc.collect()
+    assert [obj for obj in gc.get_objects() if isinstance(obj, HubStream)] == []
     assert all(not streams for streams in hub._every_tick.values())
     stale = [entry for entry in hub._due if not entry[2].closed]
     assert stale == []

@@ -1,11 +1,14 @@
 """Signing in, sessions, the authorization rules of every {user_id} route, and secrets at rest."""
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
+from __tests__.helpers import eventually_async
 from __tests__.service import Service, running_service
 from __tests__.sse import open_stream
 from cryptomarket.core.logging import configure_logging
@@ -183,4 +186,27 @@ async def test_the_secret_is_nowhere_but_in_the_request(
     assert "POST /api/v1/sessions" in logged  # the requests were logged ...
     assert ALICE_SECRET not in logged  # ... without the secret
     assert token not in logged
+    await client.aclose()
+
+
+async def test_an_aging_profile_is_refreshed_in_the_background(service: Service) -> None:
+    token = await service.sign_in("alice")
+    database = service.runtime.database
+    person = database.tables.person
+    old = datetime.now(UTC) - timedelta(hours=2)
+    async with database.transaction() as connection:
+        row = (await connection.execute(select(person.c.profile))).scalar_one()
+        aged = {**row, "fetched_at": old.isoformat()}
+        await connection.execute(update(person).values(profile=aged, profile_fetched_at=old))
+    client = service.client_for(token)
+    calls = service.simulator.calls["private/get_account_summaries"]
+    stale = (await client.get("/api/v1/users/alice")).json()
+    assert stale["profile"]["fetched_at"].startswith(old.isoformat()[:19])  # served at once
+
+    async def refreshed() -> bool:
+        fresh = (await client.get("/api/v1/users/alice")).json()["profile"]["fetched_at"]
+        return not fresh.startswith(old.isoformat()[:19])
+
+    await eventually_async(refreshed, what="the profile refreshed from Deribit")
+    assert service.simulator.calls["private/get_account_summaries"] == calls + 1
     await client.aclose()
