@@ -211,10 +211,11 @@ class StreamHub:
 
     # -- market events ----------------------------------------------------------------------
 
-    def publish(self, event: Event) -> None:
-        """The bus listener: encode once, hand the same bytes to every stream that takes them."""
+    def publish(self, event: Event, frame: bytes | None = None) -> None:
+        """The bus listener: encode once (or take the frame the publisher encoded), and hand the
+        same bytes to every stream that takes them."""
         if isinstance(event, Tick):
-            self._publish_tick(event)
+            self._publish_tick(event, frame)
         elif isinstance(event, Gap):
             frame = events.gap_frame(event)
             for stream in self._streams():
@@ -226,11 +227,11 @@ class StreamHub:
             for stream in self._streams():
                 stream.push(self.upstream)
 
-    def _publish_tick(self, tick: Tick) -> None:
+    def _publish_tick(self, tick: Tick, frame: bytes | None) -> None:
         current = self.latest.get(tick.ticker)
         if current is not None and tick.timestamp <= current[0].timestamp:
             return
-        frame = events.price_frame(tick)
+        frame = frame or events.price_frame(tick)
         self.latest[tick.ticker] = (tick, frame)
         self.recent.setdefault(tick.ticker, deque(maxlen=RECENT_TICKS)).append(tick)
         for stream in tuple(self._every_tick.get(tick.ticker, ())):

@@ -1,0 +1,86 @@
+"""The Redis bus between processes, against a real Redis server (restarted in the middle)."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import Redis
+
+from __tests__.helpers import eventually
+from __tests__.servers import RedisServer
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.streaming import events
+from cryptomarket.streaming.bus import Event, UpstreamStatus
+from cryptomarket.streaming.redis_bus import TICKS_STREAM, RedisBus, pack, unpack
+
+Factory = Callable[..., RedisBus]
+
+
+@pytest.fixture
+async def buses(redis_server: RedisServer) -> AsyncIterator[Factory]:
+    made: list[tuple[RedisBus, Redis]] = []
+
+    def make(**start: bool) -> RedisBus:
+        client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
+        bus = RedisBus(client, backoff=lambda: Backoff(initial=0.05, maximum=0.3))
+        bus.start(**start)
+        made.append((bus, client))
+        return bus
+
+    yield make
+    for bus, client in made:
+        await bus.stop()
+        await client.aclose()
+
+
+def test_events_survive_the_trip_and_a_tick_keeps_its_frame() -> None:
+    tick = Tick("btc_usd", 95_000.5, 1_795_000_000_123)
+    received, frame = unpack(pack(tick))
+    assert received == tick
+    assert frame == events.price_frame(tick)
+    gap = Gap("eth_usd", 1, 2, "why")
+    assert unpack(pack(gap)) == (gap, None)
+    status = UpstreamStatus("stale", datetime(2026, 1, 1, tzinfo=UTC))
+    assert unpack(pack(status)) == (status, None)
+
+
+async def test_a_publisher_reaches_every_replica_with_the_same_bytes(
+    buses: Factory, redis_server: RedisServer
+) -> None:
+    publisher = buses(receiving=False)
+    replicas = [buses(publishing=False) for _ in range(2)]
+    received: list[list[tuple[Event, bytes | None]]] = [[], []]
+    for replica, inbox in zip(replicas, received, strict=True):
+        replica.subscribe(lambda event, frame, inbox=inbox: inbox.append((event, frame)))
+    await eventually(lambda: all(r.connected for r in replicas), what="replicas subscribed")
+
+    ticks = [Tick("btc_usd", 100.0 + i, 1_795_000_000_000 + i) for i in range(50)]
+    for tick in ticks:
+        publisher.publish(tick)
+    publisher.publish(UpstreamStatus("connected", datetime.now(UTC)))
+    await eventually(lambda: all(len(inbox) == 51 for inbox in received), what="all delivered")
+    for inbox in received:
+        assert [event for event, _ in inbox[:50]] == ticks
+        assert [frame for _, frame in inbox[:50]] == [events.price_frame(t) for t in ticks]
+    client = Redis.from_url(redis_server.url)
+    assert await client.xlen(TICKS_STREAM) >= 50
+    await client.aclose()
+
+
+async def test_a_redis_restart_is_ridden_out(buses: Factory, redis_server: RedisServer) -> None:
+    publisher = buses(receiving=False)
+    replica = buses(publishing=False)
+    inbox: list[Event] = []
+    replica.subscribe(lambda event, _frame: inbox.append(event))
+    await eventually(lambda: replica.connected, what="subscribed")
+    publisher.publish(Tick("btc_usd", 1.0, 1))
+    await eventually(lambda: len(inbox) == 1, what="first tick")
+
+    await asyncio.to_thread(redis_server.restart)
+    publisher.publish(Tick("btc_usd", 2.0, 2))  # held while the subscriber comes back
+    await eventually(lambda: replica.connected, timeout=15, what="subscribed again")
+    publisher.publish(Tick("btc_usd", 3.0, 3))
+    await eventually(lambda: inbox[-1:] == [Tick("btc_usd", 3.0, 3)], timeout=15, what="resumed")
+    assert publisher.dropped == 0
