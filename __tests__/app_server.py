@@ -12,6 +12,7 @@ from cryptomarket.core.server import make_server
 
 def app_settings(**values: Any) -> Settings:
     """Settings from the given values only: no .env, no environment of the developer."""
+    values.setdefault("PROJECT_MODE", "testing")
     values.setdefault("DERIBIT_HEARTBEAT_INTERVAL", 1)
     values.setdefault("DERIBIT_REQUEST_TIMEOUT", 5)
     values.setdefault("LOG_LEVEL", "INFO")

@@ -5,7 +5,7 @@ ingest connection with its writer: the process's single instance of each, shared
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,6 +23,7 @@ from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import LocalBus
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
+from cryptomarket.users.limits import AttemptLimiter
 from cryptomarket.users.repository import UserRepository
 from cryptomarket.users.secrets import SecretBox
 from cryptomarket.users.service import UserService
@@ -42,6 +43,7 @@ class Runtime:
     users: UserService
     hub: StreamHub
     subscriptions: SubscriptionService
+    sign_in_limits: AttemptLimiter = field(default_factory=AttemptLimiter)
     writer: TickWriter | None = None
     ingest: Ingest | None = None
 

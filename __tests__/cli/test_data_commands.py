@@ -33,6 +33,7 @@ async def test_migrate_then_backfill_a_day_of_history(tmp_path: Path, simulator:
         "DATABASE_URL": f"sqlite:///{database}",
         "DERIBIT_WS_URL": simulator.url,
         "DERIBIT_HEARTBEAT_INTERVAL": "1",
+        "PROJECT_MODE": "testing",
     }
     code, output, _ = await run("migrate", env=env)
     assert (code, output.strip().splitlines()[-1]) == (0, "database schema is up to date")
@@ -69,6 +70,7 @@ async def test_backfill_refuses_bad_input_in_one_line(tmp_path: Path, simulator:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
         "DERIBIT_WS_URL": simulator.url,
         "DERIBIT_HEARTBEAT_INTERVAL": "1",
+        "PROJECT_MODE": "testing",
     }
     await run("migrate", env=env)
     code, _, output = await run("backfill", "--ticker", "zzz_usd", "--range", "1h", env=env)

@@ -144,12 +144,13 @@ async def test_bad_input_gets_a_sentence_never_a_500(api: Api) -> None:
         "invalid_input",
         "limit",
     )
-    assert_error(
-        await api.get("/api/v1/prices", ticker="sol_usdc", cursor="abc"),
-        422,
-        "invalid_input",
-        "cursor",
-    )
+    for cursor in ("abc", "²", "9" * 19):
+        assert_error(
+            await api.get("/api/v1/prices", ticker="sol_usdc", cursor=cursor),
+            422,
+            "invalid_input",
+            "cursor",
+        )
     assert_error(
         await api.get("/api/v1/prices", ticker="BTC USD; drop table"), 422, "invalid_input"
     )

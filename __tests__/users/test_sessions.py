@@ -1,6 +1,7 @@
 """Signing in, sessions, the authorization rules of every {user_id} route, and secrets at rest."""
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from __tests__.helpers import eventually_async
-from __tests__.service import Service, running_service
+from __tests__.service import KEYS, Service, running_service
 from __tests__.sse import open_stream
 from cryptomarket.core.logging import configure_logging
 from cryptomarket.deribit.simulator import Simulator
@@ -49,7 +50,7 @@ async def test_sign_in_returns_a_session_and_the_profile(service: Service) -> No
     assert "BTC" in body["profile"]["balances"]
     cookie = response.headers["set-cookie"]
     assert f"cm_session={body['token']}" in cookie
-    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     user = await service.client.get("/api/v1/users/alice")  # the cookie is enough
     assert user.status_code == 200
     assert user.json()["profile"]["account_id"] == 1001
@@ -163,6 +164,17 @@ async def test_the_secret_is_nowhere_but_in_the_request(
     service: Service, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging("DEBUG")  # what the process prints, at its most talkative
+    root = logging.getLogger()
+    ours = root.handlers[-1]
+    try:
+        await _secret_nowhere(service, sqlite_url, capsys)
+    finally:
+        root.removeHandler(ours)  # it writes to this test's captured stdout, closed after
+
+
+async def _secret_nowhere(
+    service: Service, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     token = await service.sign_in("alice")
     seed = {"X-User-id": "alice", "X-Client-Id": "sim-alice", "X-Secret-key": ALICE_SECRET}
     client = service.client_for(token)
@@ -210,3 +222,36 @@ async def test_an_aging_profile_is_refreshed_in_the_background(service: Service)
     await eventually_async(refreshed, what="the profile refreshed from Deribit")
     assert service.simulator.calls["private/get_account_summaries"] == calls + 1
     await client.aclose()
+
+
+async def test_racing_first_sign_ins_cannot_share_a_user_id(service: Service) -> None:
+    async def claim(key: str) -> int:
+        client_id, secret = KEYS[key]
+        response = await service.client.post(
+            "/api/v1/sessions",
+            json={"user_id": "dave", "client_id": client_id, "client_secret": secret},
+        )
+        return response.status_code
+
+    statuses = await asyncio.gather(claim("alice"), claim("bob"))
+    assert sorted(statuses) == [201, 409]
+
+
+async def test_the_same_subscription_sent_at_once_is_created_once(service: Service) -> None:
+    client = service.client_for(await service.sign_in("alice"))
+    path = "/api/v1/market/alice/create_order/eth_usd"
+    responses = await asyncio.gather(*(client.get(path) for _ in range(5)))
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 200, 201]
+    await client.aclose()
+
+
+async def test_a_flood_of_sign_ins_is_cut_off_with_429(service: Service) -> None:
+    body = {"user_id": "eve", "client_id": "sim-alice", "client_secret": "guess"}
+    statuses = [
+        (await service.client.post("/api/v1/sessions", json=body)).status_code for _ in range(8)
+    ]
+    assert statuses[:5] == [401] * 5
+    assert statuses[5:] == [429] * 3
+    limited = await service.client.post("/api/v1/sessions", json=body)
+    assert "too many sign-in attempts" in limited.json()["detail"]
+    assert service.simulator.calls["public/auth"] <= 5

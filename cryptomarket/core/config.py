@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     def _keys_outside_debug(self) -> "Settings":
         if not self.DEBUG and not self.ENCRYPTION_KEYS:
             raise ValueError("ENCRYPTION_KEYS is required when DEBUG is false")
+        if self.DERIBIT_HEARTBEAT_INTERVAL < 10 and self.PROJECT_MODE != "testing":
+            raise ValueError(
+                "DERIBIT_HEARTBEAT_INTERVAL must be at least 10 (Deribit's minimum; "
+                "shorter intervals are for PROJECT_MODE=testing against the simulator)"
+            )
         return self
 
     @property

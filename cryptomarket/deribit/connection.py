@@ -23,9 +23,13 @@ from cryptomarket.deribit.auth import Credentials, Token
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.errors import (
+    AuthorizationRequired,
     ConnectionClosed,
     ConnectionLost,
     DeribitError,
+    DeribitTransportError,
+    Forbidden,
+    InvalidCredentials,
     RequestTimeout,
     TooManyRequests,
     Unauthorized,
@@ -39,6 +43,8 @@ StateHandler = Callable[["ConnectionState"], None]
 
 # Deribit accepts up to this many channels in one subscribe call (reference section 8).
 SUBSCRIBE_BATCH = 500
+# Answers to `public/auth` that mean the key itself is refused: final, never retried.
+FATAL_AUTH_ERRORS = (InvalidCredentials, Unauthorized, Forbidden, AuthorizationRequired)
 
 
 class ConnectionState(StrEnum):
@@ -87,6 +93,7 @@ class DeribitConnection:
         self._notification_handlers: list[NotificationHandler] = []
         self._state_handlers: list[StateHandler] = []
         self._state_changed = asyncio.Event()
+        self._channel_changes = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._last_frame = 0.0
@@ -155,27 +162,39 @@ class DeribitConnection:
         """Add channels to the set and subscribe them now; returns the ones Deribit acknowledged.
 
         A channel already in the set is not sent again. Channels Deribit does not acknowledge
-        (unknown names are dropped silently by Deribit) leave the set and are logged.
+        (unknown names are dropped silently by Deribit) leave the set and are logged. Changes
+        go out one at a time, so an unsubscribe can never overtake a later subscribe.
         """
-        new = sorted(set(channels) - self._channels)
-        if not new:
-            return []
-        self._channels.update(new)
-        if not self.connected:
-            return []  # the set-up after (re)connect subscribes the whole set
-        try:
-            return await self._subscribe_now(new, priority=False)
-        except ConnectionLost:
-            return []  # the socket died under us; the reconnect replays the set
+        async with self._channel_changes:
+            new = sorted(set(channels) - self._channels)
+            if not new:
+                return []
+            self._channels.update(new)
+            if not self.connected:
+                return []  # the set-up after (re)connect subscribes the whole set
+            try:
+                return await self._subscribe_now(new, priority=False)
+            except DeribitTransportError:
+                self._resync()
+                return []
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
         """Drop channels from the set and unsubscribe them upstream."""
-        gone = sorted(self._channels.intersection(channels))
-        self._channels.difference_update(gone)
-        if gone and self.connected:
-            with contextlib.suppress(ConnectionLost):
-                for batch in _batches(gone):
-                    await self._request("public/unsubscribe", {"channels": batch})
+        async with self._channel_changes:
+            gone = sorted(self._channels.intersection(channels))
+            self._channels.difference_update(gone)
+            if gone and self.connected:
+                try:
+                    for batch in _batches(gone):
+                        await self._request("public/unsubscribe", {"channels": batch})
+                except DeribitTransportError:
+                    self._resync()
+
+    def _resync(self) -> None:
+        """Deribit's idea of our channels is unknown now: a new socket replays the whole set."""
+        if self._ws is not None:
+            logger.warning("%s: channel change unanswered; reconnecting to resync", self.name)
+            self._ws.transport.abort()
 
     async def authenticate(self, credentials: Credentials) -> Token:
         """Authenticate this socket with a key (kept for re-auth after reconnects).
@@ -248,28 +267,31 @@ class DeribitConnection:
         watchdog = asyncio.create_task(self._watch(ws), name=f"{self.name}-watchdog")
         connected_at = None
         try:
-            await self._set_up()
-        except DeribitError as exc:
-            if not exc.retryable:
-                # Wrong or revoked key, bad settings: no retry can mend it, so say it once.
-                logger.error("%s: Deribit refused the set-up: %s", self.name, exc.reason)
-                self.failure = exc
-                self._set_state(ConnectionState.CLOSED)
+            try:
+                await self._set_up()
+            except DeribitError as exc:
+                if self.credentials is not None and isinstance(exc, FATAL_AUTH_ERRORS):
+                    # A wrong or revoked key: no retry can mend it, so say it once.
+                    logger.error("%s: Deribit refused the key: %s", self.name, exc.reason)
+                    self.failure = exc
+                    self._set_state(ConnectionState.CLOSED)
+                else:
+                    self._last_error = str(exc)
+                    logger.warning("%s: set-up failed: %s", self.name, exc)
+                ws.transport.abort()
+            except (DeribitTransportError, ValueError, TypeError, KeyError) as exc:
+                self._last_error = str(exc) or type(exc).__name__
+                logger.warning("%s: set-up failed: %s", self.name, self._last_error)
+                ws.transport.abort()
             else:
-                self._last_error = str(exc)
-                logger.warning("%s: set-up failed: %s", self.name, exc)
-            ws.transport.abort()
-        except (ConnectionLost, RequestTimeout) as exc:
-            self._last_error = str(exc)
-            logger.warning("%s: set-up failed: %s", self.name, exc)
-            ws.transport.abort()
-        else:
-            connected_at = loop.time()
-            self._last_error = ""
-            self._set_state(ConnectionState.CONNECTED)
-            logger.info("%s: connected to %s", self.name, self.url)
-        await asyncio.wait({reader})
-        watchdog.cancel()
+                connected_at = loop.time()
+                self._last_error = ""
+                self._set_state(ConnectionState.CONNECTED)
+                logger.info("%s: connected to %s", self.name, self.url)
+            await asyncio.wait({reader})
+        finally:
+            watchdog.cancel()
+            reader.cancel()
         lost = ConnectionClosed(str(self.failure)) if self.closed else ConnectionLost("lost")
         await self._drop_socket(lost)
         if connected_at is None:
@@ -314,8 +336,13 @@ class DeribitConnection:
             self._spawn(self._refresh_later(self.token), "token-refresh")
             logger.info("%s: token refreshed", self.name)
         except Unauthorized:
-            await self._authenticate(priority=True)  # refresh token refused: start from the key
-        except (ConnectionLost, RequestTimeout):
+            try:
+                await self._authenticate(priority=True)  # refresh token refused: use the key
+            except DeribitError as error:
+                logger.error("%s: re-authentication refused: %s", self.name, error.reason)
+                if self._ws is not None:
+                    self._ws.transport.abort()  # the set-up on a new socket says it for good
+        except DeribitTransportError:
             pass  # the reconnect authenticates afresh
 
     async def _subscribe_now(self, channels: list[str], *, priority: bool) -> list[str]:
@@ -420,7 +447,7 @@ class DeribitConnection:
             logger.warning("%s: Deribit error without id: %s", self.name, message["error"])
 
     async def _answer_test_request(self) -> None:
-        with contextlib.suppress(ConnectionLost, RequestTimeout):
+        with contextlib.suppress(DeribitTransportError, DeribitError):
             await self._request("public/test", {}, priority=True)
 
     async def _watch(self, ws: ClientConnection) -> None:
@@ -445,6 +472,11 @@ class DeribitConnection:
         task.set_name(f"{self.name}-{name}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._log_failure)
+
+    def _log_failure(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.warning("%s: %s failed: %s", self.name, task.get_name(), error)
 
     def _set_state(self, state: ConnectionState) -> None:
         if state is self.state:

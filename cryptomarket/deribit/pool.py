@@ -16,7 +16,7 @@ from cryptomarket.deribit.auth import Credentials
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.connection import DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
-from cryptomarket.deribit.errors import ConnectionLost, DeribitTransportError
+from cryptomarket.deribit.errors import ConnectionClosed, ConnectionLost, DeribitTransportError
 
 logger = logging.getLogger("cryptomarket.deribit.pool")
 
@@ -42,6 +42,9 @@ class DeribitPool:
         self._backoff = backoff
         # One slot per socket, shared by the public connections and the exclusive checkouts.
         self._slots = asyncio.Semaphore(size)
+        # Checkouts under users' keys may hold at most half of the sockets: public calls
+        # (index list, history, prices) always keep some.
+        self._checkouts = asyncio.Semaphore(max(1, size // 2))
         self._public: list[DeribitConnection] = []
         self._checked_out: set[DeribitConnection] = set()
         self._opened = 0
@@ -61,7 +64,8 @@ class DeribitPool:
         try:
             connection = await self._pick()
             return await connection.call(method, params, timeout=timeout)
-        except ConnectionLost:
+        except (ConnectionLost, ConnectionClosed):
+            # The socket died, or was handed to a checkout and closed: try once on another.
             connection = await self._pick()
             return await connection.call(method, params, timeout=timeout)
 
@@ -71,18 +75,29 @@ class DeribitPool:
 
         Wrong credentials raise InvalidCredentials (or Unauthorized) once: nothing retries them.
         """
-        connection = self._take_public()
-        if connection is None:
-            await self._acquire_slot()
-            connection = self._new_connection()
-        self._checked_out.add(connection)
         try:
-            await connection.authenticate(credentials)
-            yield connection
+            async with asyncio.timeout(self.request_timeout):
+                await self._checkouts.acquire()
+        except TimeoutError:
+            raise ConnectionLost(
+                f"all Deribit connections for signed-in calls stayed busy for "
+                f"{self.request_timeout:g}s"
+            ) from None
+        try:
+            connection = self._take_public()
+            if connection is None:
+                await self._acquire_slot()
+                connection = self._new_connection()
+            self._checked_out.add(connection)
+            try:
+                await connection.authenticate(credentials)
+                yield connection
+            finally:
+                self._checked_out.discard(connection)
+                await connection.close()
+                self._slots.release()
         finally:
-            self._checked_out.discard(connection)
-            await connection.close()
-            self._slots.release()
+            self._checkouts.release()
 
     async def close(self) -> None:
         self._closed = True

@@ -12,11 +12,12 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
+from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
 from cryptomarket.prices.backfill import ChartSource, fill_window
 from cryptomarket.prices.models import CHANNEL_PREFIX, Tick, channel_of
 from cryptomarket.prices.repository import PriceRepository
@@ -84,10 +85,11 @@ class Ingest:
         await self.connection.close()
 
     async def acquire(self, ticker: str) -> None:
-        """Someone watches `ticker`: subscribe upstream if nobody did yet."""
+        """Someone watches `ticker`: subscribe upstream if nobody did yet. Never raises: the
+        channel is in the connection's set, which every reconnect replays."""
         self._refs[ticker] += 1
         if self._refs[ticker] == 1 and ticker not in self.tracked:
-            await self.connection.subscribe([channel_of(ticker)])
+            await self._change(self.connection.subscribe, ticker)
 
     async def release(self, ticker: str) -> None:
         """One watcher fewer: the last one leaving drops the channel, unless it is tracked."""
@@ -97,7 +99,13 @@ class Ingest:
         if self._refs[ticker] == 0:
             del self._refs[ticker]
             if ticker not in self.tracked:
-                await self.connection.unsubscribe([channel_of(ticker)])
+                await self._change(self.connection.unsubscribe, ticker)
+
+    async def _change(self, change: Callable[[list[str]], Awaitable[object]], ticker: str) -> None:
+        try:
+            await change([channel_of(ticker)])
+        except (DeribitError, DeribitTransportError) as error:
+            logger.warning("%s: upstream channel change failed: %s", ticker, error)
 
     # -- upstream events --------------------------------------------------------------------
 

@@ -94,6 +94,16 @@ class PriceRepository:
         result = await self.connection.execute(query.order_by(self.ticks.c.timestamp).limit(limit))
         return result.all()
 
+    async def newest_after(self, ticker: str, after: int, *, limit: int) -> list[Row[Any]]:
+        """The newest `limit` ticks later than `after`, oldest first (a bounded catch-up)."""
+        result = await self.connection.execute(
+            select(self.ticks)
+            .where(self.ticks.c.ticker == ticker, self.ticks.c.timestamp > after)
+            .order_by(self.ticks.c.timestamp.desc())
+            .limit(limit)
+        )
+        return list(reversed(result.all()))
+
     async def last_timestamp(self, ticker: str) -> int | None:
         """The newest stored timestamp of a ticker (an index lookup, not a scan)."""
         result = await self.connection.execute(

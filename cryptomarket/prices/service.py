@@ -1,5 +1,6 @@
 """The price API's logic: checks its input, reads the store, shapes the answers."""
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,8 @@ MAX_LIMIT = 10_000
 
 
 def point(row: Row[Any]) -> PricePoint:
-    return PricePoint(
+    # Rows from our own table are already valid: skip validation (a page holds up to 10,000).
+    return PricePoint.model_construct(
         ticker=row.ticker, price=row.price, timestamp=row.timestamp, datetime=from_ms(row.timestamp)
     )
 
@@ -27,7 +29,7 @@ def point(row: Row[Any]) -> PricePoint:
 def read_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not re.fullmatch(r"[0-9]{1,18}", cursor):
         raise InvalidInput("cursor is not one this API handed out; pass next_cursor as it came")
     return int(cursor)
 

@@ -4,7 +4,8 @@ Ingest hands every tick to `add`, which never blocks. A background task writes w
 at least every `flush_interval` seconds (or as soon as a batch is full). While the database is
 down, the batch stays at the head of the buffer and is written again after a backoff, so nothing
 in the buffer is lost. When the buffer is full, new ticks are not kept: each ticker's dropped range
-is recorded as a gap once the database is back, for the gap backfill to fill from Deribit later.
+is recorded as a gap once the database is back (filling recorded gaps from Deribit later is the
+job of the periodic gap backfill).
 Writes are idempotent, so a batch written twice (a commit whose answer was lost) stores once.
 """
 
@@ -133,6 +134,7 @@ class TickWriter:
 
     async def _write_head(self) -> None:
         batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+        taken_gaps = 0 if batch else len(self._gaps)
         gaps = [] if batch else [*self._gaps, *self._overflow.values()]
         async with self.database.transaction() as connection:
             repository = PriceRepository(connection, self.database.tables)
@@ -143,7 +145,7 @@ class TickWriter:
             self._buffer.popleft()
         self.written += len(batch)
         if gaps:
-            self._gaps.clear()
+            del self._gaps[:taken_gaps]  # gaps queued while this transaction ran stay queued
             for gap in gaps:
                 if self._overflow.get(gap.ticker) == gap:
                     del self._overflow[gap.ticker]

@@ -55,13 +55,17 @@ async def sse_connection(
 ) -> StreamingResponse:
     """Subscriptions come from create_order; changes reach the open stream at once."""
     hub = runtime.hub
-    subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
+    # Registered before the subscriptions are read: a change made meanwhile reaches this
+    # stream through the hub, and is applied after (overriding) the stored state read here.
     stream = hub.open(caller.user_id, timer)
     try:
+        subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))
         replay = await _replay(runtime, stream, subscriptions, last_event_id)
+        changed_meanwhile = dict(stream.timers)
         for ticker, own_timer in subscriptions.items():
-            hub.subscribe(stream, ticker, own_timer)
+            if ticker not in changed_meanwhile:
+                hub.subscribe(stream, ticker, own_timer)
     except BaseException:
         hub.close(stream)
         raise
@@ -113,9 +117,7 @@ async def _replay(
     async with database.reading() as connection:
         repository = PriceRepository(connection, database.tables)
         for ticker in every_tick:
-            rows = await repository.between(
-                ticker, since + 1, 2**62, after=None, limit=REPLAY_LIMIT
-            )
+            rows = await repository.newest_after(ticker, since, limit=REPLAY_LIMIT)
             for row in rows:
                 missed[ticker, row.timestamp] = Tick(row.ticker, row.price, row.timestamp)
             for tick in runtime.hub.recent.get(ticker, ()):

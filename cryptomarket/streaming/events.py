@@ -5,6 +5,7 @@ raw newline, so one data line is always enough; ids and event names are our own 
 """
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +58,6 @@ def parse_last_event_id(value: str | None) -> tuple[str, int] | None:
     if not value or len(value) > 100:
         return None
     ticker, _, timestamp = value.strip().rpartition(":")
-    if not ticker or not timestamp.isdigit():
+    if not ticker or not re.fullmatch(r"[0-9]{1,18}", timestamp):
         return None
     return ticker, int(timestamp)

@@ -76,6 +76,12 @@ class Stream:
         self.closed = True
         self._wake.set()
 
+    def forget(self) -> None:
+        """Drop what a closed stream still holds, so stale timer entries pin nothing big."""
+        self._buffer.clear()
+        self.timers.clear()
+        self.last_sent.clear()
+
     async def chunks(self, ping_interval: float = PING_INTERVAL) -> AsyncIterator[bytes]:
         """What to write next: every buffered frame at once, or a ping after a quiet interval."""
         while not self.closed or self._buffer:
@@ -110,6 +116,7 @@ class StreamHub:
         self._due: list[tuple[float, int, Stream, str, int]] = []
         self._order = itertools.count()
         self._due_changed = asyncio.Event()
+        self._due_live = 0  # entries known live at the last compaction, plus those added since
         self._ids = itertools.count(1)
         self._scheduler: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -182,26 +189,35 @@ class StreamHub:
             if not mine:
                 del self._by_user[stream.user_id]
         for ticker in list(stream.timers):
-            self._stop_every_tick(stream, ticker)
-        stream.timers.clear()
+            self._leave(stream, ticker)
+        stream.forget()  # its timer entries, now stale, hold an empty shell until compacted
+        self._compact_if_stale()
 
     def subscribe(self, stream: Stream, ticker: str, timer: int | None) -> None:
         """(Re)subscribe a stream to a ticker; the latest price goes out at once."""
         effective = stream.default_timer if timer is None else timer
         if stream.timers.get(ticker) == effective:
             return
-        self._stop_every_tick(stream, ticker)
+        self._leave(stream, ticker)
         stream.timers[ticker] = effective
         if effective == 0:
             self._every_tick.setdefault(ticker, set()).add(stream)
         else:
+            self._due_live += 1
             self._schedule(asyncio.get_running_loop().time() + effective, stream, ticker, effective)
+            self._compact_if_stale()
         if latest := self.latest.get(ticker):
             stream.push_price(*latest)
 
     def unsubscribe(self, stream: Stream, ticker: str) -> None:
-        self._stop_every_tick(stream, ticker)
+        self._leave(stream, ticker)
         stream.timers.pop(ticker, None)
+
+    def _leave(self, stream: Stream, ticker: str) -> None:
+        """Stop a stream's current delivery of a ticker (its timer entry turns stale)."""
+        self._stop_every_tick(stream, ticker)
+        if stream.timers.get(ticker, 0) > 0:
+            self._due_live -= 1
 
     def remember_latest(self, tick: Tick) -> None:
         """Keep a price as the latest if it is newer than what the hub has (e.g. from the store)."""
@@ -252,6 +268,20 @@ class StreamHub:
             watchers.discard(stream)
             if not watchers:
                 del self._every_tick[ticker]
+
+    def _compact_if_stale(self) -> None:
+        """Closed streams and changed timers leave entries behind until they come due (up to a
+        day away); once they outnumber the live ones, rebuild the heap without them."""
+        if len(self._due) <= 2 * self._due_live + 64:
+            return
+        self._due = [
+            entry
+            for entry in self._due
+            if not entry[2].closed and entry[2].timers.get(entry[3]) == entry[4]
+        ]
+        heapq.heapify(self._due)
+        self._due_live = len(self._due)
+        self._due_changed.set()
 
     def _schedule(self, due: float, stream: Stream, ticker: str, timer: int) -> None:
         first = not self._due or due < self._due[0][0]

@@ -50,11 +50,11 @@ class SubscriptionService:
             created, timer = await UserRepository(connection, self.database.tables).subscribe(
                 user_id, ticker, timer, datetime.now(UTC)
             )
-        if created:
-            await self.watchers.acquire(ticker)
         await self.load_latest([ticker])
         for stream in self.hub.streams_of(user_id):
             self.hub.subscribe(stream, ticker, timer)
+        if created:
+            await self.watchers.acquire(ticker)
         return Created(user_id=user_id, ticker=ticker, timer=timer, created=created)
 
     async def unsubscribe(self, user_id: str, tickers: list[str] | None) -> Removed:
@@ -68,9 +68,10 @@ class SubscriptionService:
                 f"{user_id!r} is not subscribed to {', '.join(tickers)}", code="not_subscribed"
             )
         for ticker in removed:
-            await self.watchers.release(ticker)
             for stream in self.hub.streams_of(user_id):
                 self.hub.unsubscribe(stream, ticker)
+        for ticker in removed:
+            await self.watchers.release(ticker)
         return Removed(user_id=user_id, removed=removed)
 
     async def load_latest(self, tickers: list[str]) -> None:

@@ -27,6 +27,7 @@ def _secure(request: Request) -> bool:
     responses={
         401: {"model": ErrorBody, "description": "Deribit refused the key (its reason included)."},
         409: {"model": ErrorBody, "description": "The user_id belongs to another Deribit account."},
+        429: {"model": ErrorBody, "description": "Too many sign-in attempts from this client."},
         422: {"model": ErrorBody, "description": "Invalid body."},
         503: {"model": ErrorBody, "description": "Deribit is unreachable."},
     },
@@ -39,6 +40,8 @@ async def create_session(
     The token comes back in the body and as an HttpOnly cookie; send it as
     `Authorization: Bearer <token>`, or let the browser send the cookie.
     """
+    client = request.client.host if request.client else "unknown"
+    runtime.sign_in_limits.check(f"address:{client}", f"client_id:{body.client_id}")
     created = await runtime.users.sign_in(
         body.user_id, body.client_id, body.client_secret.get_secret_value()
     )
@@ -47,7 +50,9 @@ async def create_session(
         created.token,
         max_age=int(runtime.settings.SESSION_TTL.total_seconds()),
         httponly=True,
-        samesite="lax",
+        # Strict: the market routes change state on GET (as the seed defined them), so a link
+        # on another site must not carry the session along.
+        samesite="strict",
         secure=_secure(request),
         path="/",
     )

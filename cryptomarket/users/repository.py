@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cryptomarket.core.tables import Tables
@@ -15,6 +16,9 @@ class UserRepository:
         self.person = tables.person
         self.sessions = tables.sessions
         self.subscriptions = tables.person_prices
+        self._insert = (
+            postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        )
 
     # -- people -----------------------------------------------------------------------------
 
@@ -24,7 +28,7 @@ class UserRepository:
         )
         return result.first()
 
-    async def save(
+    async def claim(
         self,
         user_id: str,
         *,
@@ -33,7 +37,9 @@ class UserRepository:
         account_id: int,
         profile: dict[str, Any],
         now: datetime,
-    ) -> None:
+    ) -> bool:
+        """Create the user, or update it if the same Deribit account owns it; one statement, so
+        two first sign-ins racing for one id cannot both win. False: another account owns it."""
         values = {
             "client_id": client_id,
             "client_secret_encrypted": secret,
@@ -42,13 +48,14 @@ class UserRepository:
             "profile_fetched_at": now,
             "updated_at": now,
         }
-        changed = await self.connection.execute(
-            update(self.person).where(self.person.c.user_id == user_id).values(**values)
+        statement = self._insert(self.person).values(user_id=user_id, created_at=now, **values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_=values,
+            where=self.person.c.deribit_account_id == statement.excluded.deribit_account_id,
         )
-        if changed.rowcount == 0:
-            await self.connection.execute(
-                self.person.insert().values(user_id=user_id, created_at=now, **values)
-            )
+        result = await self.connection.execute(statement)
+        return bool(result.rowcount)
 
     async def set_profile(self, user_id: str, profile: dict[str, Any], now: datetime) -> None:
         await self.connection.execute(
@@ -115,28 +122,23 @@ class UserRepository:
     async def subscribe(
         self, user_id: str, ticker: str, timer: int | None, now: datetime
     ) -> tuple[bool, int | None]:
-        """Add a subscription, or change its timer when one is given; (is new, timer now)."""
-        result = await self.connection.execute(
-            select(self.subscriptions.c.timer).where(
-                self.subscriptions.c.user_id == user_id, self.subscriptions.c.ticker == ticker
-            )
+        """Add a subscription, or change its timer when one is given; (is new, timer now).
+        Concurrent identical calls are safe: the insert yields to the one that got there."""
+        inserted = await self.connection.execute(
+            self._insert(self.subscriptions)
+            .values(user_id=user_id, ticker=ticker, timer=timer, created_at=now)
+            .on_conflict_do_nothing(index_elements=["user_id", "ticker"])
         )
-        existing = result.first()
-        if existing is None:
-            await self.connection.execute(
-                self.subscriptions.insert().values(
-                    user_id=user_id, ticker=ticker, timer=timer, created_at=now
-                )
-            )
+        if inserted.rowcount:
             return True, timer
-        if timer is None or timer == existing.timer:
-            return False, existing.timer
-        await self.connection.execute(
-            update(self.subscriptions)
-            .where(self.subscriptions.c.user_id == user_id, self.subscriptions.c.ticker == ticker)
-            .values(timer=timer)
-        )
-        return False, timer
+        where = (self.subscriptions.c.user_id == user_id) & (self.subscriptions.c.ticker == ticker)
+        if timer is not None:
+            await self.connection.execute(
+                update(self.subscriptions).where(where).values(timer=timer)
+            )
+            return False, timer
+        result = await self.connection.execute(select(self.subscriptions.c.timer).where(where))
+        return False, result.scalar()
 
     async def unsubscribe(self, user_id: str, tickers: list[str] | None = None) -> list[str]:
         """Remove some (or all) of a user's subscriptions; returns the tickers removed."""

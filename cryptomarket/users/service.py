@@ -24,7 +24,7 @@ from cryptomarket.users.secrets import SecretBox, SecretUnreadable
 
 logger = logging.getLogger("cryptomarket.users")
 
-PROFILE_TTL = timedelta(hours=27)  # served from the store this long (SPEC: cached 27 hours)
+PROFILE_TTL = timedelta(hours=27)  # served from the store this long (the issue: 27 hours)
 PROFILE_REFRESH_AFTER = timedelta(hours=1)  # older than this: refreshed in the background
 
 
@@ -61,13 +61,7 @@ class UserService:
         expires_at = now + self.session_ttl
         async with self.database.transaction() as connection:
             users = UserRepository(connection, self.database.tables)
-            person = await users.get(user_id)
-            if person is not None and person.deribit_account_id not in (None, profile.account_id):
-                raise Conflict(
-                    f"user_id {user_id!r} belongs to another Deribit account; choose another id",
-                    code="user_id_taken",
-                )
-            await users.save(
+            claimed = await users.claim(
                 user_id,
                 client_id=client_id,
                 secret=self.box.encrypt(client_secret),
@@ -75,6 +69,11 @@ class UserService:
                 profile=profile.model_dump(mode="json"),
                 now=now,
             )
+            if not claimed:
+                raise Conflict(
+                    f"user_id {user_id!r} belongs to another Deribit account; choose another id",
+                    code="user_id_taken",
+                )
             await users.add_session(token_hash(token), user_id, now=now, expires_at=expires_at)
         logger.info("user %s signed in (Deribit account %s)", user_id, profile.account_id)
         return SessionCreated(user_id=user_id, token=token, expires_at=expires_at, profile=profile)
@@ -98,7 +97,7 @@ class UserService:
         """The seed's headers: does this key match the one stored for the user?"""
         async with self.database.reading() as connection:
             person = await UserRepository(connection, self.database.tables).get(user_id)
-        if person is None or not hmac.compare_digest(person.client_id, client_id):
+        if person is None or not hmac.compare_digest(person.client_id.encode(), client_id.encode()):
             return False
         try:
             stored = self.box.decrypt(person.client_secret_encrypted)
