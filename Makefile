@@ -45,7 +45,7 @@ demo: install-runtime  ## the Deribit simulator plus the service, no network or 
 	DERIBIT_WS_URL=ws://127.0.0.1:8765/ws/api/v2 DATABASE_URL=sqlite:///demo.sqlite3 \
 	$(BIN)/cryptomarket serve
 
-servers:  ## install the PostgreSQL and Redis servers the tests start (Debian packages), when missing
+servers:  ## install the PostgreSQL, Redis and nginx servers the tests start (Debian packages), when missing
 	scripts/ensure-servers
 
 lint: install  ## ruff and mypy on the package
