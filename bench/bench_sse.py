@@ -1,0 +1,1020 @@
+"""SSE fan-out benchmark: `cryptomarket serve` against a minimal sse-starlette broadcaster.
+
+    .venv/bin/python -m bench.bench_sse [--sizes 1000,5000,10000] [--seconds 20]
+
+One Deribit simulator (`cryptomarket simulate`, one tick per second) feeds both servers. For every
+size N and each server, in a fresh process so that memory figures start clean:
+
+1. start the server (`.venv/bin/cryptomarket serve`, or `bench/sse_baseline.py` under uvicorn);
+   for the product, sign in `bench-<k>` users with the simulator's `sim-alice` key and subscribe
+   each to btc_usd with timer=0;
+2. read its RSS, open N SSE streams from load-generator processes (`bench/sse_loadgen.py`, raw
+   asyncio sockets), wait a warm-up, read its RSS again: memory per stream = the growth / N;
+3. over `--seconds`, count the price events each stream receives whose tick timestamp lies in the
+   window, with latency = receipt wall clock − the tick's timestamp (the simulator stamps ticks
+   with this machine's wall clock), and read the server's CPU time;
+4. delivery = events received / (N × ticks the simulator produced in the window); the simulator's
+   own tick history (`public/get_index_chart_data`, range 1h, lists every live tick) says which.
+
+Both servers keep a Deribit heartbeat of `--heartbeat` seconds, 10 by default: Deribit's minimum,
+the product's default, and the least it accepts outside PROJECT_MODE=testing (which the benchmark
+sets for shorter ones). With 1 s the simulator drops any socket whose event loop stalls for about a
+second, which at 10,000 streams a full garbage collection does, and ticks are then lost upstream.
+
+The tables go to stdout and to `bench/results/sse.md`. `--gc-log` runs each server under
+`bench/sse_gclog.py` and adds its full-GC pauses; `--py-spy PATH` records a profile of the window.
+"""
+# ruff: noqa: RUF001, RUF002, RUF003  # the tables use ×, − and – on purpose
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.sse_common import (
+    PYTHON,
+    ROOT,
+    VENV_BIN,
+    Child,
+    cpu_seconds,
+    free_port,
+    machine_description,
+    raise_nofile,
+    rss_bytes,
+    spawn,
+    wait_port,
+)
+
+HOST = "127.0.0.1"
+TICKER = "btc_usd"
+SIM_CLIENT_ID, SIM_CLIENT_SECRET = "sim-alice", "sim-alice-secret"
+RESULTS = ROOT / "bench" / "results" / "sse.md"
+PRODUCT, BASELINE = "cryptomarket", "sse-starlette"
+WANTED_STREAMS_PER_USER = 20_000
+
+# The issue's targets.
+TARGET_SIZE = 10_000
+TARGET_DELIVERY = 99.0  # % at TARGET_SIZE clients
+TARGET_KB_PER_CONN = 20.0
+TARGET_P99_MS_AT_1000 = 50.0
+
+# -- processes we start ------------------------------------------------------------------------
+
+_children: list[Child] = []
+
+
+def start(name: str, argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path) -> Child:
+    child = spawn(name, argv, env=env, cwd=cwd, log_path=logs / f"{name}.log")
+    _children.append(child)
+    return child
+
+
+def stop(child: Child) -> None:
+    child.stop()
+    with contextlib.suppress(ValueError):
+        _children.remove(child)
+
+
+def stop_everything() -> None:
+    for child in reversed(list(_children)):
+        with contextlib.suppress(Exception):
+            child.stop(timeout=10)
+    _children.clear()
+
+
+def cryptomarket_command() -> str:
+    path = VENV_BIN / "cryptomarket"
+    return str(path) if path.exists() else shutil.which("cryptomarket") or "cryptomarket"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without CryptoMarket settings a developer may have exported."""
+    from cryptomarket.core.config import Settings  # noqa: PLC0415  # only the field names
+
+    ours = set(Settings.model_fields)
+    env = {key: value for key, value in os.environ.items() if key not in ours}
+    return env | extra
+
+
+# -- the load generators -----------------------------------------------------------------------
+
+
+class LoadGens:
+    """The client processes, spoken to over their stdin/stdout (one JSON object per line)."""
+
+    def __init__(self, count: int, logs: Path, tag: str) -> None:
+        self.children: list[Child] = []
+        for index in range(count):
+            name = f"loadgen-{tag}-{index}"
+            child = spawn(
+                name,
+                [PYTHON, "-m", "bench.sse_loadgen"],
+                env=clean_env(PYTHONPATH=str(ROOT)),
+                cwd=ROOT,
+                log_path=logs / f"{name}.log",
+                pipes=True,
+            )
+            _children.append(child)
+            self.children.append(child)
+        self.processes = [psutil.Process(child.pid) for child in self.children]
+
+    def _ask_all(self, commands: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+        for child, command in zip(self.children, commands, strict=True):
+            assert child.popen.stdin is not None  # noqa: S101  # started with pipes
+            child.popen.stdin.write((json.dumps(command) + "\n").encode())
+            child.popen.stdin.flush()
+        return [self._read(child, timeout) for child in self.children]
+
+    @staticmethod
+    def _read(child: Child, timeout: float) -> dict[str, Any]:
+        stdout = child.popen.stdout
+        assert stdout is not None  # noqa: S101  # started with pipes
+        box: list[bytes] = []
+        reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not box or not box[0]:
+            raise RuntimeError(f"{child.name} did not answer: {child.tail()}")
+        answer: dict[str, Any] = json.loads(box[0])
+        return answer
+
+    def open(self, n: int, port: int, requests: list[str], concurrency: int) -> dict[str, Any]:
+        count = len(self.children)
+        shares = [n // count + (1 if i < n % count else 0) for i in range(count)]
+        commands = [
+            {
+                "cmd": "open",
+                "host": HOST,
+                "port": port,
+                "requests": requests,
+                "count": share,
+                "concurrency": concurrency,
+                "timeout": 60,
+            }
+            for share in shares
+        ]
+        answers = self._ask_all(commands, timeout=900)
+        errors: dict[str, int] = {}
+        for answer in answers:
+            for reason, times in answer["errors"].items():
+                errors[reason] = errors.get(reason, 0) + times
+        return {
+            "opened": sum(a["opened"] for a in answers),
+            "failed": sum(a["failed"] for a in answers),
+            "seconds": max(a["seconds"] for a in answers),
+            "errors": errors,
+        }
+
+    def arm(self, w0: int, w1: int) -> None:
+        self._ask_all([{"cmd": "arm", "w0": w0, "w1": w1}] * len(self.children), timeout=60)
+
+    def report(self) -> list[dict[str, Any]]:
+        return self._ask_all([{"cmd": "report"}] * len(self.children), timeout=120)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(process) for process in self.processes)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ask_all([{"cmd": "close"}] * len(self.children), timeout=30)
+        for child in self.children:
+            stop(child)
+
+
+def sse_requests(port: int, path: str, tokens: list[str] | None) -> list[str]:
+    """The raw GET of a stream, one per token (connections take them round-robin)."""
+    base = (
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
+    )
+    if not tokens:
+        return [base + "\r\n"]
+    return [base + f"Authorization: Bearer {token}\r\n\r\n" for token in tokens]
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """What every run shares."""
+
+    args: argparse.Namespace
+    sim_url: str
+    tmp: Path
+    logs: Path
+    per_user: int
+    probe: UpstreamProbe
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> session token
+
+
+@dataclass
+class Server:
+    kind: str
+    child: Child
+    port: int
+    requests: list[str]
+    process: psutil.Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.process = psutil.Process(self.child.pid)
+
+
+def product_streams_per_user(wanted: int) -> int:
+    """SSE_MAX_STREAMS_PER_USER as high as the product's settings allow, at most `wanted`."""
+    from cryptomarket.core.config import Settings  # noqa: PLC0415
+
+    with contextlib.suppress(Exception):  # the setting or its bound may change: ask for `wanted`
+        for rule in Settings.model_fields["SSE_MAX_STREAMS_PER_USER"].metadata:
+            if getattr(rule, "le", None) is not None:
+                return min(wanted, int(rule.le))
+    return wanted
+
+
+def gc_wrapped(argv: list[str], gc_log: Path | None) -> list[str]:
+    """`argv`, run under bench/sse_gclog.py when GC pauses are to be logged."""
+    if gc_log is None:
+        return argv
+    program = argv[1:] if argv[0] == PYTHON else argv  # `python -m x ...` -> `-m x ...`
+    return [PYTHON, "-m", "bench.sse_gclog", str(gc_log), *program]
+
+
+def start_product(bench: Bench, n: int, tag: str, gc_log: Path | None) -> Server:
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=f"sqlite:///{bench.tmp}/bench.sqlite3",
+        DERIBIT_WS_URL=bench.sim_url,
+        DERIBIT_HEARTBEAT_INTERVAL=str(bench.args.heartbeat),
+        TRACKED_TICKERS=TICKER,
+        SSE_MAX_STREAMS="20000",
+        SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
+        LOG_LEVEL="WARNING",
+    )
+    if bench.args.heartbeat < 10:
+        env["PROJECT_MODE"] = "testing"  # the product refuses a heartbeat below Deribit's 10 s
+    if gc_log is not None:
+        env["PYTHONPATH"] = str(ROOT)
+    argv = [cryptomarket_command(), "serve", "--host", HOST, "--port", str(port)]
+    child = start(f"serve-{tag}", gc_wrapped(argv, gc_log), env=env, cwd=bench.tmp, logs=bench.logs)
+    wait_port(HOST, port, 60, child)
+    tokens = []
+    with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while (health := client.get("/health").json()).get("upstream") != "connected":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve never connected upstream: {health}")
+            time.sleep(0.2)
+        for k in range(math.ceil(n / bench.per_user)):
+            tokens.append(signed_in(bench, client, f"bench-{k}"))
+    requests = sse_requests(port, "/api/v2/sse/connection?timer=0", tokens)
+    return Server(PRODUCT, child, port, requests)
+
+
+def signed_in(bench: Bench, client: httpx.Client, user: str) -> str:
+    """A session token of `user`, subscribed to the ticker at timer=0.
+
+    Sessions and subscriptions live in the database, which every run shares, so a user signs in
+    once per benchmark. The product limits sign-in attempts per client address and per key (a
+    429 says when to retry): wait and retry then.
+    """
+    if (token := bench.tokens.get(user)) is None:
+        body = {"user_id": user, "client_id": SIM_CLIENT_ID, "client_secret": SIM_CLIENT_SECRET}
+        for _attempt in range(30):
+            answer = client.post("/api/v1/sessions", json=body)
+            if answer.status_code != 429:
+                break
+            wait = re.search(r"in (\d+) s", answer.text)
+            time.sleep(float(wait.group(1)) if wait else 6.0)
+        answer.raise_for_status()
+        token = bench.tokens[user] = answer.json()["token"]
+    client.get(
+        f"/api/v1/market/{user}/create_order/{TICKER}",
+        params={"timer": 0},
+        headers={"Authorization": f"Bearer {token}"},
+    ).raise_for_status()
+    return token
+
+
+def start_baseline(bench: Bench, tag: str, gc_log: Path | None) -> Server:
+    port = free_port()
+    argv = [
+        PYTHON,
+        "-m",
+        "bench.sse_baseline",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--deribit-url",
+        bench.sim_url,
+        "--ticker",
+        TICKER,
+        "--heartbeat",
+        str(bench.args.heartbeat),
+    ]
+    child = start(
+        f"baseline-{tag}",
+        gc_wrapped(argv, gc_log),
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        logs=bench.logs,
+    )
+    wait_port(HOST, port, 60, child)
+    with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
+        client.get("/clients").raise_for_status()
+    return Server(BASELINE, child, port, sse_requests(port, "/sse", None))
+
+
+# -- the simulator -----------------------------------------------------------------------------
+
+
+def simulator_ticks(sim_url: str, since: int, until: int) -> list[int]:
+    """Timestamps of the ticks the simulator produced with since <= ts < until."""
+    from websockets.sync.client import connect  # noqa: PLC0415
+
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "public/get_index_chart_data",
+        "params": {"index_name": TICKER, "range": "1h"},
+    }
+    with connect(sim_url, open_timeout=10) as ws:
+        ws.send(json.dumps(request))
+        while (message := json.loads(ws.recv(timeout=10))).get("id") != 1:
+            pass
+    return sorted(int(ts) for ts, _ in message["result"] if since <= int(ts) < until)
+
+
+class UpstreamProbe:
+    """A direct subscriber of the simulator: the latency floor before any server is involved."""
+
+    def __init__(self, sim_url: str) -> None:
+        self.sim_url = sim_url
+        self.samples: list[tuple[int, float]] = []  # (timestamp, receipt − timestamp in ms)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="upstream-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from websockets.sync.client import connect  # noqa: PLC0415
+
+        subscribe = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "public/subscribe",
+            "params": {"channels": [f"deribit_price_index.{TICKER}"]},
+        }
+        with contextlib.suppress(Exception), connect(self.sim_url, open_timeout=10) as ws:
+            ws.send(json.dumps(subscribe))
+            while not self._stop.is_set():
+                try:
+                    raw = ws.recv(timeout=0.5)
+                except TimeoutError:
+                    continue
+                received = time.time() * 1000
+                message = json.loads(raw)
+                data = message.get("params", {}).get("data")
+                if message.get("method") == "subscription" and isinstance(data, dict):
+                    timestamp = int(data["timestamp"])
+                    self.samples.append((timestamp, received - timestamp))
+
+    def latency(self, since: int, until: int) -> dict[str, float]:
+        values = sorted(lat for ts, lat in self.samples if since <= ts < until)
+        if not values:
+            return {}
+        return {"p50": values[len(values) // 2], "max": values[-1]}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# -- other people's load on a shared machine ---------------------------------------------------
+
+
+def wait_for_quiet(max_wait: float, threshold: float) -> float:
+    """Wait (at most `max_wait` s) until processes outside this benchmark use < `threshold` % of
+    one core; return what they used last. Other jobs on a shared machine skew every figure here,
+    so the report shows this too."""
+    ours = {os.getpid()} | {child.pid for child in _children}
+    deadline = time.monotonic() + max_wait
+    while True:
+        others = others_percent(ours, 2.0)
+        if others < threshold:
+            return others
+        if time.monotonic() >= deadline:
+            print(f"[{now()}] other processes still use {others:.0f}% of a core; going on")
+            return others
+        print(f"[{now()}] waiting for a quieter machine: others use {others:.0f}% of a core")
+
+
+def busy_seconds(before: Any, after: Any) -> float:
+    """CPU seconds (all cores) spent between two psutil.cpu_times() readings."""
+    total = float(sum(after) - sum(before))
+    return total - float(after.idle - before.idle) - float(after.iowait - before.iowait)
+
+
+def others_percent(ours: set[int], seconds: float) -> float:
+    def own() -> float:
+        total = 0.0
+        for pid in ours:
+            with contextlib.suppress(psutil.Error):
+                total += cpu_seconds(psutil.Process(pid))
+        return total
+
+    before, own0, t0 = psutil.cpu_times(), own(), time.monotonic()
+    time.sleep(seconds)
+    after, own1, t1 = psutil.cpu_times(), own(), time.monotonic()
+    return max(0.0, 100 * (busy_seconds(before, after) - (own1 - own0)) / (t1 - t0))
+
+
+def own_cpu(server: Server, loadgens: LoadGens) -> float:
+    """CPU seconds of every process of this benchmark (server, clients, simulator, ourselves)."""
+    total = cpu_seconds(server.process) + loadgens.cpu() + cpu_seconds(psutil.Process())
+    for child in _children:
+        if child.name == "simulator":
+            with contextlib.suppress(psutil.Error):
+                total += cpu_seconds(psutil.Process(child.pid))
+    return total
+
+
+# -- one run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    kind: str
+    size: int
+    seconds: float
+    opened: int = 0
+    failed: int = 0
+    open_errors: dict[str, int] = field(default_factory=dict)
+    open_seconds: float = 0.0
+    ticks: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    closed_in_window: int = 0
+    starved: int = 0  # streams that missed at least one tick of the window
+    cpu_percent: float = 0.0
+    loadgen_cpu_percent: float = 0.0
+    rss0: int = 0
+    rss_idle: int = 0
+    rss_peak: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    upstream_ms: dict[str, float] = field(default_factory=dict)
+    first_ms: dict[str, float] = field(default_factory=dict)  # per tick: first receipt − tick
+    fanout_ms: dict[str, float] = field(default_factory=dict)  # per tick: last receipt − tick
+    gc_pauses: dict[str, float] = field(default_factory=dict)  # full collections in the window
+    machine_busy: float = 0.0  # % of all cores busy in the window, every process
+    others_percent: float = 0.0  # % of one core used in the window outside this benchmark
+    others_before: float = 0.0  # the same, just before the run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def expected(self) -> int:
+        return self.size * self.ticks
+
+    @property
+    def delivery(self) -> float:
+        return 100.0 * self.delivered / self.expected if self.expected else 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        return self.delivered / self.seconds
+
+    @property
+    def target_per_second(self) -> float:
+        return self.expected / self.seconds
+
+    @property
+    def kb_per_conn(self) -> float:
+        return (self.rss_idle - self.rss0) / max(1, self.opened) / 1024
+
+    @property
+    def cpu_ms_per_1k_events(self) -> float:
+        cpu_ms = self.cpu_percent / 100 * self.seconds * 1000
+        return cpu_ms / self.delivered * 1000 if self.delivered else math.nan
+
+    def p(self, key: str) -> float:
+        return self.latency_ms.get(key, math.nan)
+
+
+def run_one(bench: Bench, kind: str, n: int) -> Result:
+    args = bench.args
+    tag = f"{'product' if kind == PRODUCT else 'baseline'}-{n}"
+    result = Result(kind, n, float(args.seconds))
+    gc_log = bench.logs / f"gc-{tag}.log" if args.gc_log else None
+    result.others_before = wait_for_quiet(args.quiet_wait, args.quiet_threshold)
+    print(f"[{now()}] {kind} x {n}: starting the server", flush=True)
+    if kind == PRODUCT:
+        server = start_product(bench, n, tag, gc_log)
+    else:
+        server = start_baseline(bench, tag, gc_log)
+    loadgens: LoadGens | None = None
+    try:
+        time.sleep(args.settle)  # ticks flowing, start-up garbage gone
+        result.rss0 = rss_bytes(server.process)
+        processes = args.loadgens or (1 if n <= 2000 else 2)
+        loadgens = LoadGens(processes, bench.logs, tag)
+        print(f"[{now()}] {kind} x {n}: opening the streams from {processes} client process(es)")
+        opened = loadgens.open(n, server.port, server.requests, args.concurrency)
+        result.opened, result.failed = opened["opened"], opened["failed"]
+        result.open_seconds, result.open_errors = opened["seconds"], opened["errors"]
+        print(
+            f"[{now()}] {kind} x {n}: {result.opened} open, {result.failed} failed in "
+            f"{result.open_seconds:.1f} s; warming up {args.warmup:g} s",
+            flush=True,
+        )
+        time.sleep(args.warmup)
+        result.rss_idle = rss_bytes(server.process)
+        w0, w1 = measure_window(bench, server, loadgens, result, tag)
+        time.sleep(args.grace)  # the last ticks of the window may still be on their way
+        collect(bench, loadgens.report(), result, w0, w1)
+        if gc_log is not None:
+            result.gc_pauses = gc_pauses(gc_log, w0, w1)
+        print(
+            f"[{now()}] {kind} x {n}: {result.delivery:.2f}% delivered, p50 {result.p('p50')} "
+            f"ms, p99 {result.p('p99')} ms, CPU {result.cpu_percent:.0f}%",
+            flush=True,
+        )
+    finally:
+        if loadgens is not None:
+            loadgens.close()
+        stop(server.child)
+    return result
+
+
+def measure_window(
+    bench: Bench, server: Server, loadgens: LoadGens, result: Result, tag: str
+) -> tuple[int, int]:
+    """Arm the clients for [w0, w1) (ms) and read CPU and RSS over it."""
+    w0 = int(time.time() * 1000) + 300
+    w1 = w0 + int(bench.args.seconds * 1000)
+    loadgens.arm(w0, w1)
+    time.sleep(max(0.0, w0 / 1000 - time.time()))
+    cpu0, clients0, ours0, t0 = (
+        cpu_seconds(server.process),
+        loadgens.cpu(),
+        own_cpu(server, loadgens),
+        time.monotonic(),
+    )
+    machine0 = psutil.cpu_times()
+    peak = rss_bytes(server.process)
+    profiler = start_profiler(bench, server, tag)
+    while (left := w1 / 1000 - time.time()) > 0:
+        time.sleep(min(1.0, left))
+        peak = max(peak, rss_bytes(server.process))
+    cpu1, clients1, ours1, t1 = (
+        cpu_seconds(server.process),
+        loadgens.cpu(),
+        own_cpu(server, loadgens),
+        time.monotonic(),
+    )
+    machine1 = psutil.cpu_times()
+    busy = busy_seconds(machine0, machine1)
+    result.machine_busy = 100 * busy / max(1e-9, sum(machine1) - sum(machine0))
+    result.others_percent = max(0.0, 100 * (busy - (ours1 - ours0)) / (t1 - t0))
+    result.cpu_percent = 100 * (cpu1 - cpu0) / (t1 - t0)
+    result.loadgen_cpu_percent = 100 * (clients1 - clients0) / (t1 - t0)
+    result.rss_peak = peak
+    if profiler is not None:
+        stop_profiler(profiler, result)
+    return w0, w1
+
+
+def collect(bench: Bench, reports: list[dict[str, Any]], result: Result, w0: int, w1: int) -> None:
+    """Merge the clients' counts with the simulator's ticks of the window."""
+    ticks = simulator_ticks(bench.sim_url, w0, w1)
+    result.ticks = len(ticks)
+    result.upstream_ms = bench.probe.latency(w0, w1)
+    per_tick: dict[int, int] = {}
+    bins: dict[int, int] = {}
+    per_conn: dict[int, int] = {0: result.failed} if result.failed else {}  # never opened: 0
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for report in reports:
+        for ts, count in report["per_tick"].items():
+            per_tick[int(ts)] = per_tick.get(int(ts), 0) + count
+        for value, count in report["latency_bins"].items():
+            bins[int(value)] = bins.get(int(value), 0) + count
+        for value, count in report["per_conn_counts"].items():
+            per_conn[int(value)] = per_conn.get(int(value), 0) + count
+        for ts, value in report["first"].items():
+            first[int(ts)] = min(first.get(int(ts), math.inf), value)
+        for ts, value in report["last"].items():
+            last[int(ts)] = max(last.get(int(ts), 0.0), value)
+        result.duplicates += report["duplicates"]
+        result.closed_in_window += report["closed_in_window"]
+    if unknown := set(per_tick) - set(ticks):
+        result.notes.append(
+            f"{len(unknown)} tick timestamps received that the simulator never sent"
+        )
+    if result.duplicates:
+        result.notes.append(f"{result.duplicates} duplicate or out-of-order price events")
+    result.delivered = sum(per_tick.values())
+    result.starved = sum(count for got, count in per_conn.items() if got < result.ticks)
+    result.latency_ms = percentiles(bins, (50, 90, 99, 99.9))
+    result.first_ms = median_and_worst(list(first.values()))
+    result.fanout_ms = median_and_worst(list(last.values()))
+
+
+def percentiles(bins: dict[int, int], wanted: tuple[float, ...]) -> dict[str, float]:
+    """Percentiles of a histogram of 0.1 ms bins."""
+    total = sum(bins.values())
+    if not total:
+        return {}
+    ordered = sorted(bins.items())
+    out: dict[str, float] = {}
+    for w in wanted:
+        rank, seen = math.ceil(total * w / 100), 0
+        for value, count in ordered:
+            seen += count
+            if seen >= rank:
+                out[f"p{w:g}"] = value / 10
+                break
+    out["max"] = ordered[-1][0] / 10
+    return out
+
+
+def median_and_worst(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"median": ordered[len(ordered) // 2], "worst": ordered[-1]}
+
+
+def gc_pauses(path: Path, since: int, until: int) -> dict[str, float]:
+    """Full (generation 2) collections that ended in the window: count, worst and total pause."""
+    pauses = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            at, generation, pause, _collected = line.split()
+            if generation == "2" and since <= float(at) * 1000 < until:
+                pauses.append(float(pause))
+    return {"count": len(pauses), "worst": max(pauses, default=0.0), "total": sum(pauses)}
+
+
+# -- optional profiling of the server under load ----------------------------------------------
+
+
+def start_profiler(bench: Bench, server: Server, tag: str) -> tuple[Child, Path] | None:
+    if not bench.args.py_spy:
+        return None
+    out = bench.logs / f"py-spy-{tag}.txt"
+    argv = [
+        bench.args.py_spy,
+        "record",
+        "--pid",
+        str(server.child.pid),
+        "--nonblocking",
+        "--duration",
+        str(int(bench.args.seconds)),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+    ]
+    child = spawn(f"py-spy-{tag}", argv, log_path=bench.logs / f"py-spy-{tag}.log")
+    _children.append(child)
+    return child, out
+
+
+def stop_profiler(profiler: tuple[Child, Path], result: Result) -> None:
+    child, out = profiler
+    with contextlib.suppress(Exception):
+        child.popen.wait(30)
+    stop(child)
+    if out.exists():
+        result.notes.append(f"py-spy profile (collapsed stacks): {out}")
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def now() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+def mib(value: int) -> str:
+    return f"{value / 2**20:.1f}"
+
+
+def ratio(a: float, b: float) -> str:
+    if not b or math.isnan(a) or math.isnan(b):
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def size_table(product: Result | None, baseline: Result | None) -> list[str]:
+    results = [r for r in (product, baseline) if r is not None]
+    both = product is not None and baseline is not None
+    head = "| metric | " + " | ".join(r.kind for r in results) + " |"
+    lines = [
+        head + (" cryptomarket / sse-starlette |" if both else ""),
+        "|---|" + "---:|" * (len(results) + both),
+    ]
+
+    def row(name: str, values: list[str], rel: str | None = None) -> None:
+        lines.append(f"| {name} | " + " | ".join(values) + (f" | {rel or '–'} |" if both else " |"))
+
+    def compare(value: Any) -> str | None:
+        if product is None or baseline is None:
+            return None
+        return ratio(value(product), value(baseline))
+
+    def pair(values: dict[str, float], a: str, b: str, fmt: str = ",.1f") -> str:
+        return f"{values.get(a, math.nan):{fmt}} / {values.get(b, math.nan):{fmt}}"
+
+    row("streams open / failed", [f"{r.opened:,} / {r.failed:,}" for r in results])
+    row("time to open them (s)", [f"{r.open_seconds:.1f}" for r in results])
+    row("ticks the simulator produced in the window", [f"{r.ticks}" for r in results])
+    row(
+        "price events delivered / expected (N × ticks)",
+        [f"{r.delivered:,} / {r.expected:,}" for r in results],
+    )
+    row("**delivery**", [f"**{r.delivery:.2f} %**" for r in results], compare(lambda r: r.delivery))
+    row(
+        "delivered events/s (target)",
+        [f"{r.events_per_second:,.0f} ({r.target_per_second:,.0f})" for r in results],
+        compare(lambda r: r.events_per_second),
+    )
+    row(
+        "streams that missed a tick / closed in the window",
+        [f"{r.starved:,} / {r.closed_in_window:,}" for r in results],
+    )
+    for key in ("p50", "p90", "p99", "p99.9", "max"):
+        name = (
+            f"**tick-to-client latency {key} (ms)**"
+            if key == "p99"
+            else (f"tick-to-client latency {key} (ms)")
+        )
+        row(name, [f"{r.p(key):,.1f}" for r in results], compare(lambda r, k=key: r.p(k)))
+    row(
+        "per tick: first receipt, median / worst tick (ms)",
+        [pair(r.first_ms, "median", "worst") for r in results],
+    )
+    row(
+        "per tick: last receipt (fan-out done), median / worst tick (ms)",
+        [pair(r.fanout_ms, "median", "worst") for r in results],
+    )
+    row(
+        "server CPU (% of one core)",
+        [f"{r.cpu_percent:.1f}" for r in results],
+        compare(lambda r: r.cpu_percent),
+    )
+    row(
+        "server CPU per 1,000 events (ms)",
+        [f"{r.cpu_ms_per_1k_events:.1f}" for r in results],
+        compare(lambda r: r.cpu_ms_per_1k_events),
+    )
+    row("RSS before the streams (MiB)", [mib(r.rss0) for r in results])
+    row("RSS with N streams after warm-up (MiB)", [mib(r.rss_idle) for r in results])
+    row("RSS peak in the window (MiB)", [mib(r.rss_peak) for r in results])
+    row(
+        "**memory per stream (KiB)**",
+        [f"**{r.kb_per_conn:.1f}**" for r in results],
+        compare(lambda r: r.kb_per_conn),
+    )
+    if any(r.gc_pauses for r in results):
+        row(
+            "full GC (gen 2) in the window: count / worst / total pause (ms)",
+            [
+                f"{r.gc_pauses['count']:.0f} / {r.gc_pauses['worst']:,.0f} / "
+                f"{r.gc_pauses['total']:,.0f}"
+                if r.gc_pauses
+                else "–"
+                for r in results
+            ],
+        )
+    row(
+        "simulator → direct subscriber latency p50 / max (ms)",
+        [pair(r.upstream_ms, "p50", "max") for r in results],
+    )
+    row("client processes' CPU (% of one core)", [f"{r.loadgen_cpu_percent:.0f}" for r in results])
+    row(
+        "machine busy, all cores (%) / others' CPU in the window, before it (% of a core)",
+        [f"{r.machine_busy:.0f} / {r.others_percent:.0f}, {r.others_before:.0f}" for r in results],
+    )
+    notes = [f"{r.kind}: {note}" for r in results for note in r.notes]
+    notes += [f"{r.kind}: failed opens {r.open_errors}" for r in results if r.open_errors]
+    return lines + ([""] + [f"- {note}" for note in notes] if notes else [])
+
+
+def verdicts(runs: dict[tuple[str, int], Result]) -> list[str]:
+    sizes = sorted({size for _, size in runs})
+    out = ["| target | measured | met? |", "|---|---|---|"]
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    if (top := runs.get((PRODUCT, TARGET_SIZE))) is not None:
+        out.append(
+            f"| {TARGET_SIZE:,} clients at ≥ {TARGET_DELIVERY:g} % delivery, one process "
+            f"| {top.delivery:.2f} % | {yes(top.delivery >= TARGET_DELIVERY)} |"
+        )
+    if kbs := [runs[PRODUCT, s].kb_per_conn for s in sizes if (PRODUCT, s) in runs]:
+        out.append(
+            f"| ≤ {TARGET_KB_PER_CONN:g} KB per idle connection | "
+            f"{', '.join(f'{kb:.1f}' for kb in kbs)} KiB at "
+            f"{', '.join(f'{s:,}' for s in sizes if (PRODUCT, s) in runs)} | "
+            f"{yes(max(kbs) * 1024 <= TARGET_KB_PER_CONN * 1000)} |"
+        )
+    if (small := runs.get((PRODUCT, 1000))) is not None:
+        out.append(
+            f"| p99 ≤ {TARGET_P99_MS_AT_1000:g} ms at 1,000 clients (timer=0) | "
+            f"{small.p('p99'):.1f} ms | {yes(small.p('p99') <= TARGET_P99_MS_AT_1000)} |"
+        )
+    for size in sizes:
+        p, b = runs.get((PRODUCT, size)), runs.get((BASELINE, size))
+        if p is None or b is None:
+            continue
+        checks = {
+            "delivery": p.delivery >= b.delivery - 0.01,
+            "p99": p.p("p99") <= b.p("p99"),
+            "CPU/event": p.cpu_ms_per_1k_events <= b.cpu_ms_per_1k_events,
+            "memory/stream": p.kb_per_conn <= b.kb_per_conn,
+        }
+        behind = [name for name, ok in checks.items() if not ok]
+        out.append(
+            f"| ahead of sse-starlette at {size:,} clients | delivery {p.delivery:.2f} vs "
+            f"{b.delivery:.2f} %, p99 {p.p('p99'):,.1f} vs {b.p('p99'):,.1f} ms, CPU per 1,000 "
+            f"events {p.cpu_ms_per_1k_events:.1f} vs {b.cpu_ms_per_1k_events:.1f} ms, memory "
+            f"{p.kb_per_conn:.1f} vs {b.kb_per_conn:.1f} KiB/stream | "
+            f"{'yes' if not behind else '**no**: behind on ' + ', '.join(behind)} |"
+        )
+    return out
+
+
+def revision() -> str:
+    """The commit measured, and whether the product's code differed from it."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(  # noqa: S603
+            [shutil.which("git") or "git", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "cryptomarket")
+    except OSError:
+        return "unknown"
+    return f"commit {head}" + (" with uncommitted changes under cryptomarket/" if dirty else "")
+
+
+def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall: float) -> str:
+    args = bench.args
+    sizes = sorted({size for _, size in runs})
+    command = "`.venv/bin/python -m bench.bench_sse"
+    command += "".join(" " + shlex.quote(a) for a in sys.argv[1:]) + "`"
+    users = math.ceil(max(sizes) / bench.per_user)
+    lines = [
+        "# SSE fan-out: cryptomarket serve vs a minimal sse-starlette broadcaster",
+        "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
+        f"total run time {wall / 60:.1f} min",
+        f"- machine: {machine}",
+        f"- code: {revision()}",
+        f"- command: {command}",
+        "- load: one Deribit simulator (`cryptomarket simulate --tick-interval 1`), btc_usd only; "
+        "every stream at timer=0, so one price event per second per client; simulator, server "
+        f"and client processes share the machine; {args.warmup:g} s warm-up after the streams "
+        f"are open, then a {args.seconds:g} s window; both servers keep a {args.heartbeat} s "
+        "Deribit heartbeat; each server is a fresh process per size",
+        "- delivery = price events with a timestamp in the window received by all clients / "
+        "(N × ticks the simulator produced in the window, from its own tick history); "
+        "latency = receipt wall clock − the tick's timestamp (simulator → server → client); "
+        "memory per stream = (RSS with N streams after warm-up − RSS before) / streams open; "
+        "CPU = the server process's user+sys time over the window",
+        f"- the product's settings cap SSE_MAX_STREAMS_PER_USER at {bench.per_user:,}: its "
+        f"streams are spread round-robin over up to {users} users (`bench-<k>`, one Deribit key)"
+        if bench.per_user < max(sizes)
+        else f"- the product runs with SSE_MAX_STREAMS_PER_USER={bench.per_user}",
+        "",
+    ]
+    for size in sizes:
+        lines += [f"## {size:,} clients", ""]
+        lines += size_table(runs.get((PRODUCT, size)), runs.get((BASELINE, size)))
+        lines.append("")
+    lines += ["## Targets", "", *verdicts(runs), ""]
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="SSE fan-out: cryptomarket vs sse-starlette")
+    add = parser.add_argument
+    add("--sizes", default="1000,5000,10000", help="comma-separated client counts")
+    add("--seconds", type=float, default=20.0, help="the measurement window")
+    add("--warmup", type=float, default=5.0, help="seconds between opening and measuring")
+    add("--settle", type=float, default=3.0, help="seconds between server start and RSS_0")
+    add("--grace", type=float, default=5.0, help="seconds to wait for the window's late ticks")
+    add("--loadgens", type=int, default=0, help="client processes (0: 1 to 2,000 streams, else 2)")
+    add("--concurrency", type=int, default=200, help="connects in flight per client process")
+    add("--heartbeat", type=int, default=10, help="both servers' Deribit heartbeat (s)")
+    add("--servers", default=f"{PRODUCT},{BASELINE}", help="which servers to run")
+    add("--gc-log", action="store_true", help="log and report the servers' full-GC pauses")
+    add("--py-spy", default="", help="path of py-spy: record each server's window")
+    add("--quiet-wait", type=float, default=120, help="wait up to this long for a quiet machine")
+    add("--quiet-threshold", type=float, default=25, help="%% of a core others may use then")
+    add("--output", default=str(RESULTS), help="markdown file to write ('' for none)")
+    add("--keep-logs", action="store_true", help="keep the servers' and clients' logs")
+    return parser.parse_args()
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress, live
+    args = parse_args()
+    sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
+    kinds = [kind.strip() for kind in args.servers.split(",") if kind.strip()]
+    _soft, hard = raise_nofile()
+    if hard < max(sizes) + 200:
+        print(
+            f"warning: RLIMIT_NOFILE hard limit {hard} is below the {max(sizes) + 200} file "
+            f"descriptors a server with {max(sizes):,} streams needs: expect failed opens"
+        )
+    machine = machine_description()
+    print(f"machine: {machine}", flush=True)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # so that `finally` stops every process we started
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    logs = tmp / "logs"
+    logs.mkdir()
+    probe: UpstreamProbe | None = None
+    try:
+        sim_port = free_port()
+        simulator = start(
+            "simulator",
+            [
+                cryptomarket_command(),
+                "simulate",
+                "--host",
+                HOST,
+                "--port",
+                str(sim_port),
+                "--tick-interval",
+                "1",
+                "--min-heartbeat",
+                "1",
+            ],
+            env=clean_env(),
+            cwd=tmp,
+            logs=logs,
+        )
+        wait_port(HOST, sim_port, 30, simulator)
+        sim_url = f"ws://{HOST}:{sim_port}/ws/api/v2"
+        probe = UpstreamProbe(sim_url)
+        bench = Bench(
+            args, sim_url, tmp, logs, product_streams_per_user(WANTED_STREAMS_PER_USER), probe
+        )
+        runs = {(kind, size): run_one(bench, kind, size) for size in sizes for kind in kinds}
+        wall = time.monotonic() - started
+        text = render(bench, runs, machine, wall)
+        print("\n" + text, flush=True)
+        if args.output:
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            print(f"written to {out}")
+        print(f"real time: {wall:.0f} s", flush=True)
+    finally:
+        if probe is not None:
+            probe.stop()
+        stop_everything()
+        if args.keep_logs or args.py_spy or args.gc_log:
+            print(f"logs kept in {logs}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

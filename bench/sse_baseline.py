@@ -1,0 +1,117 @@
+"""The baseline of the SSE benchmark: a minimal price broadcaster written with sse-starlette.
+
+What a typical FastAPI user writes: one upstream subscription, one `asyncio.Queue` per client, a
+generator per client that yields `{"event", "id", "data"}` dicts to `EventSourceResponse`. The
+JSON of a tick is built once and the same dict goes into every queue; sse-starlette encodes it per
+client (that is the library's way). No auth, no database, no subscriptions: only the fan-out.
+
+    python -m bench.sse_baseline --port 8100 --deribit-url ws://127.0.0.1:8765/ws/api/v2
+    GET /sse  ->  event: price / id: btc_usd:<ms> / data: {"ticker", "price", "timestamp", ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from sse_starlette import EventSourceResponse
+
+from cryptomarket.deribit.connection import DeribitConnection
+from cryptomarket.deribit.credits import CreditBudget
+
+CHANNEL_PREFIX = "deribit_price_index."
+
+
+def create_app(deribit_url: str, ticker: str, heartbeat: float) -> FastAPI:
+    clients: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def on_tick(channel: str, data: Any) -> None:
+        if channel != CHANNEL_PREFIX + ticker or not isinstance(data, dict):
+            return
+        timestamp = int(data["timestamp"])
+        moment = datetime.fromtimestamp(timestamp / 1000, UTC)
+        message = {
+            "event": "price",
+            "id": f"{ticker}:{timestamp}",
+            "data": json.dumps(
+                {
+                    "ticker": ticker,
+                    "price": data["price"],
+                    "timestamp": timestamp,
+                    "datetime": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                }
+            ),
+        }
+        for queue in clients:
+            queue.put_nowait(message)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstream = DeribitConnection(
+            deribit_url, budget=CreditBudget(), heartbeat_interval=heartbeat, name="baseline"
+        )
+        upstream.on_notification(on_tick)
+        await upstream.subscribe([CHANNEL_PREFIX + ticker])
+        upstream.start()
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/sse")
+    async def sse(request: Request) -> EventSourceResponse:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        clients.add(queue)
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                clients.discard(queue)
+
+        return EventSourceResponse(events())
+
+    @app.get("/clients")
+    async def count() -> dict[str, int]:
+        return {"clients": len(clients)}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--deribit-url", required=True)
+    parser.add_argument("--ticker", default="btc_usd")
+    parser.add_argument("--heartbeat", type=float, default=10.0)
+    args = parser.parse_args()
+    from bench.sse_common import raise_nofile  # noqa: PLC0415  # run as a script too
+
+    raise_nofile()
+    logging.basicConfig(level=logging.WARNING)
+    # The same server settings as `cryptomarket serve`: uvicorn's defaults (uvloop, httptools).
+    uvicorn.run(
+        create_app(args.deribit_url, args.ticker, args.heartbeat),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()
