@@ -155,6 +155,8 @@ class UserService:
                 await self.refresh_profile(user_id)
             except AppError as error:
                 logger.warning("profile of %s not refreshed: %s", user_id, error.detail)
+            except Exception:
+                logger.exception("profile of %s not refreshed", user_id)
             finally:
                 self._refreshing.discard(user_id)
 
