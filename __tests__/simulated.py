@@ -153,3 +153,12 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[SimClient]]]:
     yield open_client
     for client in clients:
         await client.ws.close()
+
+
+async def sim_control(simulator: Simulator, *calls: tuple[str, Frame]) -> None:
+    """Steer a running simulator as an operator would: sim/ calls on a socket of their own."""
+    async with ws_connect(simulator.url) as ws:
+        for request_id, (method, params) in enumerate(calls):
+            request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            await ws.send(json.dumps(request))
+            assert json.loads(await ws.recv())["result"] == "ok"

@@ -1,14 +1,13 @@
 """The Deribit connection against a running simulator, over real sockets."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
 
 from __tests__.helpers import eventually
+from __tests__.simulated import sim_control
 from cryptomarket.deribit.auth import Credentials
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
@@ -47,15 +46,6 @@ async def open_connection(simulator: Simulator) -> AsyncIterator[Factory]:
     await asyncio.gather(*(connection.close() for connection in opened))
 
 
-async def control(simulator: Simulator, *calls: tuple[str, dict[str, Any]]) -> None:
-    """Steer the simulator as an operator would: sim/ calls on a socket of their own."""
-    async with connect(simulator.url) as ws:
-        for request_id, (method, params) in enumerate(calls):
-            request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-            await ws.send(json.dumps(request))
-            assert json.loads(await ws.recv())["result"] == "ok"
-
-
 class Ticks:
     """Collects index ticks per channel from a connection's notifications."""
 
@@ -89,7 +79,7 @@ async def test_concurrent_requests_answered_out_of_order_are_matched_by_id(
     connection = await open_connection()
     await connection.wait_ready()
     # Every reply waits a random 0-200 ms, so later requests are often answered first.
-    await control(simulator, ("sim/set_latency", {"ms": 0, "jitter_ms": 200}))
+    await sim_control(simulator, ("sim/set_latency", {"ms": 0, "jitter_ms": 200}))
     names = ["btc_usd", "eth_usd", "sol_usdc", "xrp_usdc", "ada_usdc"] * 8
     finished: list[int] = []
 
@@ -111,10 +101,10 @@ async def test_a_late_answer_times_out_and_the_connection_carries_on(
 ) -> None:
     connection = await open_connection()
     await connection.wait_ready()
-    await control(simulator, ("sim/set_latency", {"ms": 400}))
+    await sim_control(simulator, ("sim/set_latency", {"ms": 400}))
     with pytest.raises(RequestTimeout):
         await connection.call("public/get_time", timeout=0.1)
-    await control(simulator, ("sim/set_latency", {"ms": 0}))
+    await sim_control(simulator, ("sim/set_latency", {"ms": 0}))
     assert isinstance(await connection.call("public/get_time"), int)
     assert connection.connected
 
@@ -165,7 +155,7 @@ async def _reconnects_with_everything_restored(
     await connection.subscribe(channels)
     await eventually(lambda: all(ticks.count(c) >= 2 for c in channels), what="first ticks")
 
-    await control(simulator, (fault, params))
+    await sim_control(simulator, (fault, params))
     await eventually(lambda: connection.reconnects == 1 and connection.connected, what="back")
     before = {c: ticks.count(c) for c in channels}
     await eventually(
@@ -272,7 +262,7 @@ async def test_refused_connections_are_retried_with_backoff(
 ) -> None:
     connection = await open_connection()
     await connection.wait_ready()
-    await control(
+    await sim_control(
         simulator, ("sim/refuse_connections", {"seconds": 1}), ("sim/drop_connections", {})
     )
     await eventually(lambda: connection.reconnects >= 2, what="refused attempts")

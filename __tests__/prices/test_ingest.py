@@ -1,16 +1,14 @@
 """Live ingest from the simulator into the store, through upstream faults and a database outage."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 from sqlalchemy import select
-from websockets.asyncio.client import connect
 
 from __tests__.helpers import eventually, eventually_async
 from __tests__.servers import PostgresServer
+from __tests__.simulated import sim_control
 from cryptomarket.core.db import Database, urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.backoff import Backoff
@@ -60,14 +58,6 @@ async def start_ingest(simulator: Simulator) -> AsyncIterator[StartIngest]:
         await ingest.stop()
         await writer.stop()
         await pool.close()
-
-
-async def control(simulator: Simulator, *calls: tuple[str, dict[str, Any]]) -> None:
-    async with connect(simulator.url) as ws:
-        for request_id, (method, params) in enumerate(calls):
-            request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-            await ws.send(json.dumps(request))
-            assert json.loads(await ws.recv())["result"] == "ok"
 
 
 async def stored(database: Database, ticker: str) -> list[int]:
@@ -120,7 +110,7 @@ async def test_ticks_missed_during_a_drop_are_backfilled(
         lambda: _count_at_least(database, "btc_usd", 10), what="ticks stored before the drop"
     )
     # Cut the upstream and keep it out for a second: about 20 ticks happen unseen.
-    await control(
+    await sim_control(
         simulator, ("sim/refuse_connections", {"seconds": 1}), ("sim/drop_connections", {})
     )
     dropped_at = simulator.history("btc_usd")[-1][0]

@@ -3,14 +3,13 @@
 import asyncio
 import gc
 import itertools
-import json
 import socket
 
 import httpx
-from websockets.asyncio.client import connect
 
 from __tests__.helpers import eventually
 from __tests__.service import Service, running_service
+from __tests__.simulated import sim_control
 from __tests__.sse import Event, open_stream
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Gap
@@ -248,10 +247,7 @@ async def test_status_gap_and_ping_reach_the_stream(service: Service) -> None:
     async with open_stream(client) as stream:
         await stream.until("connected")
         assert (await stream.until("status")).data["upstream"] == "connected"
-        async with connect(service.simulator.url) as control:
-            request = {"jsonrpc": "2.0", "id": 1, "method": "sim/drop_connections", "params": {}}
-            await control.send(json.dumps(request))
-            await control.recv()
+        await sim_control(service.simulator, ("sim/drop_connections", {}))
         assert (await stream.until("status")).data["upstream"] == "reconnecting"
         assert (await stream.until("status")).data["upstream"] == "connected"
 

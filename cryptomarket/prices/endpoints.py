@@ -29,6 +29,15 @@ Cursor = Annotated[
     Query(max_length=32, description="`next_cursor` of the previous page."),
 ]
 DATE_HELP = "YYYY-MM-DD_HH:MM:SS or ISO 8601; without an offset it is UTC."
+StartDate = Annotated[
+    str, Query(max_length=64, description=DATE_HELP, examples=["2025-11-24_09:00:00"])
+]
+EndDate = Annotated[
+    str | None,
+    Query(
+        max_length=64, description=DATE_HELP + " Default: now.", examples=["2025-11-24T10:00:00Z"]
+    ),
+]
 
 ERRORS: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorBody, "description": "Unknown ticker, or no price stored yet."},
@@ -64,17 +73,8 @@ async def prices_by_date(
     service: PriceServiceDep,
     *,
     ticker: Ticker,
-    start_date: Annotated[
-        str, Query(max_length=64, description=DATE_HELP, examples=["2025-11-24_09:00:00"])
-    ],
-    end_date: Annotated[
-        str | None,
-        Query(
-            max_length=64,
-            description=DATE_HELP + " Default: now.",
-            examples=["2025-11-24T10:00:00Z"],
-        ),
-    ] = None,
+    start_date: StartDate,
+    end_date: EndDate = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> PriceRange:

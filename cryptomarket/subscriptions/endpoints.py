@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 
 from cryptomarket.core.errors import ErrorBody
 from cryptomarket.core.routing import get_and_post
-from cryptomarket.prices.endpoints import DATE_HELP, Cursor, Limit
+from cryptomarket.prices.endpoints import Cursor, EndDate, Limit, StartDate
 from cryptomarket.prices.schemas import PriceRange
 from cryptomarket.prices.service import DEFAULT_LIMIT
 from cryptomarket.runtime import RuntimeDep
@@ -103,12 +103,8 @@ async def get_order(
     user_id: UserIdPath,
     ticker: TickerPath,
     runtime: RuntimeDep,
-    start_date: Annotated[
-        str, Query(max_length=64, description=DATE_HELP, examples=["2025-11-24_09:00:00"])
-    ],
-    end_date: Annotated[
-        str | None, Query(max_length=64, description=DATE_HELP + " Default: now.")
-    ] = None,
+    start_date: StartDate,
+    end_date: EndDate = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> PriceRange:

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Query, Request
 
 from cryptomarket.core.errors import Forbidden, NotAuthenticated
-from cryptomarket.runtime import RuntimeDep
+from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.users.schemas import USER_ID_PATTERN
 
 SESSION_COOKIE = "cm_session"
@@ -22,24 +22,40 @@ class Caller:
     token: str | None  # the session token, when the caller used one
 
 
-async def _caller(
+HeaderValue = Annotated[str | None, Header(max_length=512, include_in_schema=False)]
+
+
+@dataclass(frozen=True)
+class Presented:
+    """The credentials a request carries in headers and cookies."""
+
+    authorization: str | None
+    session_cookie: str | None
+    user_id: str | None
+    client_id: str | None
+    secret_key: str | None
+
+
+def presented(
     request: Request,
-    runtime: RuntimeDep,
-    *,
-    token: str | None,
-    authorization: str | None,
-    user_header: str | None,
-    client_header: str | None,
-    secret_header: str | None,
-) -> Caller:
+    authorization: Annotated[str | None, Header(max_length=512)] = None,
+    x_user_id: HeaderValue = None,
+    x_client_id: HeaderValue = None,
+    x_secret_key: HeaderValue = None,
+) -> Presented:
+    return Presented(
+        authorization, request.cookies.get(SESSION_COOKIE), x_user_id, x_client_id, x_secret_key
+    )
+
+
+PresentedDep = Annotated[Presented, Depends(presented)]
+
+
+async def _caller(runtime: Runtime, given: Presented, token: str | None) -> Caller:
     users = runtime.users
-    scheme, _, credentials = (authorization or "").partition(" ")
-    candidates = [
-        credentials.strip() if scheme.lower() == "bearer" else None,
-        request.cookies.get(SESSION_COOKIE),
-        token,
-    ]
-    for candidate in candidates:
+    scheme, _, credentials = (given.authorization or "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else None
+    for candidate in (bearer, given.session_cookie, token):
         if candidate:
             user_id = await users.user_of_token(candidate)
             if user_id is None:
@@ -48,65 +64,34 @@ async def _caller(
                     code="invalid_session",
                 )
             return Caller(user_id, candidate)
-    if user_header or client_header or secret_header:
-        if not (user_header and client_header and secret_header):
+    user_id, client_id, secret = given.user_id, given.client_id, given.secret_key
+    if user_id or client_id or secret:
+        if not (user_id and client_id and secret):
             raise NotAuthenticated("X-User-id, X-Client-Id and X-Secret-key must be sent together")
-        if not await users.user_of_key(user_header, client_header, secret_header):
+        if not await users.user_of_key(user_id, client_id, secret):
             raise NotAuthenticated(
                 "X-User-id, X-Client-Id and X-Secret-key do not match a signed-in user",
                 code="invalid_credentials",
             )
-        return Caller(user_header, None)
+        return Caller(user_id, None)
     raise NotAuthenticated(
         "sign in first: POST /api/v1/sessions, then send the token as a Bearer header or cookie"
     )
 
 
-HeaderValue = Annotated[str | None, Header(max_length=512, include_in_schema=False)]
-
-
-async def get_caller(
-    request: Request,
-    runtime: RuntimeDep,
-    *,
-    authorization: Annotated[str | None, Header(max_length=512)] = None,
-    x_user_id: HeaderValue = None,
-    x_client_id: HeaderValue = None,
-    x_secret_key: HeaderValue = None,
-) -> Caller:
-    return await _caller(
-        request,
-        runtime,
-        token=None,
-        authorization=authorization,
-        user_header=x_user_id,
-        client_header=x_client_id,
-        secret_header=x_secret_key,
-    )
+async def get_caller(runtime: RuntimeDep, given: PresentedDep) -> Caller:
+    return await _caller(runtime, given, None)
 
 
 async def get_stream_caller(
-    request: Request,
     runtime: RuntimeDep,
-    *,
+    given: PresentedDep,
     token: Annotated[
         str | None,
         Query(max_length=256, description="Session token, for a cross-origin EventSource."),
     ] = None,
-    authorization: Annotated[str | None, Header(max_length=512)] = None,
-    x_user_id: HeaderValue = None,
-    x_client_id: HeaderValue = None,
-    x_secret_key: HeaderValue = None,
 ) -> Caller:
-    return await _caller(
-        request,
-        runtime,
-        token=token,
-        authorization=authorization,
-        user_header=x_user_id,
-        client_header=x_client_id,
-        secret_header=x_secret_key,
-    )
+    return await _caller(runtime, given, token)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
