@@ -3,9 +3,11 @@
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cryptomarket import __version__, health
 from cryptomarket.core.config import Settings
@@ -13,6 +15,7 @@ from cryptomarket.core.errors import install_error_handlers
 from cryptomarket.prices import endpoints as prices
 from cryptomarket.runtime import Runtime
 from cryptomarket.streaming import endpoints as streaming
+from cryptomarket.streaming.response import quiet_dropped_streams
 from cryptomarket.subscriptions import endpoints as subscriptions
 from cryptomarket.users import endpoints as users
 
@@ -22,6 +25,37 @@ their stored history with a date filter, and your users' Deribit account data.
 
 Errors are `{"detail": "<sentence>", "code": "<machine_code>"}`.
 """
+
+
+class CryptoMarketAPI(FastAPI):
+    """FastAPI, with the SSE stream served in front of its middleware stack (see
+    streaming/endpoints.py for why)."""
+
+    stream_app: ASGIApp
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return StreamFirst(self.stream_app, super().build_middleware_stack())
+
+
+class StreamFirst:
+    def __init__(self, stream: ASGIApp, rest: ASGIApp) -> None:
+        self.stream = stream
+        self.rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if streaming.is_stream_request(scope):
+            await self.stream(scope, receive, send)
+        else:
+            await self.rest(scope, receive, send)
+
+
+def cors_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "allow_origins": settings.CORS_ORIGINS,
+        "allow_methods": ["GET", "POST", "DELETE"],
+        "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
+        "allow_credentials": "*" not in settings.CORS_ORIGINS,
+    }
 
 
 def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
@@ -38,7 +72,7 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
         finally:
             await app.state.runtime.stop()
 
-    app = FastAPI(
+    app = CryptoMarketAPI(
         title="CryptoMarket",
         version=__version__,
         description=DESCRIPTION,
@@ -47,16 +81,14 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     install_error_handlers(app)
     if settings.CORS_ORIGINS:
         # Browsers on these origins may call the API and open streams (with ?token=).
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.CORS_ORIGINS,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            allow_credentials="*" not in settings.CORS_ORIGINS,
-        )
+        app.add_middleware(CORSMiddleware, **cors_options(settings))
+    app.stream_app = streaming.ServeEventStream()
+    quiet_dropped_streams()
+    if settings.CORS_ORIGINS:
+        app.stream_app = CORSMiddleware(app.stream_app, **cors_options(settings))
     app.include_router(users.router)
     app.include_router(subscriptions.router)
-    app.include_router(streaming.router)
+    app.include_router(streaming.router)  # documents the stream; StreamFirst serves it
     app.include_router(prices.router)
     app.include_router(health.router)
     return app

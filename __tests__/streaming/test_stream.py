@@ -3,9 +3,11 @@
 import asyncio
 import gc
 import itertools
+import logging
 import socket
 
 import httpx
+import pytest
 
 from __tests__.helpers import eventually
 from __tests__.service import Service, running_service
@@ -175,7 +177,7 @@ async def _read_until_connected(reader: asyncio.StreamReader) -> None:
 
 
 async def test_a_slow_reader_is_dropped_and_others_keep_their_cadence(
-    simulator: Simulator, sqlite_url: str
+    simulator: Simulator, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running_service(simulator, sqlite_url, SSE_CLIENT_BUFFER=20) as service:
         token = await service.sign_in("alice")
@@ -197,11 +199,19 @@ async def test_a_slow_reader_is_dropped_and_others_keep_their_cadence(
         slow.send(request.encode())
         async with open_stream(client) as healthy:
             await healthy.until("connected")
-            await eventually(lambda: hub.dropped == 1, timeout=60, what="the slow reader dropped")
+            await eventually(
+                lambda: hub.streams_dropped == 1, timeout=60, what="the slow reader dropped"
+            )
             assert hub.open_streams == 1
             events = await healthy.events_for(1.0)
             assert consecutive(simulator, "eth_usd", prices(events, "eth_usd"))
+        # The server hung up on it: what it had not read drains, then the end of the stream.
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(10):
+            while await loop.sock_recv(slow, 65_536):
+                pass
         slow.close()
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         await client.aclose()
 
 
@@ -262,3 +272,44 @@ async def test_status_gap_and_ping_reach_the_stream(service: Service) -> None:
         await idle.until("connected")
         await eventually(lambda: "ping" in idle.parser.comments, what="a ping comment")
     await client.aclose()
+
+
+async def test_bad_stream_parameters_get_a_sentence_and_no_stream(service: Service) -> None:
+    client = service.client_for(await service.sign_in("alice"))
+    bad = [
+        ({"params": {"timer": "soon"}}, "timer"),
+        ({"params": {"timer": "86401"}}, "timer"),
+        ({"params": {"timer": "-1"}}, "timer"),
+        ({"headers": {"Last-Event-ID": "btc_usd:" + "1" * 200}}, "Last-Event-ID"),
+        ({"params": {"token": "t" * 300}}, "token"),
+    ]
+    for options, named in bad:
+        for method in ("GET", "POST"):
+            response = await client.request(method, "/api/v2/sse/connection", **options)
+            assert response.status_code == 422, (options, response.text)
+            assert response.json()["code"] == "invalid_input"
+            assert named in response.json()["detail"]
+    anonymous = httpx.AsyncClient(base_url=service.base_url)
+    refused = await anonymous.get("/api/v2/sse/connection")
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert refused.json()["code"] == "unauthorized"
+    assert service.runtime.hub.open_streams == 0
+    await anonymous.aclose()
+    await client.aclose()
+
+
+async def test_a_stream_from_an_allowed_origin_carries_cors_headers(
+    simulator: Simulator, sqlite_url: str
+) -> None:
+    allowed, other = "http://dashboard.example", "http://elsewhere.example"
+    async with running_service(simulator, sqlite_url, CORS_ORIGINS=allowed) as service:
+        token = await service.sign_in("alice")
+        anonymous = httpx.AsyncClient(base_url=service.base_url)
+        params = {"token": token}
+        async with open_stream(anonymous, params=params, headers={"Origin": allowed}) as stream:
+            assert stream.response.headers["access-control-allow-origin"] == allowed
+            await stream.until("connected")
+        async with open_stream(anonymous, params=params, headers={"Origin": other}) as stream:
+            assert "access-control-allow-origin" not in stream.response.headers
+        await anonymous.aclose()

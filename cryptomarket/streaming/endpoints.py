@@ -1,42 +1,54 @@
-"""`/api/v2/sse/connection`: the user's live price stream (SPEC section 5)."""
+"""`/api/v2/sse/connection`: the user's live price stream (SPEC section 5).
 
-import asyncio
-from collections.abc import AsyncIterator
+A stream lives for hours and there may be ten thousand of them, so the route is served by a plain
+ASGI app (`ServeEventStream`) that app.py puts in front of FastAPI: the request machinery of the
+framework (middleware chain, dependency solving, exit stacks) would otherwise stay alive beside
+every open stream for its whole life, and every event would pass through its wrappers. `router`
+declares the same route, with the same parameters, for /docs and /redoc.
+"""
+
+import logging
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import StreamingResponse
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 
-from cryptomarket.core.errors import ErrorBody
+from cryptomarket.core.errors import AppError, ErrorBody, InvalidInput, error_response
 from cryptomarket.core.routing import get_and_post
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import Stream
+from cryptomarket.streaming.response import EventStreamResponse
 from cryptomarket.subscriptions.schemas import MAX_TIMER
-from cryptomarket.users.auth import StreamCallerDep
+from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
+
+PATH = "/api/v2/sse/connection"
+REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
+MAX_TOKEN = 256
+MAX_EVENT_ID = 100
+
+logger = logging.getLogger("cryptomarket.streaming")
 
 router = APIRouter(tags=["stream"])
-
-REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
-STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # nginx: pass each event on at once
-}
 
 
 @get_and_post(
     router,
-    "/api/v2/sse/connection",
+    PATH,
     summary="Open your live price stream (Server-Sent Events)",
-    response_class=StreamingResponse,
+    response_class=EventStreamResponse,
+    status_code=200,
     responses={
         200: {
             "content": {"text/event-stream": {}},
             "description": "Events: connected, price, status, gap; `: ping` comments when idle.",
         },
         401: {"model": ErrorBody, "description": "No credentials, or wrong ones."},
+        422: {"model": ErrorBody, "description": "A parameter is out of range."},
         429: {"model": ErrorBody, "description": "Too many open streams for this user."},
         503: {"model": ErrorBody, "description": "This server holds its maximum of streams."},
     },
@@ -50,10 +62,66 @@ async def sse_connection(
     ] = None,
     last_event_id: Annotated[
         str | None,
-        Header(alias="Last-Event-ID", max_length=100, description="Resume after this event."),
+        Header(
+            alias="Last-Event-ID", max_length=MAX_EVENT_ID, description="Resume after this event."
+        ),
     ] = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Subscriptions come from create_order; changes reach the open stream at once."""
+    return await open_event_stream(runtime, caller, timer, last_event_id)
+
+
+class ServeEventStream:
+    """The served route: parameters and credentials checked as `sse_connection` declares, and
+    errors answered as the app's handlers answer them."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await _prepare(Request(scope))  # the request is not kept past this line
+        except AppError as error:
+            headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+            failure = error_response(error.status_code, error.detail, error.code, headers=headers)
+            await failure(scope, receive, send)
+            return
+        except Exception:
+            logger.exception("unhandled error opening a stream")
+            failure = error_response(500, "Something went wrong on our side.", "internal_error")
+            await failure(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
+def is_stream_request(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["path"] == PATH and scope["method"] in ("GET", "POST")
+
+
+async def _prepare(request: Request) -> EventStreamResponse:
+    runtime: Runtime = request.app.state.runtime
+    query = request.query_params
+    timer = _timer(query.get("timer"))
+    token = _bounded("token", query.get("token"), MAX_TOKEN)
+    last_event_id = _bounded("Last-Event-ID", request.headers.get("last-event-id"), MAX_EVENT_ID)
+    caller = await identify(runtime, presented_by(request), token)
+    return await open_event_stream(runtime, caller, timer, last_event_id)
+
+
+def _timer(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,6}", value) or int(value) > MAX_TIMER:
+        raise InvalidInput(f"timer: must be a whole number of seconds from 0 to {MAX_TIMER}")
+    return int(value)
+
+
+def _bounded(name: str, value: str | None, limit: int) -> str | None:
+    if value is not None and len(value) > limit:
+        raise InvalidInput(f"{name}: must be at most {limit} characters")
+    return value
+
+
+async def open_event_stream(
+    runtime: Runtime, caller: Caller, timer: int | None, last_event_id: str | None
+) -> EventStreamResponse:
     hub = runtime.hub
     # Registered before the subscriptions are read: a change made meanwhile reaches this
     # stream through the hub, and is applied after (overriding) the stored state read here.
@@ -80,17 +148,8 @@ async def sse_connection(
             ],
         },
     )
-
-    async def body() -> AsyncIterator[bytes]:
-        stream.writer = asyncio.current_task()
-        try:
-            yield events.retry() + connected + b"".join(replay) + hub.upstream
-            async for chunk in stream.chunks(hub.ping_interval):
-                yield chunk
-        finally:
-            hub.close(stream)
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers=STREAM_HEADERS)
+    opening = events.retry() + connected + b"".join(replay) + hub.upstream
+    return EventStreamResponse(hub, stream, opening)
 
 
 async def _replay(

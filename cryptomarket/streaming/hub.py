@@ -12,9 +12,9 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptomarket.core.errors import TooMany, Unavailable
 from cryptomarket.prices.models import Gap, Tick
@@ -24,31 +24,60 @@ from cryptomarket.streaming.bus import Event, UpstreamStatus
 logger = logging.getLogger("cryptomarket.streaming")
 
 DEFAULT_TIMER = 60
-PING_INTERVAL = 15.0
+PING_INTERVAL = 15.0  # an idle stream gets a `: ping` at least this often
+PING_SWEEPS = 3  # idle streams are found by this many sweeps per interval, not a timer each
 RECENT_TICKS = 600  # per ticker, for Last-Event-ID replay of what the store may not have yet
 
 
-@dataclass(eq=False)
 class Stream:
-    """One open SSE connection: its subscriptions and the frames waiting for it."""
+    """One open SSE connection: its subscriptions and the frames waiting for it.
 
-    id: str
-    user_id: str
-    default_timer: int
-    max_buffered: int = 2_000  # a client this far behind is dropped
-    timers: dict[str, int] = field(default_factory=dict)  # ticker -> effective seconds
-    last_sent: dict[str, int] = field(default_factory=dict)  # ticker -> newest timestamp sent
-    closed: bool = False
-    dropped: bool = False
-    # Called when the stream is dropped: unregister it and abort the response writing to it.
-    on_drop: Callable[["Stream"], None] | None = None
-    writer: asyncio.Task[object] | None = None
-    _buffer: deque[bytes] = field(default_factory=deque)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    Thousands of these live at once, so each is small: slots, a list as the buffer, and at most
+    one future, made only while its writer waits for something to write.
+    """
 
-    def push(self, frame: bytes) -> None:
+    __slots__ = (
+        "_buffer",
+        "_waiter",
+        "closed",
+        "default_timer",
+        "dropped",
+        "id",
+        "last_sent",
+        "max_buffered",
+        "on_drop",
+        "quiet_sweeps",
+        "timers",
+        "user_id",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        user_id: str,
+        default_timer: int,
+        max_buffered: int = 2_000,
+        on_drop: Callable[["Stream"], None] | None = None,
+    ) -> None:
+        self.id = id
+        self.user_id = user_id
+        self.default_timer = default_timer
+        self.max_buffered = max_buffered  # a client this far behind is dropped
+        # Called when the stream is dropped: unregister it and abort the response writing to it.
+        self.on_drop = on_drop
+        self.timers: dict[str, int] = {}  # ticker -> effective seconds
+        self.last_sent: dict[str, int] = {}  # ticker -> newest timestamp sent
+        self.closed = False
+        self.dropped = False
+        self.quiet_sweeps = 0  # ping sweeps since the last frame: the hub pings idle streams
+        self.writer: asyncio.Task[Any] | None = None
+        self._buffer: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, frame: bytes) -> bool:
         if self.closed:
-            return
+            return False
         # One latest price per subscription may arrive at once (on connect) on top of the bound.
         if len(self._buffer) >= self.max_buffered + len(self.timers):
             logger.warning(
@@ -62,19 +91,22 @@ class Stream:
             self.close()
             if self.on_drop is not None:
                 self.on_drop(self)
-            return
+            return False
         self._buffer.append(frame)
-        self._wake.set()
+        self.quiet_sweeps = 0
+        self._wake()
+        return True
 
-    def push_price(self, tick: Tick, frame: bytes) -> None:
+    def push_price(self, tick: Tick, frame: bytes) -> bool:
         """A price, unless this stream already has it or a newer one."""
         if tick.timestamp > self.last_sent.get(tick.ticker, 0):
             self.last_sent[tick.ticker] = tick.timestamp
-            self.push(frame)
+            return self.push(frame)
+        return False
 
     def close(self) -> None:
         self.closed = True
-        self._wake.set()
+        self._wake()
 
     def forget(self) -> None:
         """Drop what a closed stream still holds, so stale timer entries pin nothing big."""
@@ -82,23 +114,27 @@ class Stream:
         self.timers.clear()
         self.last_sent.clear()
 
-    async def chunks(self, ping_interval: float = PING_INTERVAL) -> AsyncIterator[bytes]:
-        """What to write next: every buffered frame at once, or a ping after a quiet interval."""
-        while not self.closed or self._buffer:
+    async def next_chunk(self) -> bytes | None:
+        """Every frame buffered so far, as one chunk; waits while there is none. None: the
+        stream is over (closed after its buffer was written, or dropped)."""
+        while True:
             if self.dropped:
-                return  # too slow to keep: what it missed stays missed, the server moves on
-            if not self._buffer:
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(ping_interval):
-                        await self._wake.wait()
-                except TimeoutError:
-                    yield events.PING
-                    continue
-            if self._buffer and not self.dropped:
+                return None  # too slow to keep: what it missed stays missed
+            if self._buffer:
                 chunk = b"".join(self._buffer)
                 self._buffer.clear()
-                yield chunk
+                return chunk
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class StreamHub:
@@ -106,7 +142,7 @@ class StreamHub:
         self.max_streams = max_streams
         self.max_per_user = max_per_user
         self.client_buffer = client_buffer
-        self.ping_interval = PING_INTERVAL
+        self._ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
         self.recent: dict[str, deque[Tick]] = {}
         self.upstream = events.status_frame("connecting", _now())
@@ -119,7 +155,17 @@ class StreamHub:
         self._due_live = 0  # entries known live at the last compaction, plus those added since
         self._ids = itertools.count(1)
         self._scheduler: asyncio.Task[None] | None = None
-        self.dropped = 0
+        self.streams_dropped = 0  # too slow to keep, since start
+        self.events_sent = 0  # frames handed to streams, since start
+
+    @property
+    def ping_interval(self) -> float:
+        return self._ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, seconds: float) -> None:
+        self._ping_interval = seconds
+        self._due_changed.set()  # the scheduler re-plans its next sweep
 
     @property
     def open_streams(self) -> int:
@@ -184,7 +230,7 @@ class StreamHub:
         mine = self._by_user.get(stream.user_id)
         if mine is not None and stream in mine:
             if stream.dropped:
-                self.dropped += 1
+                self.streams_dropped += 1
             mine.discard(stream)
             if not mine:
                 del self._by_user[stream.user_id]
@@ -206,8 +252,8 @@ class StreamHub:
             self._due_live += 1
             self._schedule(asyncio.get_running_loop().time() + effective, stream, ticker, effective)
             self._compact_if_stale()
-        if latest := self.latest.get(ticker):
-            stream.push_price(*latest)
+        if (latest := self.latest.get(ticker)) and stream.push_price(*latest):
+            self.events_sent += 1
 
     def unsubscribe(self, stream: Stream, ticker: str) -> None:
         self._leave(stream, ticker)
@@ -235,13 +281,14 @@ class StreamHub:
         elif isinstance(event, Gap):
             frame = events.gap_frame(event)
             for stream in self._streams():
-                if event.ticker in stream.timers:
-                    stream.push(frame)
+                if event.ticker in stream.timers and stream.push(frame):
+                    self.events_sent += 1
         elif isinstance(event, UpstreamStatus):
             self.upstream_state = event.state
             self.upstream = events.status_frame(event.state, event.at)
             for stream in self._streams():
-                stream.push(self.upstream)
+                if stream.push(self.upstream):
+                    self.events_sent += 1
 
     def _publish_tick(self, tick: Tick, frame: bytes | None) -> None:
         current = self.latest.get(tick.ticker)
@@ -250,12 +297,14 @@ class StreamHub:
         frame = frame or events.price_frame(tick)
         self.latest[tick.ticker] = (tick, frame)
         self.recent.setdefault(tick.ticker, deque(maxlen=RECENT_TICKS)).append(tick)
+        sent = 0
         for stream in tuple(self._every_tick.get(tick.ticker, ())):
-            stream.push_price(tick, frame)
+            sent += stream.push_price(tick, frame)
         if current is None:  # the first price of a new ticker: "at once" for everyone on it
             for stream in self._streams():
                 if tick.ticker in stream.timers:
-                    stream.push_price(tick, frame)
+                    sent += stream.push_price(tick, frame)
+        self.events_sent += sent
 
     def _streams(self) -> list[Stream]:
         return [stream for streams in self._by_user.values() for stream in streams]
@@ -291,23 +340,40 @@ class StreamHub:
 
     async def _run_timers(self) -> None:
         loop = asyncio.get_running_loop()
+        last_sweep = loop.time()
         while True:
             self._due_changed.clear()
             now = loop.time()
+            sent = 0
             while self._due and self._due[0][0] <= now:
                 due, _, stream, ticker, timer = heapq.heappop(self._due)
                 if stream.closed or stream.timers.get(ticker) != timer:
                     continue  # closed, unsubscribed, or re-timed: this entry is stale
                 if latest := self.latest.get(ticker):
-                    stream.push_price(*latest)
+                    sent += stream.push_price(*latest)
                 following = due + timer
                 self._schedule(following if following > now else now + timer, stream, ticker, timer)
-            delay = self._due[0][0] - now if self._due else PING_INTERVAL
+            self.events_sent += sent
+            next_sweep = last_sweep + self._ping_interval / PING_SWEEPS
+            if now >= next_sweep:
+                self._ping_quiet_streams()
+                last_sweep = now
+                next_sweep = now + self._ping_interval / PING_SWEEPS
+            wake_at = min(self._due[0][0], next_sweep) if self._due else next_sweep
             try:
-                async with asyncio.timeout(max(delay, 0.0)):
+                async with asyncio.timeout(max(wake_at - now, 0.0)):
                     await self._due_changed.wait()
             except TimeoutError:
                 pass
+
+    def _ping_quiet_streams(self) -> None:
+        """A stream that got no frame for PING_SWEEPS - 1 sweeps gets a ping on this one, so no
+        stream stays silent longer than the ping interval (proxies and clients see it alive)."""
+        for stream in self._streams():
+            if stream.quiet_sweeps >= PING_SWEEPS - 1:
+                stream.push(events.PING)
+            else:
+                stream.quiet_sweeps += 1
 
 
 def _now() -> datetime:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
 
-from cryptomarket.core.errors import Forbidden, NotAuthenticated
+from cryptomarket.core.errors import Forbidden, InvalidInput, NotAuthenticated
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.users.schemas import USER_ID_PATTERN
 
@@ -22,7 +22,8 @@ class Caller:
     token: str | None  # the session token, when the caller used one
 
 
-HeaderValue = Annotated[str | None, Header(max_length=512, include_in_schema=False)]
+MAX_HEADER = 512
+HeaderValue = Annotated[str | None, Header(max_length=MAX_HEADER, include_in_schema=False)]
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Presented:
 
 def presented(
     request: Request,
-    authorization: Annotated[str | None, Header(max_length=512)] = None,
+    authorization: Annotated[str | None, Header(max_length=MAX_HEADER)] = None,
     x_user_id: HeaderValue = None,
     x_client_id: HeaderValue = None,
     x_secret_key: HeaderValue = None,
@@ -51,7 +52,24 @@ def presented(
 PresentedDep = Annotated[Presented, Depends(presented)]
 
 
-async def _caller(runtime: Runtime, given: Presented, token: str | None) -> Caller:
+CREDENTIAL_HEADERS = ("Authorization", "X-User-id", "X-Client-Id", "X-Secret-key")
+
+
+def presented_by(request: Request) -> Presented:
+    """The same as the `presented` dependency, for a route served without FastAPI's."""
+    values: list[str | None] = []
+    for name in CREDENTIAL_HEADERS:
+        value = request.headers.get(name)
+        if value is not None and len(value) > MAX_HEADER:
+            raise InvalidInput(f"{name}: must be at most {MAX_HEADER} characters")
+        values.append(value)
+    authorization, user_id, client_id, secret_key = values
+    return Presented(
+        authorization, request.cookies.get(SESSION_COOKIE), user_id, client_id, secret_key
+    )
+
+
+async def identify(runtime: Runtime, given: Presented, token: str | None) -> Caller:
     users = runtime.users
     scheme, _, credentials = (given.authorization or "").partition(" ")
     bearer = credentials.strip() if scheme.lower() == "bearer" else None
@@ -80,7 +98,7 @@ async def _caller(runtime: Runtime, given: Presented, token: str | None) -> Call
 
 
 async def get_caller(runtime: RuntimeDep, given: PresentedDep) -> Caller:
-    return await _caller(runtime, given, None)
+    return await identify(runtime, given, None)
 
 
 async def get_stream_caller(
@@ -91,7 +109,7 @@ async def get_stream_caller(
         Query(max_length=256, description="Session token, for a cross-origin EventSource."),
     ] = None,
 ) -> Caller:
-    return await _caller(runtime, given, token)
+    return await identify(runtime, given, token)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,0 +1,89 @@
+"""The HTTP response of an SSE stream, written from the request's own task.
+
+Starlette's StreamingResponse runs each stream in a task group of two extra tasks (under ASGI 2.3,
+which uvicorn speaks) and pulls through async generators with a timeout per wait: thousands of
+open streams pay for that in memory and in CPU per event. Here the request task writes, a small
+task watches for the client leaving, and pings come from the hub's sweep.
+"""
+
+import asyncio
+import contextlib
+import logging
+from contextvars import ContextVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from cryptomarket.streaming.hub import Stream, StreamHub
+
+logger = logging.getLogger("cryptomarket.streaming")
+
+# Set in the task of a response ended because its stream was dropped (see `quiet_dropped_streams`).
+_dropped_here: ContextVar[bool] = ContextVar("cryptomarket_stream_dropped", default=False)
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+}
+
+
+class EventStreamResponse(Response):
+    media_type = "text/event-stream"
+
+    def __init__(self, hub: StreamHub, stream: Stream, opening: bytes) -> None:
+        # No body and so no Content-Length: the events go out as a chunked body.
+        self.status_code = 200
+        self.background = None
+        self.init_headers(STREAM_HEADERS)
+        self.hub = hub
+        self.stream = stream
+        self.opening = opening  # what goes out first: retry, connected, replay, status
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self.stream
+        stream.writer = asyncio.current_task()
+        watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            chunk: bytes | None = self.opening
+            while chunk is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                chunk = await stream.next_chunk()
+            if not stream.dropped:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not stream.dropped:
+                raise
+            # Dropped while its writer waited on a client that does not read: end the response
+            # here; the server closes the connection of a response that did not complete.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            _dropped_here.set(True)
+        finally:
+            self.hub.close(stream)
+            stream.writer = None
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def _close_on_disconnect(receive: Receive, stream: Stream) -> None:
+    """The client went away: end the stream at once, so its state is freed now."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.close()
+
+
+class _QuietDroppedStreams(logging.Filter):
+    """uvicorn reports a response that ended before completing as an error; for a stream
+    dropped on purpose the hub has already logged why, so that report is left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _dropped_here.get()
+
+
+def quiet_dropped_streams() -> None:
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDroppedStreams) for f in server_log.filters):
+        server_log.addFilter(_QuietDroppedStreams())
