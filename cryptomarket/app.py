@@ -12,6 +12,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cryptomarket import __version__, health
 from cryptomarket.core.config import Settings
 from cryptomarket.core.errors import install_error_handlers
+from cryptomarket.core.metrics import make_registry
+from cryptomarket.core.openapi_docs import install_openapi
+from cryptomarket.core.request_id import HEADER as REQUEST_ID_HEADER
+from cryptomarket.core.request_id import RequestIdMiddleware
 from cryptomarket.prices import endpoints as prices
 from cryptomarket.runtime import Runtime
 from cryptomarket.streaming import endpoints as streaming
@@ -23,7 +27,14 @@ DESCRIPTION = """
 A gateway between your applications and Deribit: index prices live over Server-Sent Events,
 their stored history with a date filter, and your users' Deribit account data.
 
-Errors are `{"detail": "<sentence>", "code": "<machine_code>"}`.
+Sign in with `POST /api/v1/sessions` and a Deribit API key, then press **Authorize** and paste
+the token (or rely on the `cm_session` cookie the sign-in sets). Market data
+(`/api/v1/prices*`, `/api/v1/tickers`) needs no session.
+
+Errors are `{"detail": "<sentence>", "code": "<machine_code>"}` with the status saying what kind:
+401 no or bad credentials, 403 another user's resource, 404 unknown thing, 409 taken user id,
+422 invalid input, 429 over a limit, 503 Deribit unreachable. Every response carries an
+`X-Request-ID` header (yours, when you send a sane one), also found on the server's log lines.
 """
 
 
@@ -55,6 +66,7 @@ def cors_options(settings: Settings) -> dict[str, Any]:
         "allow_methods": ["GET", "POST", "DELETE"],
         "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
         "allow_credentials": "*" not in settings.CORS_ORIGINS,
+        "expose_headers": [REQUEST_ID_HEADER],
     }
 
 
@@ -77,15 +89,24 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url="/docs" if settings.DOCS_ENABLED else None,
+        redoc_url="/redoc" if settings.DOCS_ENABLED else None,
+        openapi_url="/openapi.json" if settings.DOCS_ENABLED else None,
     )
     install_error_handlers(app)
+    install_openapi(app)
+    app.state.metrics = make_registry(lambda: getattr(app.state, "runtime", None))
     if settings.CORS_ORIGINS:
         # Browsers on these origins may call the API and open streams (with ?token=).
         app.add_middleware(CORSMiddleware, **cors_options(settings))
+    # Outermost: every response gets its id, CORS answers included.
+    app.add_middleware(RequestIdMiddleware)
+    # The stream, served in front of that stack, gets the same CORS answers and request ids.
     app.stream_app = streaming.ServeEventStream()
-    quiet_dropped_streams()
     if settings.CORS_ORIGINS:
         app.stream_app = CORSMiddleware(app.stream_app, **cors_options(settings))
+    app.stream_app = RequestIdMiddleware(app.stream_app)
+    quiet_dropped_streams()
     app.include_router(users.router)
     app.include_router(subscriptions.router)
     app.include_router(streaming.router)  # documents the stream; StreamFirst serves it

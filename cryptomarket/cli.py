@@ -23,6 +23,11 @@ from cryptomarket.prices.history import BackfillError, load_history
 app = typer.Typer(
     name="cryptomarket",
     help="CryptoMarket: a self-hosted gateway between your applications and Deribit.",
+    epilog=(
+        "Settings come from the environment or .env (every one is in .env.example). "
+        "No Deribit account or network? Run `cryptomarket simulate`, then `cryptomarket serve` "
+        "with DERIBIT_WS_URL=ws://127.0.0.1:8765/ws/api/v2."
+    ),
     no_args_is_help=True,
     add_completion=False,
 )
@@ -65,10 +70,18 @@ def _not_built(command: str) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind (default APP_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind (default APP_PORT).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on.", show_default="APP_HOST, 127.0.0.1")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on.", show_default="APP_PORT, 8003")
+    ] = None,
 ) -> None:
-    """Run the API (and, without REDIS_URL, ingest and the periodic jobs) in one process."""
+    """Serve the HTTP API and the SSE streams.
+
+    Without REDIS_URL (embedded mode) this one process also migrates the database, holds the
+    Deribit market-data connection and runs the periodic jobs. API docs: /docs.
+    """
     settings = _settings()
     if not settings.distributed:
         _migrate(settings)  # embedded mode brings its own database up to date
@@ -91,27 +104,36 @@ def serve(
 
 @app.command()
 def ingest() -> None:
-    """Hold the upstream market-data connection (distributed mode; one active per deployment)."""
+    """Hold the Deribit market-data connection and store the ticks (distributed mode).
+
+    Needs REDIS_URL. One instance is active per deployment; another one waits as a standby.
+    """
     _settings()
     _not_built("ingest")
 
 
 @app.command()
 def migrate() -> None:
-    """Upgrade the database to the newest schema (never downgrades)."""
+    """Upgrade the database to the newest schema; never downgrades, never drops data.
+
+    The database is DATABASE_URL, else SQLite (DEBUG=True) or PostgreSQL (DEBUG=False).
+    """
     _migrate(_settings())
     typer.echo("database schema is up to date")
 
 
 @app.command()
 def backfill(
-    ticker: Annotated[str, typer.Option(help="Index name, e.g. btc_usd.")],
+    ticker: Annotated[str, typer.Option(help="Deribit index name, e.g. btc_usd.")],
     range_: Annotated[
         str,
-        typer.Option("--range", help=f"How far back: {', '.join(RANGE_NAMES)}."),
+        typer.Option("--range", help=f"How far back: {', '.join(RANGE_NAMES)} (1m is 30 days)."),
     ] = "1d",
 ) -> None:
-    """Load a ticker's history from Deribit into the database, with a progress bar."""
+    """Load a ticker's price history from Deribit into the database, with a progress bar.
+
+    Safe to repeat: prices already stored are not stored twice.
+    """
     settings = _settings()
     if range_ not in RANGE_NAMES:
         _fail("backfill", f"--range must be one of {', '.join(RANGE_NAMES)}")
@@ -133,12 +155,14 @@ def _migrate(settings: Settings) -> None:
 
 @app.command()
 def simulate(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind (0 picks a free one).")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
     tick_interval: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between index ticks.")
+        float, typer.Option(min=0.001, help="Seconds between ticks of every index.")
     ] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Seed of the price walk.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the price walk, for repeatable prices.")
+    ] = None,
     accounts: Annotated[
         Path | None,
         typer.Option(
@@ -148,9 +172,13 @@ def simulate(
     min_heartbeat: Annotated[
         float, typer.Option(min=0.1, help="Smallest heartbeat interval accepted (Deribit: 10 s).")
     ] = 10.0,
-    log_json: Annotated[bool, typer.Option(help="Log JSON lines.")] = False,
+    log_json: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:
-    """Run the Deribit simulator: ws://HOST:PORT/ws/api/v2, no network or account needed."""
+    """Run the Deribit simulator at ws://HOST:PORT/ws/api/v2: no network or account needed.
+
+    It speaks the part of Deribit's API the service uses, ticks every index about once a
+    second, and takes sim/ control calls (see the README).
+    """
     configure_logging("INFO", json_lines=log_json)
     try:
         config = SimulatorConfig(

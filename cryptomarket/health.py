@@ -1,10 +1,11 @@
-"""`GET /health`: what works right now, checked for real, and what does not."""
+"""`GET /health`: what works right now, checked for real, and what does not; `GET /metrics`."""
 
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 
 from cryptomarket.runtime import RuntimeDep
 
@@ -14,6 +15,17 @@ CHECK_TIMEOUT = 2.0
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "ok",
+                "database": "ok",
+                "cache": "ok",
+                "upstream": "connected",
+            }
+        }
+    )
+
     status: Literal["ok", "degraded"] = Field(description="degraded when any part is down.")
     database: str = Field(description="ok, or down with the reason.")
     cache: str = Field(description="ok, or down with the reason.")
@@ -25,7 +37,9 @@ class Health(BaseModel):
 
 @router.get("/health", response_model=Health, summary="Service health")
 async def health(runtime: RuntimeDep) -> Health:
-    """200 while the process can serve; the body says which dependency is down."""
+    """200 while the process can serve (for load balancers and `docker compose`); the body says
+    which part is down: `status` is `degraded` when the database, the cache or the upstream
+    market-data connection is not `ok` / `connected`."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await runtime.database.ping()
@@ -40,3 +54,37 @@ async def health(runtime: RuntimeDep) -> Health:
     return Health(
         status="ok" if healthy else "degraded", database=database, cache=cache, upstream=upstream
     )
+
+
+METRICS_EXAMPLE = """\
+# HELP cryptomarket_upstream_up 1 while the market-data connection to Deribit is up and ticks \
+arrive, else 0.
+# TYPE cryptomarket_upstream_up gauge
+cryptomarket_upstream_up 1.0
+# HELP cryptomarket_ticks_received_total Index ticks received from Deribit.
+# TYPE cryptomarket_ticks_received_total counter
+cryptomarket_ticks_received_total 5214.0
+# HELP cryptomarket_sse_streams Open SSE streams.
+# TYPE cryptomarket_sse_streams gauge
+cryptomarket_sse_streams 3.0
+"""
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format.",
+            "content": {CONTENT_TYPE_LATEST: {"example": METRICS_EXAMPLE}},
+        }
+    },
+)
+async def metrics(request: Request) -> Response:
+    """The process's metrics in Prometheus text format, read when scraped: the upstream
+    connection (`cryptomarket_upstream_up`, `_state`, `_reconnects_total`), ticks received,
+    written and dropped, database write latency (`cryptomarket_db_write_seconds`), SSE streams,
+    events sent and slow clients dropped, Deribit credits spent and left, periodic job runs
+    and failures, and the process's CPU and memory (`process_*`)."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     SESSION_TTL: timedelta = timedelta(hours=27)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
 
+    # False: no /docs, /redoc or /openapi.json (e.g. in production).
+    DOCS_ENABLED: bool = True
+
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_JSON: bool = False
 

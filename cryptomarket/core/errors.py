@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from cryptomarket.core.logging import REQUEST_ID
+
 logger = logging.getLogger("cryptomarket.errors")
 
 
@@ -118,4 +120,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "Something went wrong on our side.", "internal_error")
+        # Answered outside the request-id middleware: the id is added here, so the client can
+        # quote it and the operator find the logged traceback.
+        request_id = REQUEST_ID.get()
+        return error_response(
+            500,
+            "Something went wrong on our side.",
+            "internal_error",
+            headers={"X-Request-ID": request_id} if request_id else None,
+        )

@@ -1,13 +1,20 @@
-"""One logging configuration for every process: stdout, plain or JSON lines, secrets masked."""
+"""One logging configuration for every process: stdout, plain or JSON lines, secrets masked.
+
+A line logged while a request is handled carries that request's id (`request_id`), which the
+request-id middleware (core/request_id.py) keeps in `REQUEST_ID` for the request's duration.
+"""
 
 import json
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 MASK = "***"
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Names of keys whose values must never be logged.
 _SENSITIVE_KEYS = (
@@ -49,6 +56,16 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Puts the id of the request being handled (or None) on every record as `request_id`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        record.request_id = request_id
+        record.request_tag = f" [{request_id}]" if request_id else ""
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
@@ -59,6 +76,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         if record.exc_text:
             entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
@@ -68,10 +88,11 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     """Route every logger to stdout through the secret filter; idempotent."""
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(SecretMaskingFilter())
+    handler.addFilter(RequestIdFilter())
     handler.setFormatter(
         JsonFormatter()
         if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s%(request_tag)s: %(message)s")
     )
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -4,7 +4,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from cryptomarket.core.errors import ErrorBody, Unavailable
+from cryptomarket.core.errors import Unavailable
+from cryptomarket.core.openapi_docs import (
+    INDEX_LIST_DOWN,
+    INVALID,
+    INVALID_DATE,
+    NO_PRICES,
+    UNKNOWN_TICKER,
+    Responses,
+    error,
+)
 from cryptomarket.prices.schemas import PricePage, PricePoint, PriceRange, TickerList
 from cryptomarket.prices.service import DEFAULT_LIMIT, MAX_LIMIT
 from cryptomarket.prices.tickers import CatalogueUnavailable
@@ -39,11 +48,7 @@ EndDate = Annotated[
     ),
 ]
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": ErrorBody, "description": "Unknown ticker, or no price stored yet."},
-    422: {"model": ErrorBody, "description": "Invalid parameter, with a sentence saying which."},
-    503: {"model": ErrorBody, "description": "Deribit's index list cannot be reached."},
-}
+ERRORS: Responses = {404: UNKNOWN_TICKER, 422: INVALID, 503: INDEX_LIST_DOWN}
 
 
 @router.get("/prices", response_model=PricePage, responses=ERRORS, summary="Stored prices")
@@ -54,20 +59,27 @@ async def prices(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> PricePage:
-    """Stored prices of a ticker, newest first, a page at a time."""
+    """Stored prices of a ticker, newest first, `limit` at a time. A full page carries
+    `next_cursor`: pass it as `cursor` for the next, older page; the last page has null."""
     return await service.newest_first(ticker, limit=limit, cursor=cursor)
 
 
 @router.get(
-    "/prices/latest", response_model=PricePoint, responses=ERRORS, summary="The latest price"
+    "/prices/latest",
+    response_model=PricePoint,
+    responses={**ERRORS, 404: NO_PRICES},
+    summary="The latest price",
 )
 async def latest_price(service: PriceServiceDep, ticker: Ticker) -> PricePoint:
-    """The newest stored price of a ticker."""
+    """The newest stored price of a ticker; 404 when none is stored yet."""
     return await service.latest(ticker)
 
 
 @router.get(
-    "/prices/by-date", response_model=PriceRange, responses=ERRORS, summary="Prices in a range"
+    "/prices/by-date",
+    response_model=PriceRange,
+    responses={**ERRORS, 422: INVALID_DATE},
+    summary="Prices in a range",
 )
 async def prices_by_date(
     service: PriceServiceDep,
@@ -78,7 +90,9 @@ async def prices_by_date(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> PriceRange:
-    """Prices between two dates (by Deribit's timestamp), oldest first, a page at a time."""
+    """Prices between `start_date` and `end_date` (default: now), by Deribit's timestamp,
+    oldest first, `limit` at a time; pass `next_cursor` as `cursor`, with the same dates, for
+    the next page. `start_date` after `end_date` is 422."""
     return await service.between(
         ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
     )
@@ -87,11 +101,18 @@ async def prices_by_date(
 @router.get(
     "/tickers",
     response_model=TickerList,
-    responses={503: ERRORS[503]},
+    responses={
+        503: error(
+            "Deribit's index list cannot be reached and none is cached.",
+            "unavailable",
+            "Deribit's list of index names could not be fetched",
+        )
+    },
     summary="Supported index names",
 )
 async def tickers(service: PriceServiceDep) -> TickerList:
-    """Index names Deribit supports, from `public/get_index_price_names` (cached)."""
+    """Index names Deribit supports, from `public/get_index_price_names`, cached for an hour.
+    Every ticker parameter of this API is checked against this list."""
     try:
         return TickerList(tickers=await service.catalogue.names())
     except CatalogueUnavailable as error:

@@ -48,6 +48,7 @@ class Ingest:
         self.stale_after = stale_after
         self.status = "connecting"
         self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
+        self.ticks_in = 0  # ticks received (for /metrics)
         self._refs: Counter[str] = Counter()
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -122,6 +123,7 @@ class Ingest:
             logger.warning("ignored an impossible tick on %s", channel)
             return
         tick = Tick(ticker, price, timestamp)
+        self.ticks_in += 1
         self.last_seen[ticker] = max(timestamp, self.last_seen.get(ticker, 0))
         self._last_tick_at = time.monotonic()
         if self.status == "stale":

@@ -3,19 +3,24 @@
 import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+
+POINT_EXAMPLE: JsonDict = {
+    "ticker": "btc_usd",
+    "price": 87012.53,
+    "timestamp": 1764000000123,
+    "datetime": "2025-11-24T16:00:00.123000Z",
+}
+NEXT_POINT_EXAMPLE: JsonDict = {
+    "ticker": "btc_usd",
+    "price": 87010.02,
+    "timestamp": 1764000001123,
+    "datetime": "2025-11-24T16:00:01.123000Z",
+}
 
 
 class PricePoint(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "ticker": "btc_usd",
-                "price": 87012.53,
-                "timestamp": 1764000000123,
-                "datetime": "2025-11-24T16:00:00.123000Z",
-            }
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"example": POINT_EXAMPLE})
 
     ticker: str = Field(description="Deribit index name.")
     price: float = Field(description="Index price.")
@@ -24,6 +29,17 @@ class PricePoint(BaseModel):
 
 
 class PricePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "ticker": "btc_usd",
+                "items": [NEXT_POINT_EXAMPLE, POINT_EXAMPLE],
+                "limit": 2,
+                "next_cursor": "1764000000123",
+            }
+        }
+    )
+
     ticker: str
     items: list[PricePoint] = Field(description="Newest first.")
     limit: int
@@ -33,6 +49,19 @@ class PricePage(BaseModel):
 
 
 class PriceRange(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "ticker": "btc_usd",
+                "start_date": "2025-11-24T16:00:00Z",
+                "end_date": "2025-11-24T17:00:00Z",
+                "items": [POINT_EXAMPLE, NEXT_POINT_EXAMPLE],
+                "limit": 1000,
+                "next_cursor": None,
+            }
+        }
+    )
+
     ticker: str
     start_date: dt.datetime = Field(description="Start of the range (UTC, inclusive).")
     end_date: dt.datetime = Field(description="End of the range (UTC, inclusive).")

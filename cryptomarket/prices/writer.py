@@ -12,9 +12,11 @@ Writes are idempotent, so a batch written twice (a commit whose answer was lost)
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 
 from cryptomarket.core.db import Database
+from cryptomarket.core.metrics import DurationHistogram
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository
@@ -48,6 +50,8 @@ class TickWriter:
         self.healthy = True  # the last write went through
         self.written = 0
         self.dropped = 0
+        self.failures = 0  # writes the database refused
+        self.write_seconds = DurationHistogram()  # successful batch writes, for /metrics
 
     @property
     def buffered(self) -> int:
@@ -125,11 +129,14 @@ class TickWriter:
     async def _write_once(self) -> None:
         """Write the head of the buffer (or the gaps when it is empty) in one transaction."""
         async with self._write_lock:  # `flush` and the loop may both be writing
+            started = time.perf_counter()
             try:
                 await self._write_head()
             except Exception:
                 self.healthy = False
+                self.failures += 1
                 raise
+            self.write_seconds.observe(time.perf_counter() - started)
             self.healthy = True
 
     async def _write_head(self) -> None:

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Header, Query
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from cryptomarket.core.errors import AppError, ErrorBody, InvalidInput, error_response
+from cryptomarket.core.errors import AppError, InvalidInput, error_response
+from cryptomarket.core.openapi_docs import SSE_ROUTE_DOCS
 from cryptomarket.core.routing import get_and_post
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
@@ -36,23 +37,7 @@ logger = logging.getLogger("cryptomarket.streaming")
 router = APIRouter(tags=["stream"])
 
 
-@get_and_post(
-    router,
-    PATH,
-    summary="Open your live price stream (Server-Sent Events)",
-    response_class=EventStreamResponse,
-    status_code=200,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "Events: connected, price, status, gap; `: ping` comments when idle.",
-        },
-        401: {"model": ErrorBody, "description": "No credentials, or wrong ones."},
-        422: {"model": ErrorBody, "description": "A parameter is out of range."},
-        429: {"model": ErrorBody, "description": "Too many open streams for this user."},
-        503: {"model": ErrorBody, "description": "This server holds its maximum of streams."},
-    },
-)
+@get_and_post(router, PATH, **SSE_ROUTE_DOCS)
 async def sse_connection(
     caller: StreamCallerDep,
     runtime: RuntimeDep,
@@ -149,6 +134,7 @@ async def open_event_stream(
         },
     )
     opening = events.retry() + connected + b"".join(replay) + hub.upstream
+    hub.events_sent += len(replay) + 2
     return EventStreamResponse(hub, stream, opening)
 
 

@@ -7,7 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 
-from cryptomarket.core.errors import ErrorBody
+from cryptomarket.core.openapi_docs import (
+    INDEX_LIST_DOWN,
+    INVALID_DATE,
+    OWNER_ERRORS,
+    UNKNOWN_TICKER,
+    error,
+)
 from cryptomarket.core.routing import get_and_post
 from cryptomarket.prices.endpoints import Cursor, EndDate, Limit, StartDate
 from cryptomarket.prices.schemas import PriceRange
@@ -20,12 +26,10 @@ router = APIRouter(
     prefix="/api/v1/market/{user_id}",
     tags=["market"],
     dependencies=[Depends(require_owner)],
-    responses={
-        401: {"model": ErrorBody, "description": "No credentials, or wrong ones."},
-        403: {"model": ErrorBody, "description": "Another user's id."},
-        422: {"model": ErrorBody, "description": "Invalid parameter."},
-    },
+    responses=OWNER_ERRORS,
 )
+
+ALREADY_SUBSCRIBED = {"user_id": "alice", "ticker": "btc_usd", "timer": 0, "created": False}
 
 TickerPath = Annotated[
     str, Path(min_length=1, max_length=64, description="Deribit index name.", examples=["btc_usd"])
@@ -47,8 +51,13 @@ Timer = Annotated[
     status_code=status.HTTP_201_CREATED,
     summary="Subscribe to a ticker",
     responses={
-        200: {"model": Created, "description": "Already subscribed (timer updated if given)."},
-        404: {"model": ErrorBody, "description": "Unknown ticker."},
+        200: {
+            "model": Created,
+            "description": "Already subscribed (the timer is updated when one is given).",
+            "content": {"application/json": {"example": ALREADY_SUBSCRIBED}},
+        },
+        404: UNKNOWN_TICKER,
+        503: INDEX_LIST_DOWN,
     },
 )
 async def create_order(
@@ -60,7 +69,12 @@ async def create_order(
     timer: Timer = None,
     body: Annotated[TimerBody | None, Body()] = None,
 ) -> Created:
-    """Subscribe: 201 when new, 200 when already subscribed. Open streams follow at once."""
+    """Subscribe the user to a ticker: 201 when new, 200 when already subscribed.
+
+    `timer` (query, or `{"timer": N}` as the POST body) sets the seconds between this ticker's
+    prices on the user's streams; 0 is every tick; without one the stream's `?timer=` applies
+    (else 60). Open streams start sending the ticker at once, beginning with its latest price.
+    """
     chosen = timer if timer is not None else (body.timer if body else None)
     created = await runtime.subscriptions.subscribe(user_id, ticker, chosen)
     if not created.created:
@@ -73,10 +87,17 @@ async def create_order(
     "/cancel_order/{ticker}",
     response_model=Removed,
     summary="Unsubscribe from a ticker",
-    responses={404: {"model": ErrorBody, "description": "Not subscribed to that ticker."}},
+    responses={
+        404: error(
+            "The user is not subscribed to that ticker.",
+            "not_subscribed",
+            "'alice' is not subscribed to eth_usd",
+        )
+    },
 )
 async def cancel_order(user_id: UserIdPath, ticker: TickerPath, runtime: RuntimeDep) -> Removed:
-    """Unsubscribe one ticker: 200, or 404 if it was not subscribed."""
+    """Unsubscribe the user from one ticker: 200 with it in `removed`, or 404 if it was not
+    subscribed. Open streams stop sending it at once."""
     return await runtime.subscriptions.unsubscribe(user_id, [ticker])
 
 
@@ -87,7 +108,8 @@ async def cancel_order(user_id: UserIdPath, ticker: TickerPath, runtime: Runtime
     summary="Unsubscribe from everything",
 )
 async def cancel_all_orders(user_id: UserIdPath, runtime: RuntimeDep) -> Removed:
-    """Unsubscribe every ticker; the answer lists what was removed (maybe nothing)."""
+    """Unsubscribe the user from every ticker: 200 with the list removed (empty when there
+    was nothing). Open streams stay open, with no subscription left."""
     return await runtime.subscriptions.unsubscribe(user_id, None)
 
 
@@ -96,7 +118,7 @@ async def cancel_all_orders(user_id: UserIdPath, runtime: RuntimeDep) -> Removed
     "/get_order/{ticker}",
     response_model=PriceRange,
     summary="A ticker's history in a date range",
-    responses={404: {"model": ErrorBody, "description": "Unknown ticker."}},
+    responses={404: UNKNOWN_TICKER, 422: INVALID_DATE, 503: INDEX_LIST_DOWN},
 )
 async def get_order(
     *,
@@ -108,7 +130,9 @@ async def get_order(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> PriceRange:
-    """Stored prices of the ticker between two dates, oldest first, paginated."""
+    """Stored prices of the ticker between `start_date` and `end_date` (default: now), by
+    Deribit's timestamp, oldest first. A full page carries `next_cursor`: pass it as `cursor`
+    with the same dates for the next one. `start_date` after `end_date` is 422."""
     return await runtime.prices.between(
         ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
     )

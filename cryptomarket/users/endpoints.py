@@ -2,17 +2,13 @@
 
 from fastapi import APIRouter, Request, Response, status
 
-from cryptomarket.core.errors import ErrorBody, NotAuthenticated
+from cryptomarket.core.errors import NotAuthenticated
+from cryptomarket.core.openapi_docs import DERIBIT_DOWN, INVALID, OWNER_ERRORS, UNAUTHORIZED, error
 from cryptomarket.runtime import RuntimeDep
 from cryptomarket.users.auth import SESSION_COOKIE, CallerDep, OwnerDep, UserIdPath
 from cryptomarket.users.schemas import SessionCreate, SessionCreated, UserOut
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
-
-AUTH_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "No credentials, or wrong ones."},
-    403: {"model": ErrorBody, "description": "Another user's resource."},
-}
 
 
 def _secure(request: Request) -> bool:
@@ -25,20 +21,34 @@ def _secure(request: Request) -> bool:
     status_code=status.HTTP_201_CREATED,
     summary="Sign in with a Deribit API key",
     responses={
-        401: {"model": ErrorBody, "description": "Deribit refused the key (its reason included)."},
-        409: {"model": ErrorBody, "description": "The user_id belongs to another Deribit account."},
-        429: {"model": ErrorBody, "description": "Too many sign-in attempts from this client."},
-        422: {"model": ErrorBody, "description": "Invalid body."},
-        503: {"model": ErrorBody, "description": "Deribit is unreachable."},
+        401: error(
+            "Deribit refused the key; its reason is in the sentence.",
+            "invalid_credentials",
+            "Deribit refused the key: invalid_credentials",
+        ),
+        409: error(
+            "The user_id belongs to another Deribit account.",
+            "user_id_taken",
+            "user_id 'alice' belongs to another Deribit account; choose another id",
+        ),
+        422: INVALID,
+        429: error(
+            "Too many sign-in attempts from this address or for this client_id.",
+            "too_many_attempts",
+            "too many sign-in attempts; try again in 12 s",
+        ),
+        503: DERIBIT_DOWN,
     },
 )
 async def create_session(
     body: SessionCreate, request: Request, response: Response, runtime: RuntimeDep
 ) -> SessionCreated:
-    """Checks the key with Deribit, stores it encrypted, and opens a session.
+    """Checks the key with Deribit (once: a refused key is not retried), stores it encrypted,
+    and opens a session for `user_id`.
 
-    The token comes back in the body and as an HttpOnly cookie; send it as
-    `Authorization: Bearer <token>`, or let the browser send the cookie.
+    The token comes back in the body and as the HttpOnly cookie `cm_session`; send it as
+    `Authorization: Bearer <token>`, or let the browser send the cookie. A `user_id` belongs to
+    the Deribit account that first signed in with it: another account's key gets 409.
     """
     client = request.client.host if request.client else "unknown"
     runtime.sign_in_limits.check(f"address:{client}", f"client_id:{body.client_id}")
@@ -63,10 +73,13 @@ async def create_session(
     "/sessions/current",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Sign out",
-    responses={401: AUTH_ERRORS[401]},
+    responses={401: UNAUTHORIZED, 422: INVALID},
 )
 async def end_session(caller: CallerDep, response: Response, runtime: RuntimeDep) -> None:
-    """Ends the caller's session: its token and cookie stop working at once."""
+    """Ends the caller's session: its token and cookie stop working at once (204, no body).
+
+    Only a session can be ended: a request made with the key headers gets 401.
+    """
     if caller.token is None:
         raise NotAuthenticated("only a session can be ended; key headers have none")
     await runtime.users.sign_out(caller.token)
@@ -77,8 +90,11 @@ async def end_session(caller: CallerDep, response: Response, runtime: RuntimeDep
     "/users/{user_id}",
     response_model=UserOut,
     summary="Your Deribit account data",
-    responses={**AUTH_ERRORS, 503: {"model": ErrorBody, "description": "Deribit unreachable."}},
+    responses={**OWNER_ERRORS, 503: DERIBIT_DOWN},
 )
 async def get_user(user_id: UserIdPath, _owner: OwnerDep, runtime: RuntimeDep) -> UserOut:
-    """Account id, username, email, type and balances per currency, cached up to 27 hours."""
+    """Account id, username, email, type and balances per currency of the Deribit account
+    behind the user's key. Kept up to 27 hours, refreshed in the background as it ages; fetched
+    from Deribit at once when older (then 503 if Deribit cannot be reached).
+    """
     return await runtime.users.user(user_id)

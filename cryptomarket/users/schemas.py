@@ -4,6 +4,7 @@ import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic.config import JsonDict
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
 
@@ -34,19 +35,20 @@ class Balance(BaseModel):
     margin_balance: float | None = None
 
 
+PROFILE_EXAMPLE: JsonDict = {
+    "account_id": 1001,
+    "username": "alice",
+    "email": "alice@example.com",
+    "type": "main",
+    "balances": {
+        "BTC": {"balance": 1.5, "equity": 1.52, "available_funds": 1.4, "margin_balance": 1.52}
+    },
+    "fetched_at": "2026-11-24T07:00:00Z",
+}
+
+
 class Profile(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "account_id": 1001,
-                "username": "alice",
-                "email": "alice@example.com",
-                "type": "main",
-                "balances": {"BTC": {"balance": 1.5, "equity": 1.52, "available_funds": 1.4}},
-                "fetched_at": "2026-11-24T07:00:00Z",
-            }
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"example": PROFILE_EXAMPLE})
 
     account_id: int = Field(description="Deribit account id.")
     username: str | None = None
@@ -74,15 +76,32 @@ class Profile(BaseModel):
 
 
 class SessionCreated(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "user_id": "alice",
+                "token": "Px16kp5sZ0b3xQm9Yw2Lr8TnVf4GhJ1cDe7UaKi6oBs",
+                "expires_at": "2026-11-25T10:00:00Z",
+                "profile": PROFILE_EXAMPLE,
+            }
+        }
+    )
+
     user_id: str
     token: str = Field(
         description="Send as `Authorization: Bearer <token>` (also set as a cookie)."
     )
-    expires_at: dt.datetime
+    expires_at: dt.datetime = Field(description="When the session ends (UTC).")
     profile: Profile
 
 
 class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"user_id": "alice", "client_id": "sim-alice", "profile": PROFILE_EXAMPLE}
+        }
+    )
+
     user_id: str
-    client_id: str
+    client_id: str = Field(description="The Deribit Client Id this user signed in with.")
     profile: Profile | None = Field(description="Deribit account data, cached up to 27 hours.")
