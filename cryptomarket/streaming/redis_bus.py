@@ -88,9 +88,16 @@ def unpack(message: bytes) -> tuple[Event, bytes | None]:
 
 
 class RedisBus:
-    def __init__(self, redis: Redis, *, backoff: Callable[[], Backoff] = Backoff) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        backoff: Callable[[], Backoff] = Backoff,
+        may_publish: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.redis = redis
         self._backoff = backoff
+        self._may_publish = may_publish  # False: hold everything (an ingest not leading)
         self._listeners: list[Received] = []
         self._backlog: deque[tuple[Event, bytes]] = deque(maxlen=BACKLOG)
         self._published_newest: dict[str, int] = {}  # ticker -> newest timestamp published
@@ -135,7 +142,7 @@ class RedisBus:
         while True:
             await self._pending.wait()
             self._pending.clear()
-            while self._backlog:
+            while self._backlog and self._may_publish():
                 head = self._backlog[0]
                 event, message = head
                 try:
