@@ -25,6 +25,7 @@ from cryptomarket.distributed.cache import RedisCache, shared_index_names
 from cryptomarket.distributed.connect import async_redis
 from cryptomarket.distributed.control import ControlChannel
 from cryptomarket.distributed.outages import OutageLog
+from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
 from cryptomarket.prices.models import Tick
@@ -62,6 +63,7 @@ class Runtime:
     redis_bus: RedisBus | None = None
     control: ControlChannel | None = None
     redis_outages: OutageLog | None = None
+    scheduler: EmbeddedScheduler | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, with_ingest: bool = True) -> "Runtime":
@@ -129,6 +131,8 @@ class Runtime:
             runtime.writer.start()
             await runtime._watch_stored_subscriptions()
             await runtime.ingest.start()
+            runtime.scheduler = EmbeddedScheduler(settings, refresh_index_names=catalogue.names)
+            runtime.scheduler.start()
         return runtime
 
     def _start_distributed(self, redis: Redis, outages: OutageLog) -> None:
@@ -160,6 +164,8 @@ class Runtime:
         self.hub.close_all()
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.hub.stop()
         await self.users.stop()
         if self.control is not None:

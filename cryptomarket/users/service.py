@@ -210,22 +210,25 @@ class UserService:
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch_profile(self, credentials: Credentials) -> Profile:
-        try:
-            async with self.pool.authenticated(credentials) as connection:
-                result: dict[str, Any] = await connection.call(
-                    "private/get_account_summaries", {"extended": True}
-                )
-        except (InvalidCredentials, Unauthorized) as error:
-            raise DeribitRefused(f"Deribit refused the key: {error.reason}") from None
-        except DeribitTransportError as error:
-            raise Unavailable(
-                f"Deribit is unreachable: {error}", code="deribit_unreachable"
-            ) from None
-        except DeribitError as error:
-            raise Unavailable(f"Deribit could not answer: {error.reason}") from None
-        return Profile.from_summaries(result, datetime.now(UTC))
+        return await fetch_profile(self.pool, credentials)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def fetch_profile(pool: DeribitPool, credentials: Credentials) -> Profile:
+    """The account data of a key from Deribit; a refused key or an outage as an AppError."""
+    try:
+        async with pool.authenticated(credentials) as connection:
+            result: dict[str, Any] = await connection.call(
+                "private/get_account_summaries", {"extended": True}
+            )
+    except (InvalidCredentials, Unauthorized) as error:
+        raise DeribitRefused(f"Deribit refused the key: {error.reason}") from None
+    except DeribitTransportError as error:
+        raise Unavailable(f"Deribit is unreachable: {error}", code="deribit_unreachable") from None
+    except DeribitError as error:
+        raise Unavailable(f"Deribit could not answer: {error.reason}") from None
+    return Profile.from_summaries(result, datetime.now(UTC))
