@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select
 
-from __tests__.helpers import eventually_async
+from __tests__.helpers import eventually, eventually_async
 from __tests__.service import running_service
 from cryptomarket.core.tables import build_tables
 from cryptomarket.deribit.simulator import Simulator
@@ -17,6 +17,7 @@ async def test_serve_backfills_a_recorded_gap_on_its_own(
     async with running_service(simulator, sqlite_url, JOBS_GAP_INTERVAL=0.5) as service:
         database = service.runtime.database
         assert service.runtime.scheduler is not None
+        await eventually(lambda: len(simulator.history("eth_usd")) >= 5, what="eth_usd ticks")
         history = simulator.history("eth_usd")  # not tracked: only the job can store these
         start, end = history[0][0], history[-1][0]
         async with database.transaction() as connection:
