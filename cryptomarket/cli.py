@@ -17,6 +17,7 @@ from cryptomarket.core.logging import configure_logging, mask_secrets
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.core.server import make_server
 from cryptomarket.deribit.simulator import DEFAULT_ACCOUNTS, SimulatorConfig, load_accounts, run
+from cryptomarket.distributed.ingest_leader import run_ingest
 from cryptomarket.prices.backfill import RANGE_NAMES
 from cryptomarket.prices.history import BackfillError, load_history
 
@@ -63,11 +64,6 @@ def _fail(command: str, message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _not_built(command: str) -> None:
-    typer.echo(f"cryptomarket {command}: not available in this version yet", err=True)
-    raise typer.Exit(1)
-
-
 @app.command()
 def serve(
     host: Annotated[
@@ -104,12 +100,18 @@ def serve(
 
 @app.command()
 def ingest() -> None:
-    """Hold the Deribit market-data connection and store the ticks (distributed mode).
+    """Hold the Deribit market-data connection and publish the ticks (distributed mode).
 
     Needs REDIS_URL. One instance is active per deployment; another one waits as a standby.
     """
-    _settings()
-    _not_built("ingest")
+    settings = _settings()
+    if not settings.distributed:
+        _fail(
+            "ingest",
+            "REDIS_URL is not set: without Redis, `cryptomarket serve` runs ingest itself "
+            "(embedded mode)",
+        )
+    _run_until_signal(run_ingest(settings))
 
 
 @app.command()

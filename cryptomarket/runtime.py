@@ -2,6 +2,10 @@
 
 One database engine, one Deribit pool and credit budget, the bus, and, in embedded mode, the
 ingest connection with its writer: the process's single instance of each, shared by every request.
+
+In distributed mode (REDIS_URL set) there is no ingest here: the hub is fed from the Redis bus,
+profiles, index names and latest prices are cached in Redis, and subscription changes travel on
+the control channel to the other replicas and to the ingest process.
 """
 
 import logging
@@ -9,19 +13,28 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from redis.asyncio import Redis
 
 from cryptomarket.core.config import Settings
 from cryptomarket.core.db import Database, database_urls
+from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.connection import DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.distributed.cache import RedisCache, shared_index_names
+from cryptomarket.distributed.connect import async_redis
+from cryptomarket.distributed.control import ControlChannel
+from cryptomarket.distributed.outages import OutageLog
+from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
+from cryptomarket.prices.models import Tick
 from cryptomarket.prices.service import PriceService
 from cryptomarket.prices.tickers import TickerCatalogue
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import LocalBus
 from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.streaming.redis_bus import RedisBus, read_latest
 from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
 from cryptomarket.users.limits import AttemptLimiter
 from cryptomarket.users.repository import UserRepository
@@ -46,10 +59,19 @@ class Runtime:
     sign_in_limits: AttemptLimiter = field(default_factory=AttemptLimiter)
     writer: TickWriter | None = None
     ingest: Ingest | None = None
+    redis: Redis | None = None
+    redis_bus: RedisBus | None = None
+    control: ControlChannel | None = None
+    redis_outages: OutageLog | None = None
+    scheduler: EmbeddedScheduler | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, with_ingest: bool = True) -> "Runtime":
+        """Start every part; distributed mode (REDIS_URL) never runs ingest in this process."""
         database = Database(database_urls(settings).async_url)
+        redis = async_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+        outages = OutageLog("redis")
+        cache = RedisCache(redis, outages) if redis is not None else None
         budget = CreditBudget()
         pool = DeribitPool(
             settings.DERIBIT_WS_URL,
@@ -58,7 +80,9 @@ class Runtime:
             heartbeat_interval=settings.DERIBIT_HEARTBEAT_INTERVAL,
             request_timeout=settings.DERIBIT_REQUEST_TIMEOUT,
         )
-        catalogue = TickerCatalogue(pool.call)
+        catalogue = TickerCatalogue(
+            pool.call if cache is None else shared_index_names(pool.call, cache)
+        )
         prices = PriceService(database, catalogue, settings.TRACKED_TICKERS)
         hub = StreamHub(
             max_streams=settings.SSE_MAX_STREAMS,
@@ -78,13 +102,16 @@ class Runtime:
                 pool,
                 SecretBox(settings.ENCRYPTION_KEYS),
                 session_ttl=settings.SESSION_TTL,
+                cache=cache,
             ),
             hub=hub,
             subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
         )
         runtime.bus.subscribe(hub.publish)
         hub.start()
-        if with_ingest:
+        if redis is not None:
+            runtime._start_distributed(redis, outages)
+        elif with_ingest:
             runtime.writer = TickWriter(database)
             runtime.ingest = Ingest(
                 DeribitConnection(
@@ -104,7 +131,24 @@ class Runtime:
             runtime.writer.start()
             await runtime._watch_stored_subscriptions()
             await runtime.ingest.start()
+            runtime.scheduler = EmbeddedScheduler(settings, refresh_index_names=catalogue.names)
+            runtime.scheduler.start()
         return runtime
+
+    def _start_distributed(self, redis: Redis, outages: OutageLog) -> None:
+        """Market events from the Redis bus into the hub; changes over the control channel."""
+        self.redis, self.redis_outages = redis, outages
+        self.redis_bus = RedisBus(redis, backoff=lambda: Backoff(initial=0.1, maximum=5.0))
+        self.redis_bus.subscribe(self.hub.publish)
+        self.redis_bus.start(publishing=False, receiving=True)
+        self.control = ControlChannel(redis, outages)
+        self.control.listen(self.subscriptions.apply_announced)
+        self.subscriptions.announcer = self.control
+
+        async def latest(tickers: list[str]) -> dict[str, Tick]:
+            return await read_latest(redis, tickers)
+
+        self.subscriptions.latest = latest
 
     async def _watch_stored_subscriptions(self) -> None:
         """Subscriptions survive restarts: ingest follows every stored one from the start."""
@@ -120,14 +164,22 @@ class Runtime:
         self.hub.close_all()
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.hub.stop()
         await self.users.stop()
+        if self.control is not None:
+            await self.control.stop()
+        if self.redis_bus is not None:
+            await self.redis_bus.stop()
         if self.ingest is not None:
             await self.ingest.stop()
         if self.writer is not None:
             await self.writer.stop()
         await self.pool.close()
         await self.database.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)
     SESSION_TTL: timedelta = timedelta(hours=27)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
+    # Periodic jobs: seconds between runs of the persist job (distributed mode) and of the gap
+    # backfill (both modes). The other jobs run hourly or every 15 minutes.
+    JOBS_PERSIST_INTERVAL: float = Field(1.0, ge=0.1, le=3600)
+    JOBS_GAP_INTERVAL: float = Field(60.0, ge=0.5, le=86_400)
 
     # False: no /docs, /redoc or /openapi.json (e.g. in production).
     DOCS_ENABLED: bool = True

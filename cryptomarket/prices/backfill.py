@@ -64,12 +64,13 @@ def parse_points(ticker: str, points: list[Any]) -> list[Tick]:
 
 
 async def fill_window(
-    history: ChartSource, ticker: str, since: int, until: int
+    history: ChartSource, ticker: str, since: int, until: int, *, now: int | None = None
 ) -> tuple[list[Tick], Gap | None]:
-    """The ticks Deribit still has strictly between `since` and `until`, and the gap if any."""
+    """The ticks Deribit still has strictly between `since` and `until`, and the gap if any.
+    Deribit's ranges reach back from now: give `now` when the window ends before it."""
     if until <= since:
         return [], None
-    now_span = until - since
+    now_span = max(until, now or until) - since
     try:
         points = parse_points(ticker, await history(ticker, range_for(now_span)))
     except (DeribitError, DeribitTransportError) as error:

@@ -4,6 +4,10 @@ Tracked tickers are always subscribed; any other ticker is subscribed while some
 (`acquire` / `release`), so Deribit sees one subscription per ticker, never one per user. After
 every (re)connect, and at start, the ticks missed while down are fetched from Deribit's history
 (`backfill.fill_window`) and what Deribit no longer has is recorded as a gap.
+
+Embedded mode hands ticks to a writer (the store) and to the in-process bus. The ingest process of
+distributed mode has no writer: the Redis bus carries every tick, backfilled ones too, to the
+replicas and to the stream the persist job writes from.
 """
 
 import asyncio
@@ -13,7 +17,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
@@ -22,17 +26,21 @@ from cryptomarket.prices.backfill import ChartSource, fill_window
 from cryptomarket.prices.models import CHANNEL_PREFIX, Tick, channel_of
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
-from cryptomarket.streaming.bus import LocalBus, upstream_status
+from cryptomarket.streaming.bus import Event, upstream_status
 
 logger = logging.getLogger("cryptomarket.prices.ingest")
+
+
+class Publisher(Protocol):
+    def publish(self, event: Event) -> None: ...
 
 
 class Ingest:
     def __init__(
         self,
         connection: DeribitConnection,
-        writer: TickWriter,
-        bus: LocalBus,
+        writer: TickWriter | None,
+        bus: Publisher,
         *,
         database: Database,
         history: ChartSource,
@@ -70,7 +78,7 @@ class Ingest:
                 for ticker in self.tracked:
                     last = await repository.last_timestamp(ticker)
                     if last is not None:
-                        self.last_seen[ticker] = last
+                        self.last_seen[ticker] = max(last, self.last_seen.get(ticker, 0))
         except Exception as error:  # the store may be down; ingest goes on
             logger.warning("could not read the newest stored ticks: %s", type(error).__name__)
         await self.connection.subscribe(channel_of(ticker) for ticker in sorted(self.tracked))
@@ -102,6 +110,19 @@ class Ingest:
             if ticker not in self.tracked:
                 await self._change(self.connection.unsubscribe, ticker)
 
+    async def follow(self, counts: dict[str, int]) -> None:
+        """Set the watcher counts to `counts` (recounted from the store), subscribing and
+        unsubscribing upstream only the difference."""
+        wanted = {ticker: count for ticker, count in counts.items() if count > 0}
+        for ticker in sorted(set(self._refs) - set(wanted)):
+            self._refs[ticker] = 1
+            await self.release(ticker)
+        for ticker, count in sorted(wanted.items()):
+            new = ticker not in self._refs
+            self._refs[ticker] = count
+            if new and ticker not in self.tracked:
+                await self._change(self.connection.subscribe, ticker)
+
     async def _change(self, change: Callable[[list[str]], Awaitable[object]], ticker: str) -> None:
         try:
             await change([channel_of(ticker)])
@@ -128,7 +149,8 @@ class Ingest:
         self._last_tick_at = time.monotonic()
         if self.status == "stale":
             self._set_status("connected")
-        self.writer.add(tick)
+        if self.writer is not None:
+            self.writer.add(tick)
         self.bus.publish(tick)
 
     def _on_state(self, state: ConnectionState) -> None:
@@ -146,9 +168,13 @@ class Ingest:
     async def _backfill(self, ticker: str, since: int, until: int) -> None:
         filled, gap = await fill_window(self.history, ticker, since, until)
         for tick in filled:
-            self.writer.add(tick)
+            if self.writer is not None:
+                self.writer.add(tick)
+            else:
+                self.bus.publish(tick)  # the stream takes it to the store
         if gap is not None:
-            self.writer.add_gap(gap)
+            if self.writer is not None:
+                self.writer.add_gap(gap)
             self.bus.publish(gap)
         if filled or gap:
             logger.info(

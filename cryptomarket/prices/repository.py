@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Executable, Row, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -12,9 +12,48 @@ from cryptomarket.core.tables import Tables
 from cryptomarket.prices.models import Gap, Tick
 
 
+def insert_ticks(tables: Tables, dialect: str) -> Executable:
+    """Store ticks (executed with `tick_rows`); one already stored is left as it is."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(tables.price_tickers).on_conflict_do_nothing(
+        index_elements=["ticker", "timestamp"]
+    )
+
+
+def tick_rows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ticker": tick.ticker,
+            "timestamp": tick.timestamp,
+            "price": tick.price,
+            "received_at": tick.received_at,
+        }
+        for tick in ticks
+    ]
+
+
+def upsert_gap(tables: Tables, dialect: str, gap: Gap) -> Executable:
+    """Record a gap; recording the same start again widens it instead of repeating it."""
+    gaps = tables.price_gaps
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(gaps).values(
+        ticker=gap.ticker,
+        from_ts=gap.from_ts,
+        to_ts=gap.to_ts,
+        reason=gap.reason[:200],
+        recorded_at=datetime.now(UTC),
+    )
+    widest = func.max if dialect == "sqlite" else func.greatest
+    return statement.on_conflict_do_update(
+        index_elements=["ticker", "from_ts"],
+        set_={"to_ts": widest(gaps.c.to_ts, statement.excluded.to_ts)},
+    )
+
+
 class PriceRepository:
     def __init__(self, connection: AsyncConnection, tables: Tables) -> None:
         self.connection = connection
+        self.tables = tables
         self.ticks = tables.price_tickers
         self.gaps = tables.price_gaps
         self._insert = (
@@ -25,38 +64,13 @@ class PriceRepository:
         """Store ticks; one already stored (same ticker and timestamp) is left as it is."""
         if not ticks:
             return
-        statement = self._insert(self.ticks).on_conflict_do_nothing(
-            index_elements=["ticker", "timestamp"]
-        )
         await self.connection.execute(
-            statement,
-            [
-                {
-                    "ticker": tick.ticker,
-                    "timestamp": tick.timestamp,
-                    "price": tick.price,
-                    "received_at": tick.received_at,
-                }
-                for tick in ticks
-            ],
+            insert_ticks(self.tables, self.connection.dialect.name), tick_rows(ticks)
         )
 
     async def add_gap(self, gap: Gap) -> None:
         """Record a gap; recording the same start again widens it instead of repeating it."""
-        statement = self._insert(self.gaps).values(
-            ticker=gap.ticker,
-            from_ts=gap.from_ts,
-            to_ts=gap.to_ts,
-            reason=gap.reason,
-            recorded_at=datetime.now(UTC),
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["ticker", "from_ts"],
-            set_={"to_ts": func.max(self.gaps.c.to_ts, statement.excluded.to_ts)}
-            if self.connection.dialect.name == "sqlite"
-            else {"to_ts": func.greatest(self.gaps.c.to_ts, statement.excluded.to_ts)},
-        )
-        await self.connection.execute(statement)
+        await self.connection.execute(upsert_gap(self.tables, self.connection.dialect.name, gap))
 
     async def latest(self, ticker: str) -> Row[Any] | None:
         result = await self.connection.execute(

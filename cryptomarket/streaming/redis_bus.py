@@ -5,9 +5,14 @@ hands it to its own stream hub. A tick travels as a one-line JSON header followe
 encoded once by the publisher: replicas pass those very bytes on to their clients. Ticks also go to
 a capped Redis stream, from which `Last-Event-ID` replays and the persist job reads.
 
+Gaps go to the stream too (the persist job records them), and the publisher keeps the newest
+tick of each ticker under `latest_key(ticker)` for a day: a replica or a new ingest leader reads it
+when it has not seen that ticker itself.
+
 Redis may restart under us: publishing buffers a bounded backlog meanwhile, and the subscriber
 reconnects with backoff and subscribes again. Events published while a replica was disconnected
-are not delivered to it by pub/sub; the replica's clients catch up through replay.
+are not delivered to it by pub/sub: once subscribed again, it reads the newest entries of the
+stream and delivers the ticks newer than the last it delivered per ticker (a catch-up).
 """
 
 import asyncio
@@ -33,6 +38,14 @@ EVENTS_CHANNEL = "cryptomarket:events"
 TICKS_STREAM = "cryptomarket:ticks"
 TICKS_STREAM_LENGTH = 200_000  # about a day of two tickers; trimmed approximately
 BACKLOG = 10_000  # events kept while Redis is away; older ones are dropped first
+CATCH_UP = 2_000  # stream entries a reconnected subscriber reads back
+LATEST_PREFIX = "cryptomarket:latest:"
+LATEST_TTL_SECONDS = 24 * 3600
+
+
+def latest_key(ticker: str) -> str:
+    return LATEST_PREFIX + ticker
+
 
 Received = Callable[[Event, bytes | None], None]
 
@@ -75,11 +88,20 @@ def unpack(message: bytes) -> tuple[Event, bytes | None]:
 
 
 class RedisBus:
-    def __init__(self, redis: Redis, *, backoff: Callable[[], Backoff] = Backoff) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        backoff: Callable[[], Backoff] = Backoff,
+        may_publish: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.redis = redis
         self._backoff = backoff
+        self._may_publish = may_publish  # False: hold everything (an ingest not leading)
         self._listeners: list[Received] = []
-        self._backlog: deque[tuple[bool, bytes]] = deque(maxlen=BACKLOG)  # (is a tick, message)
+        self._backlog: deque[tuple[Event, bytes]] = deque(maxlen=BACKLOG)
+        self._published_newest: dict[str, int] = {}  # ticker -> newest timestamp published
+        self._delivered_newest: dict[str, int] = {}  # ticker -> newest timestamp delivered
         self._pending = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False  # the subscriber holds a live subscription
@@ -94,8 +116,14 @@ class RedisBus:
         """Queue an event for every replica; never blocks (the ingest loop calls this)."""
         if len(self._backlog) == self._backlog.maxlen:
             self.dropped += 1
-        self._backlog.append((isinstance(event, Tick), pack(event)))
+        self._backlog.append((event, pack(event)))
         self._pending.set()
+
+    def drop_backlog(self) -> int:
+        """Forget what waits to be published (an ingest that lost its leadership); how many."""
+        count = len(self._backlog)
+        self._backlog.clear()
+        return count
 
     def start(self, *, publishing: bool = True, receiving: bool = True) -> None:
         if publishing:
@@ -114,19 +142,23 @@ class RedisBus:
         while True:
             await self._pending.wait()
             self._pending.clear()
-            while self._backlog:
+            while self._backlog and self._may_publish():
                 head = self._backlog[0]
-                is_tick, message = head
+                event, message = head
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         pipe.publish(EVENTS_CHANNEL, message)
-                        if is_tick:
+                        if isinstance(event, Tick | Gap):
                             pipe.xadd(
                                 TICKS_STREAM,
                                 {"event": message},
                                 maxlen=TICKS_STREAM_LENGTH,
                                 approximate=True,
                             )
+                        if isinstance(event, Tick) and event.timestamp > self._published_newest.get(
+                            event.ticker, 0
+                        ):
+                            pipe.set(latest_key(event.ticker), message, ex=LATEST_TTL_SECONDS)
                         await pipe.execute()
                 except (RedisError, OSError) as error:
                     logger.warning(
@@ -135,11 +167,15 @@ class RedisBus:
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 backoff.reset()
+                if isinstance(event, Tick):
+                    newest = self._published_newest.get(event.ticker, 0)
+                    self._published_newest[event.ticker] = max(newest, event.timestamp)
                 if self._backlog and self._backlog[0] is head:
                     self._backlog.popleft()
 
     async def _receive_loop(self) -> None:
         backoff = self._backoff()
+        first = True
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -147,6 +183,9 @@ class RedisBus:
                 self.connected = True
                 backoff.reset()
                 logger.info("receiving market events from Redis")
+                if not first:
+                    await self._catch_up()
+                first = False
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message["type"] == "message":
@@ -161,14 +200,55 @@ class RedisBus:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _catch_up(self) -> None:
+        """After a lost subscription: the stream's ticks newer than the last delivered, in order."""
+        entries = await self.redis.xrevrange(TICKS_STREAM, count=CATCH_UP)
+        caught = 0
+        for _entry_id, fields in reversed(entries or []):
+            data = (fields or {}).get(b"event")
+            if not isinstance(data, bytes) or not data.startswith(b'{"kind": "tick"'):
+                continue
+            try:
+                tick, _ = unpack(data)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(tick, Tick) and tick.timestamp > self._delivered_newest.get(
+                tick.ticker, 0
+            ):
+                self._deliver(data)
+                caught += 1
+        if caught:
+            logger.info("caught up on %d tick(s) from the Redis stream", caught)
+
     def _deliver(self, data: bytes) -> None:
         try:
             event, frame = unpack(data)
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed event from Redis")
             return
+        if isinstance(event, Tick):
+            newest = self._delivered_newest.get(event.ticker, 0)
+            self._delivered_newest[event.ticker] = max(newest, event.timestamp)
         for listener in tuple(self._listeners):
             try:
                 listener(event, frame)
             except Exception:
                 logger.exception("a Redis bus listener failed")
+
+
+async def read_latest(redis: Redis, tickers: list[str]) -> dict[str, Tick]:
+    """The newest published tick of each ticker that has one in Redis."""
+    if not tickers:
+        return {}
+    values = await redis.mget([latest_key(ticker) for ticker in tickers])
+    found: dict[str, Tick] = {}
+    for value in values:
+        if not isinstance(value, bytes):
+            continue
+        try:
+            tick, _ = unpack(value)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(tick, Tick):
+            found[tick.ticker] = tick
+    return found

@@ -1,16 +1,27 @@
-"""Subscribe and unsubscribe: stored first, then upstream channels and open streams follow."""
+"""Subscribe and unsubscribe: stored first, then upstream channels and open streams follow.
 
+In distributed mode each change is also announced on the control channel, so the streams of the
+user on other replicas and the ingest process follow it too.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import NotFound
+from cryptomarket.distributed.control import SubscriptionChange
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.service import PriceService
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.subscriptions.schemas import Created, Removed
 from cryptomarket.users.repository import UserRepository
+
+logger = logging.getLogger("cryptomarket.subscriptions")
+
+LatestSource = Callable[[list[str]], Awaitable[dict[str, Tick]]]
 
 
 class Watchers(Protocol):
@@ -31,14 +42,29 @@ class NoWatchers:
         return None
 
 
+class Announcer(Protocol):
+    """Tells the other processes about a change (the control channel)."""
+
+    async def announce(self, change: SubscriptionChange) -> None: ...
+
+
 class SubscriptionService:
     def __init__(
-        self, database: Database, prices: PriceService, hub: StreamHub, watchers: Watchers
+        self,
+        database: Database,
+        prices: PriceService,
+        hub: StreamHub,
+        watchers: Watchers,
+        *,
+        announcer: Announcer | None = None,
+        latest: LatestSource | None = None,
     ) -> None:
         self.database = database
         self.prices = prices
         self.hub = hub
         self.watchers = watchers
+        self.announcer = announcer
+        self.latest = latest  # a shared cache of the newest tick per ticker, asked before the store
 
     async def subscriptions(self, user_id: str) -> dict[str, int | None]:
         async with self.database.reading() as connection:
@@ -51,8 +77,10 @@ class SubscriptionService:
                 user_id, ticker, timer, datetime.now(UTC)
             )
         await self.load_latest([ticker])
-        for stream in self.hub.streams_of(user_id):
-            self.hub.subscribe(stream, ticker, timer)
+        change = SubscriptionChange(user_id, ticker, timer, removed=False)
+        self.apply(change)
+        if self.announcer is not None:
+            await self.announcer.announce(change)
         if created:
             await self.watchers.acquire(ticker)
         return Created(user_id=user_id, ticker=ticker, timer=timer, created=created)
@@ -68,17 +96,45 @@ class SubscriptionService:
                 f"{user_id!r} is not subscribed to {', '.join(tickers)}", code="not_subscribed"
             )
         for ticker in removed:
-            for stream in self.hub.streams_of(user_id):
-                self.hub.unsubscribe(stream, ticker)
+            change = SubscriptionChange(user_id, ticker, None, removed=True)
+            self.apply(change)
+            if self.announcer is not None:
+                await self.announcer.announce(change)
         for ticker in removed:
             await self.watchers.release(ticker)
         return Removed(user_id=user_id, removed=removed)
 
+    def apply(self, change: SubscriptionChange) -> None:
+        """Make this process's open streams of the user follow a stored change."""
+        for stream in self.hub.streams_of(change.user_id):
+            if change.removed:
+                self.hub.unsubscribe(stream, change.ticker)
+            else:
+                self.hub.subscribe(stream, change.ticker, change.timer)
+
+    async def apply_announced(self, change: SubscriptionChange) -> None:
+        """A change stored by another replica (from the control channel)."""
+        if not change.removed and self.hub.streams_of(change.user_id):
+            await self.load_latest([change.ticker])
+        self.apply(change)
+
     async def load_latest(self, tickers: list[str]) -> None:
-        """Give the hub a latest price for tickers it has not seen live yet (from the store)."""
+        """Give the hub a latest price for tickers it has not seen live yet (from the shared
+        cache when there is one, else from the store)."""
         missing = [ticker for ticker in tickers if ticker not in self.hub.latest]
         if not missing:
             return
+        if self.latest is not None:
+            try:
+                found = await self.latest(missing)
+            except Exception as error:  # a cache outage: the store still answers
+                logger.warning("latest prices not read from the cache: %s", type(error).__name__)
+                found = {}
+            for tick in found.values():
+                self.hub.remember_latest(tick)
+            missing = [ticker for ticker in missing if ticker not in found]
+            if not missing:
+                return
         async with self.database.reading() as connection:
             repository = PriceRepository(connection, self.database.tables)
             for ticker in missing:

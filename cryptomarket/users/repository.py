@@ -3,16 +3,25 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Executable, Row, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cryptomarket.core.tables import Tables
 
 
+def purge_sessions_statement(tables: Tables, now: datetime) -> Executable:
+    """Forget sessions that expired or were revoked."""
+    sessions = tables.sessions
+    return delete(sessions).where(
+        (sessions.c.expires_at <= now) | sessions.c.revoked_at.is_not(None)
+    )
+
+
 class UserRepository:
     def __init__(self, connection: AsyncConnection, tables: Tables) -> None:
         self.connection = connection
+        self.tables = tables
         self.person = tables.person
         self.sessions = tables.sessions
         self.subscriptions = tables.person_prices
@@ -102,12 +111,8 @@ class UserRepository:
 
     async def purge_sessions(self, now: datetime) -> int:
         """Forget sessions that expired or were revoked."""
-        result = await self.connection.execute(
-            delete(self.sessions).where(
-                (self.sessions.c.expires_at <= now) | self.sessions.c.revoked_at.is_not(None)
-            )
-        )
-        return result.rowcount
+        result = await self.connection.execute(purge_sessions_statement(self.tables, now))
+        return int(result.rowcount)
 
     # -- subscriptions ----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import hmac
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import AppError, Conflict, NotAuthenticated, NotFound, Unavailable
@@ -32,6 +32,18 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def profile_key(user_id: str) -> str:
+    return f"profile:{user_id}"
+
+
+class ProfileCache(Protocol):
+    """A shared cache (Redis in distributed mode): JSON values with a TTL."""
+
+    async def get(self, key: str) -> Any | None: ...
+
+    async def set(self, key: str, value: Any, ttl: timedelta) -> None: ...
+
+
 class DeribitRefused(AppError):
     status_code = 401
     code = "invalid_credentials"
@@ -45,11 +57,13 @@ class UserService:
         box: SecretBox,
         *,
         session_ttl: timedelta,
+        cache: ProfileCache | None = None,
     ) -> None:
         self.database = database
         self.pool = pool
         self.box = box
         self.session_ttl = session_ttl
+        self.cache = cache
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -76,6 +90,7 @@ class UserService:
                 )
             await users.add_session(token_hash(token), user_id, now=now, expires_at=expires_at)
         logger.info("user %s signed in (Deribit account %s)", user_id, profile.account_id)
+        await self._remember(UserOut(user_id=user_id, client_id=client_id, profile=profile))
         return SessionCreated(user_id=user_id, token=token, expires_at=expires_at, profile=profile)
 
     async def sign_out(self, token: str) -> None:
@@ -113,7 +128,14 @@ class UserService:
         return True
 
     async def user(self, user_id: str) -> UserOut:
-        """The user's Deribit data: from the store while fresh, refreshed when it ages."""
+        """The user's Deribit data: from the cache or the store while fresh, refreshed when it
+        ages."""
+        if (cached := await self._cached(user_id)) is not None and cached.profile is not None:
+            age = datetime.now(UTC) - cached.profile.fetched_at
+            if age < PROFILE_TTL:
+                if age >= PROFILE_REFRESH_AFTER:
+                    self._refresh_later(user_id)
+                return cached
         async with self.database.reading() as connection:
             person = await UserRepository(connection, self.database.tables).get(user_id)
         if person is None:
@@ -124,7 +146,10 @@ class UserService:
             profile = await self.refresh_profile(user_id)
         elif age >= PROFILE_REFRESH_AFTER:
             self._refresh_later(user_id)
-        return UserOut(user_id=user_id, client_id=person.client_id, profile=profile)
+        out = UserOut(user_id=user_id, client_id=person.client_id, profile=profile)
+        if profile is not None and age < PROFILE_TTL:
+            await self._remember(out)
+        return out
 
     async def refresh_profile(self, user_id: str) -> Profile:
         """Fetch the user's data from Deribit now with the stored key."""
@@ -143,7 +168,27 @@ class UserService:
             await UserRepository(connection, self.database.tables).set_profile(
                 user_id, profile.model_dump(mode="json"), profile.fetched_at
             )
+        await self._remember(UserOut(user_id=user_id, client_id=person.client_id, profile=profile))
         return profile
+
+    async def _cached(self, user_id: str) -> UserOut | None:
+        if self.cache is None:
+            return None
+        value = await self.cache.get(profile_key(user_id))
+        if value is None:
+            return None
+        try:
+            return UserOut.model_validate(value)
+        except ValueError:
+            return None
+
+    async def _remember(self, out: UserOut) -> None:
+        """Cache the user's data for as long as it may be served (PROFILE_TTL from its fetch)."""
+        if self.cache is None or out.profile is None:
+            return
+        left = PROFILE_TTL - (datetime.now(UTC) - out.profile.fetched_at)
+        if left > timedelta(0):
+            await self.cache.set(profile_key(out.user_id), out.model_dump(mode="json"), left)
 
     def _refresh_later(self, user_id: str) -> None:
         if user_id in self._refreshing:
@@ -165,22 +210,25 @@ class UserService:
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch_profile(self, credentials: Credentials) -> Profile:
-        try:
-            async with self.pool.authenticated(credentials) as connection:
-                result: dict[str, Any] = await connection.call(
-                    "private/get_account_summaries", {"extended": True}
-                )
-        except (InvalidCredentials, Unauthorized) as error:
-            raise DeribitRefused(f"Deribit refused the key: {error.reason}") from None
-        except DeribitTransportError as error:
-            raise Unavailable(
-                f"Deribit is unreachable: {error}", code="deribit_unreachable"
-            ) from None
-        except DeribitError as error:
-            raise Unavailable(f"Deribit could not answer: {error.reason}") from None
-        return Profile.from_summaries(result, datetime.now(UTC))
+        return await fetch_profile(self.pool, credentials)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def fetch_profile(pool: DeribitPool, credentials: Credentials) -> Profile:
+    """The account data of a key from Deribit; a refused key or an outage as an AppError."""
+    try:
+        async with pool.authenticated(credentials) as connection:
+            result: dict[str, Any] = await connection.call(
+                "private/get_account_summaries", {"extended": True}
+            )
+    except (InvalidCredentials, Unauthorized) as error:
+        raise DeribitRefused(f"Deribit refused the key: {error.reason}") from None
+    except DeribitTransportError as error:
+        raise Unavailable(f"Deribit is unreachable: {error}", code="deribit_unreachable") from None
+    except DeribitError as error:
+        raise Unavailable(f"Deribit could not answer: {error.reason}") from None
+    return Profile.from_summaries(result, datetime.now(UTC))

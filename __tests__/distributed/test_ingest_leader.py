@@ -1,0 +1,91 @@
+"""`cryptomarket ingest` twice: one leads and publishes, the other waits and takes over."""
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from __tests__.distributed.processes import Processes
+from __tests__.helpers import eventually
+from __tests__.servers import RedisServer
+from cryptomarket.core.db import urls_for
+from cryptomarket.core.migrate import upgrade
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.distributed.ingest_leader import LEADER_KEY
+from cryptomarket.prices.models import Tick
+from cryptomarket.streaming.bus import Event
+from cryptomarket.streaming.redis_bus import RedisBus
+
+LEADING = "leading: this process now holds the upstream connection"
+
+
+@pytest.fixture
+async def received(redis_server: RedisServer) -> AsyncIterator[list[Tick]]:
+    """Every tick published on the bus, as a replica receives them."""
+    client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
+    await client.delete(LEADER_KEY)
+    bus = RedisBus(client, backoff=lambda: Backoff(initial=0.05, maximum=0.3))
+    ticks: list[Tick] = []
+
+    def keep(event: Event, _frame: bytes | None) -> None:
+        if isinstance(event, Tick):
+            ticks.append(event)
+
+    bus.subscribe(keep)
+    bus.start(publishing=False)
+    await eventually(lambda: bus.connected, what="listening to the bus")
+    yield ticks
+    await bus.stop()
+    await client.aclose()
+
+
+async def test_the_standby_takes_over_within_seconds_of_the_leader_dying(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    redis_server: RedisServer,
+    received: list[Tick],
+    tmp_path: Path,
+) -> None:
+    simulator = await simulator_factory(tick_interval=0.2)
+    database_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    upgrade(urls_for(database_url).sync_url)
+    processes = Processes(
+        tmp_path,
+        {
+            "REDIS_URL": redis_server.url,
+            "DATABASE_URL": database_url,
+            "DERIBIT_WS_URL": simulator.url,
+            "PROJECT_MODE": "testing",
+            "DERIBIT_HEARTBEAT_INTERVAL": "1",
+            "TRACKED_TICKERS": "btc_usd",
+        },
+    )
+    try:
+        first = processes.start("ingest-1", "-m", "cryptomarket", "ingest")
+        await first.logged(LEADING)
+        second = processes.start("ingest-2", "-m", "cryptomarket", "ingest")
+        await second.logged("another ingest process leads")
+        await eventually(lambda: len(received) >= 10, what="ticks from the leader")
+
+        # While one leads, only one publishes: no tick arrives twice.
+        seen = [(tick.ticker, tick.timestamp) for tick in received]
+        assert len(seen) == len(set(seen))
+
+        first.kill()
+        killed_at = int(time.time() * 1000)
+        await second.logged(LEADING, timeout=5)
+        await eventually(
+            lambda: any(tick.timestamp > killed_at for tick in received),
+            timeout=5,
+            what="live ticks from the new leader",
+        )
+        # The ticks missed meanwhile were published too (backfilled from Deribit's history).
+        sent = {ts for ts, _ in simulator.history("btc_usd")}
+        got = {tick.timestamp for tick in received if tick.ticker == "btc_usd"}
+        newest = max(got)
+        missing = {ts for ts in sent if min(got) <= ts <= newest} - got
+        assert not missing, f"{len(missing)} tick(s) never published"
+    finally:
+        processes.stop_all()

@@ -1,0 +1,145 @@
+"""Two API replicas in distributed mode, in this process, on one real Redis and one store.
+
+A stand-in for the ingest process publishes on the Redis bus, as `cryptomarket ingest` does.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+from redis.asyncio import Redis
+
+from __tests__.helpers import eventually, eventually_async
+from __tests__.servers import RedisServer
+from __tests__.service import Service, running_service
+from __tests__.sse import open_stream
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.prices.models import Tick
+from cryptomarket.streaming.redis_bus import RedisBus
+
+PROFILE_TTL_SECONDS = 27 * 3600
+
+
+@pytest.fixture
+async def replicas(
+    simulator: Simulator, sqlite_url: str, redis_server: RedisServer
+) -> AsyncIterator[tuple[Service, Service]]:
+    async with AsyncExitStack() as stack:
+        pair = [
+            await stack.enter_async_context(
+                running_service(simulator, sqlite_url, REDIS_URL=redis_server.url)
+            )
+            for _ in range(2)
+        ]
+        for replica in pair:
+            runtime = replica.runtime
+            await eventually(
+                lambda runtime=runtime: runtime.redis_bus.connected and runtime.control.listening,
+                what="replica subscribed to Redis",
+            )
+        yield pair[0], pair[1]
+
+
+@pytest.fixture
+async def ingest_bus(redis_server: RedisServer) -> AsyncIterator[RedisBus]:
+    """Publishes market events like the ingest leader."""
+    client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
+    bus = RedisBus(client, backoff=lambda: Backoff(initial=0.05, maximum=0.3))
+    bus.start(receiving=False)
+    yield bus
+    await bus.stop()
+    await client.aclose()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_a_subscription_made_on_a_reaches_the_stream_on_b_and_outlives_a_redis_restart(
+    replicas: tuple[Service, Service], ingest_bus: RedisBus, redis_server: RedisServer
+) -> None:
+    a, b = replicas
+    token = await a.sign_in("alice")
+    async with (
+        a.client_for(token) as on_a,
+        b.client_for(token) as on_b,
+        open_stream(on_b, params={"timer": 0}) as stream,
+    ):
+        connected = await stream.until("connected")
+        assert connected.data["subscriptions"] == []
+        response = await on_a.get("/api/v1/market/alice/create_order/eth_usd")
+        assert response.status_code == 201, response.text
+
+        first = Tick("eth_usd", 3_210.5, now_ms())
+        ingest_bus.publish(first)
+        price = await stream.until("price", ticker="eth_usd", timestamp=first.timestamp)
+        assert price.data["price"] == 3_210.5
+        assert price.id == f"eth_usd:{first.timestamp}"
+
+        await asyncio.to_thread(redis_server.restart)
+        runtime = b.runtime
+        await eventually(
+            lambda: runtime.redis_bus.connected and runtime.control.listening,
+            timeout=15,
+            what="replica B subscribed again",
+        )
+        after = Tick("eth_usd", 3_300.0, now_ms() + 1)
+        ingest_bus.publish(after)
+        await stream.until("price", ticker="eth_usd", timestamp=after.timestamp, timeout=15)
+
+        health = (await b.client.get("/health")).json()
+        assert health["cache"].startswith("ok (was down"), health
+
+        # And an unsubscribe through B stops what A's stream would get (the other way round).
+        response = await on_b.get("/api/v1/market/alice/cancel_order/eth_usd")
+        assert response.status_code == 200
+
+
+async def test_a_change_on_b_reaches_a_stream_on_a_with_the_cached_latest_price(
+    replicas: tuple[Service, Service], ingest_bus: RedisBus
+) -> None:
+    a, b = replicas
+    token = await a.sign_in("bob")
+    cached = Tick("eth_usd", 2_000.25, now_ms())
+    ingest_bus.publish(cached)  # before anyone watches: only the latest-price cache keeps it
+    async with (
+        a.client_for(token) as on_a,
+        b.client_for(token) as on_b,
+        open_stream(on_a) as stream,
+    ):
+        await stream.until("connected")
+        response = await on_b.get("/api/v1/market/bob/create_order/eth_usd?timer=1")
+        assert response.status_code == 201, response.text
+        price = await stream.until("price", ticker="eth_usd")
+        assert price.data["timestamp"] >= cached.timestamp
+        await on_b.get("/api/v1/market/bob/cancel_order/eth_usd")
+        await eventually(
+            lambda: all(not s.timers for s in a.runtime.hub.streams_of("bob")),
+            what="the stream on A left eth_usd",
+        )
+
+
+async def test_profiles_and_index_names_are_cached_in_redis(
+    replicas: tuple[Service, Service], redis_server: RedisServer
+) -> None:
+    a, b = replicas
+    token = await a.sign_in("alice")
+    client = Redis.from_url(redis_server.url)
+    try:
+        ttl = await client.ttl("cryptomarket:cache:profile:alice")
+        assert PROFILE_TTL_SECONDS - 60 < ttl <= PROFILE_TTL_SECONDS
+        async with b.client_for(token) as on_b:
+            response = await on_b.get("/api/v1/users/alice")
+        assert response.status_code == 200
+        assert response.json()["profile"]["username"]
+
+        async def names_cached() -> bool:
+            return bool(await client.exists("cryptomarket:cache:index-names"))
+
+        assert (await b.client.get("/api/v1/tickers")).status_code == 200
+        await eventually_async(names_cached, what="index names in Redis")
+    finally:
+        await client.aclose()

@@ -1,0 +1,183 @@
+"""The job functions against real PostgreSQL, Redis and the Deribit simulator."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis import Redis
+from sqlalchemy import Engine, func, insert, select
+
+from __tests__.app_server import app_settings
+from __tests__.servers import PostgresServer, RedisServer
+from cryptomarket.core.db import create_sync_engine, urls_for
+from cryptomarket.core.migrate import upgrade
+from cryptomarket.core.tables import Tables, build_tables
+from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.jobs import gaps, persist, retention, sessions
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.streaming.redis_bus import TICKS_STREAM, pack
+
+TABLES: Tables = build_tables("postgresql")
+
+
+@pytest.fixture
+def engine(postgres_server: PostgresServer) -> Iterator[Engine]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    postgres_server.create_database(name)
+    url = urls_for(postgres_server.url(database=name)).sync_url
+    upgrade(url)
+    engine = create_sync_engine(url)
+    yield engine
+    engine.dispose()
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[Redis]:
+    client = Redis.from_url(redis_server.url, socket_timeout=5)
+    client.delete(TICKS_STREAM, "cryptomarket:job-lock:persist")
+    yield client
+    client.delete(TICKS_STREAM)
+    client.close()
+
+
+def add_to_stream(redis: Redis, *events: Tick | Gap) -> None:
+    for event in events:
+        redis.xadd(TICKS_STREAM, {"event": pack(event)})
+
+
+def stored(engine: Engine) -> list[tuple[str, int]]:
+    ticks = TABLES.price_tickers.c
+    with engine.connect() as connection:
+        rows = connection.execute(select(ticks.ticker, ticks.timestamp).order_by(ticks.timestamp))
+        return [(row.ticker, row.timestamp) for row in rows]
+
+
+def test_persist_stores_every_tick_once_even_when_runs_overlap(
+    engine: Engine, redis: Redis
+) -> None:
+    ticks = [Tick("btc_usd", 100.0 + i, 1_700_000_000_000 + i) for i in range(12_000)]
+    add_to_stream(redis, *ticks[:6_000], ticks[10], *ticks[6_000:])  # one sent twice
+    with ThreadPoolExecutor(2) as threads:
+        list(threads.map(lambda _: persist.persist_ticks(redis, engine, TABLES), range(2)))
+    persist.persist_ticks(redis, engine, TABLES)  # in case the lock made one of them skip
+    assert stored(engine) == [("btc_usd", tick.timestamp) for tick in ticks]
+    assert persist.persist_ticks(redis, engine, TABLES) == 0  # nothing new: nothing written
+
+
+def test_an_entry_read_but_not_acknowledged_is_stored_by_the_next_run(
+    engine: Engine, redis: Redis
+) -> None:
+    add_to_stream(redis, Tick("eth_usd", 1.0, 1_700_000_000_000))
+    persist.persist_ticks(redis, engine, TABLES)  # creates the group
+    add_to_stream(redis, Tick("eth_usd", 2.0, 1_700_000_000_001))
+    # A run that died after reading, before storing and acknowledging:
+    redis.xreadgroup(persist.GROUP, persist.CONSUMER, {TICKS_STREAM: ">"}, count=10)
+    persist.persist_ticks(redis, engine, TABLES)
+    assert stored(engine) == [("eth_usd", 1_700_000_000_000), ("eth_usd", 1_700_000_000_001)]
+
+
+def test_a_lost_stream_becomes_a_gap_and_gaps_in_the_stream_are_recorded(
+    engine: Engine, redis: Redis
+) -> None:
+    add_to_stream(redis, Tick("btc_usd", 1.0, 1_000_000), Gap("btc_usd", 1_000_001, 1_000_500, "x"))
+    persist.persist_ticks(redis, engine, TABLES)
+    assert recorded_gaps(engine) == [(1_000_001, 1_000_500)]
+    redis.delete(TICKS_STREAM)  # what a Redis restart does to it
+    add_to_stream(redis, Tick("btc_usd", 2.0, 2_000_000))
+    persist.persist_ticks(redis, engine, TABLES)
+    # The lost span starts where the store stops: the gap recorded there is widened to it.
+    assert recorded_gaps(engine) == [(1_000_001, 1_999_999)]
+    assert stored(engine) == [("btc_usd", 1_000_000), ("btc_usd", 2_000_000)]
+
+
+def recorded_gaps(engine: Engine) -> list[tuple[int, int]]:
+    column = TABLES.price_gaps.c
+    with engine.connect() as connection:
+        rows = connection.execute(select(column.from_ts, column.to_ts).order_by(column.from_ts))
+        return [(row.from_ts, row.to_ts) for row in rows]
+
+
+async def test_gap_backfill_fills_a_recorded_gap_from_deribit_and_forgets_it(
+    engine: Engine, simulator_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    simulator = await simulator_factory(tick_interval=0.02)
+    await _ticks_of(simulator, "btc_usd", 20)
+    history = simulator.history("btc_usd")
+    start, end = history[3][0], history[-4][0]
+    with engine.begin() as connection:
+        connection.execute(
+            insert(TABLES.price_gaps).values(
+                ticker="btc_usd",
+                from_ts=start,
+                to_ts=end,
+                reason="test",
+                recorded_at=datetime.now(UTC),
+            )
+        )
+    settings = app_settings(DERIBIT_WS_URL=simulator.url)
+    filled = await asyncio.to_thread(gaps.backfill_gaps, settings, engine, TABLES)
+    expected = [("btc_usd", ts) for ts, _ in history if start <= ts <= end]
+    assert filled == len(expected)
+    assert stored(engine) == expected
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(TABLES.price_gaps)).scalar() == 0
+
+
+async def _ticks_of(simulator: Simulator, ticker: str, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(simulator.history(ticker)) < count:  # noqa: ASYNC110  # no event to await
+            await asyncio.sleep(0.02)
+
+
+def session(token_hash: str, *, expires_in: timedelta, revoked: bool = False) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return {
+        "token_hash": token_hash,
+        "user_id": "u",
+        "created_at": now,
+        "expires_at": now + expires_in,
+        "revoked_at": now if revoked else None,
+    }
+
+
+def test_prune_keeps_the_retention_and_purge_forgets_dead_sessions(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    now_ms = int(time.time() * 1000)
+    old, recent = now_ms - 3 * 86_400_000, now_ms - 3_600_000
+    with engine.begin() as connection:
+        connection.execute(
+            insert(TABLES.price_tickers),
+            [
+                {"ticker": "btc_usd", "timestamp": ts, "price": 1.0, "received_at": now}
+                for ts in (old, recent)
+            ],
+        )
+        connection.execute(
+            insert(TABLES.person).values(
+                user_id="u",
+                client_id="c",
+                client_secret_encrypted=b"x",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        connection.execute(
+            insert(TABLES.sessions),
+            [
+                session("live", expires_in=timedelta(hours=1)),
+                session("expired", expires_in=timedelta(seconds=-1)),
+                session("revoked", expires_in=timedelta(hours=1), revoked=True),
+            ],
+        )
+    assert retention.prune_history(engine, TABLES, None) == 0
+    assert retention.prune_history(engine, TABLES, 2) == 1
+    assert stored(engine) == [("btc_usd", recent)]
+    assert sessions.purge_sessions(engine, TABLES) == 2
+    with engine.connect() as connection:
+        left = connection.execute(select(TABLES.sessions.c.token_hash)).scalars().all()
+    assert left == ["live"]

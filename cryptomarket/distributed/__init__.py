@@ -1,0 +1,1 @@
+"""Distributed mode (REDIS_URL set): Redis connections, caches, the control channel, leadership."""

@@ -1,0 +1,144 @@
+"""The control channel: subscription changes made on one replica reach every other process.
+
+The replica that stored a change applies it to its own streams, then announces it here. Every other
+replica applies it to the streams it holds for that user; the ingest process recounts the stored
+subscriptions and follows them upstream. A change announced while Redis is away is not repeated:
+the ingest also recounts on every (re)subscription, and periodically.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.distributed.outages import OutageLog
+
+logger = logging.getLogger("cryptomarket.distributed.control")
+
+CONTROL_CHANNEL = "cryptomarket:control"
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    user_id: str
+    ticker: str
+    timer: int | None  # the subscription's own timer (None: the stream's default)
+    removed: bool
+    origin: str = ""  # the announcing process, which has applied the change already
+
+
+def encode(change: SubscriptionChange) -> bytes:
+    return json.dumps(asdict(change)).encode()
+
+
+def decode(data: bytes) -> SubscriptionChange:
+    """A change from the channel; ValueError when it is not one."""
+    try:
+        raw: dict[str, Any] = json.loads(data)
+        timer = raw["timer"]
+        change = SubscriptionChange(
+            user_id=str(raw["user_id"]),
+            ticker=str(raw["ticker"]),
+            timer=None if timer is None else int(timer),
+            removed=bool(raw["removed"]),
+            origin=str(raw.get("origin", "")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"not a subscription change: {error}") from None
+    return change
+
+
+OnChange = Callable[[SubscriptionChange], Awaitable[None]]
+OnSubscribed = Callable[[], Awaitable[None]]
+
+
+class ControlChannel:
+    def __init__(
+        self,
+        redis: Redis,
+        outages: OutageLog,
+        *,
+        backoff: Callable[[], Backoff] = lambda: Backoff(initial=0.1, maximum=5.0),
+    ) -> None:
+        self.redis = redis
+        self.outages = outages
+        self.origin = uuid.uuid4().hex
+        self._backoff = backoff
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False
+
+    async def announce(self, change: SubscriptionChange) -> None:
+        """Tell every other process; a failure is logged (the change is stored already)."""
+        stamped = SubscriptionChange(
+            change.user_id, change.ticker, change.timer, change.removed, self.origin
+        )
+        try:
+            await self.redis.publish(CONTROL_CHANNEL, encode(stamped))
+        except (RedisError, OSError) as error:
+            self.outages.failed(error)
+            logger.warning(
+                "could not announce a subscription change of %s: %s",
+                change.user_id,
+                type(error).__name__,
+            )
+
+    def listen(self, on_change: OnChange, on_subscribed: OnSubscribed | None = None) -> None:
+        """Apply every change announced by another process; `on_subscribed` after each
+        (re)subscription, for whoever must recount what it may have missed."""
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._listen(on_change, on_subscribed), name="control-channel"
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _listen(self, on_change: OnChange, on_subscribed: OnSubscribed | None) -> None:
+        backoff = self._backoff()
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CONTROL_CHANNEL)
+                self.listening = True
+                self.outages.succeeded()
+                backoff.reset()
+                if on_subscribed is not None:
+                    await on_subscribed()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message["type"] == "message":
+                        await self._handle(message["data"], on_change)
+            except (RedisError, OSError) as error:
+                if self.listening:
+                    logger.warning("lost the control channel, reconnecting: %s", error)
+                self.outages.failed(error)
+                self.listening = False
+                await asyncio.sleep(backoff.next_delay())
+            finally:
+                self.listening = False
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _handle(self, data: bytes, on_change: OnChange) -> None:
+        try:
+            change = decode(data)
+        except ValueError:
+            logger.warning("ignored a malformed message on the control channel")
+            return
+        if change.origin == self.origin:
+            return
+        try:
+            await on_change(change)
+        except Exception:
+            logger.exception("applying a subscription change failed")

@@ -1,0 +1,201 @@
+"""`cryptomarket ingest`: the upstream market-data connection, held by one process at a time.
+
+Every ingest process competes for a lease in Redis. The one holding it connects to Deribit,
+follows the tracked tickers plus every stored subscription (recounted from the store on each
+control-channel message, on every resubscription and every RECOUNT_EVERY seconds), and publishes
+each tick on the Redis bus, which also appends it to the stream the persist job writes from. The
+others wait; when the leader dies its lease runs out within LEASE_TTL seconds and one of them takes
+over, backfilling from the newest tick the old leader published. A process that cannot renew its
+lease stops publishing at once and goes back to waiting.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cryptomarket.core.config import Settings
+from cryptomarket.core.db import Database, database_urls
+from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.deribit.connection import DeribitConnection
+from cryptomarket.deribit.credits import CreditBudget
+from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.distributed.connect import async_redis
+from cryptomarket.distributed.control import ControlChannel, SubscriptionChange
+from cryptomarket.distributed.leader import Lease
+from cryptomarket.distributed.outages import OutageLog
+from cryptomarket.prices.backfill import chart_source
+from cryptomarket.prices.ingest import Ingest
+from cryptomarket.streaming.redis_bus import RedisBus, read_latest
+from cryptomarket.users.repository import UserRepository
+
+logger = logging.getLogger("cryptomarket.ingest")
+
+LEADER_KEY = "cryptomarket:ingest:leader"
+LEASE_TTL = 3.0  # seconds a dead leader keeps the lease
+RENEW_EVERY = 1.0
+WAIT_POLL = 0.5  # how often a waiting process tries to take the lease
+RECOUNT_EVERY = 30.0
+HISTORY_POOL_SIZE = 2  # connections for backfill requests
+
+
+async def run_ingest(settings: Settings) -> None:
+    """Wait for the lease, lead until it is lost, wait again; until cancelled."""
+    if settings.REDIS_URL is None:
+        raise ValueError("REDIS_URL is required")
+    redis = async_redis(settings.REDIS_URL)
+    database = Database(database_urls(settings).async_url, pool_size=2)
+    lease = Lease(redis, LEADER_KEY, LEASE_TTL)
+    try:
+        while True:
+            await _wait_for(lease)
+            logger.info("leading: this process now holds the upstream connection")
+            await _lead(settings, redis, database, lease)
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await lease.release()  # a clean exit hands over at once
+        await database.dispose()
+        await redis.aclose()
+
+
+async def _wait_for(lease: Lease) -> None:
+    said = ""
+    while True:
+        try:
+            if await lease.acquire():
+                return
+            news = "another ingest process leads; waiting to take over"
+        except (RedisError, OSError) as error:
+            news = f"Redis unreachable, waiting: {type(error).__name__}"
+        if news != said:
+            logger.info(news)
+            said = news
+        await asyncio.sleep(WAIT_POLL)  # a lease has no event to await
+
+
+async def _lead(settings: Settings, redis: Redis, database: Database, lease: Lease) -> None:
+    budget = CreditBudget()
+    heartbeat, timeout = settings.DERIBIT_HEARTBEAT_INTERVAL, settings.DERIBIT_REQUEST_TIMEOUT
+    pool = DeribitPool(
+        settings.DERIBIT_WS_URL,
+        size=HISTORY_POOL_SIZE,
+        budget=budget,
+        heartbeat_interval=heartbeat,
+        request_timeout=timeout,
+    )
+    connection = DeribitConnection(
+        settings.DERIBIT_WS_URL,
+        budget=budget,
+        heartbeat_interval=heartbeat,
+        request_timeout=timeout,
+        name="deribit-ingest",
+    )
+    bus = RedisBus(
+        redis, backoff=lambda: Backoff(initial=0.1, maximum=5.0), may_publish=lambda: lease.valid
+    )
+    ingest = Ingest(
+        connection,
+        None,
+        bus,
+        database=database,
+        history=chart_source(pool.call),
+        tracked=settings.TRACKED_TICKERS,
+    )
+    control = ControlChannel(redis, OutageLog("redis"))
+    recount = Recount(ingest, database)
+    try:
+        await _continue_from_published(redis, ingest, database)
+        await recount.now()
+        bus.start(publishing=True, receiving=False)
+        recount.start()
+        control.listen(recount.on_change, recount.on_subscribed)
+        await ingest.start()
+        await _keep(lease, recount)
+    finally:
+        await control.stop()
+        await recount.stop()
+        await ingest.stop()
+        if not lease.valid:
+            dropped = bus.drop_backlog()
+            if dropped:
+                logger.warning("lost the lease with %d event(s) unpublished; dropped", dropped)
+        await bus.stop()
+        await pool.close()
+
+
+async def _keep(lease: Lease, recount: "Recount") -> None:
+    """Renew the lease until it is lost (or the process is stopped)."""
+    next_recount = time.monotonic() + RECOUNT_EVERY
+    while True:
+        await asyncio.sleep(RENEW_EVERY)
+        try:
+            kept = await lease.renew()
+        except (RedisError, OSError) as error:
+            kept = lease.valid  # Redis away: still ours until the TTL would have run out
+            if not kept:
+                logger.warning("could not renew the lease in time: %s", type(error).__name__)
+        if not kept:
+            logger.warning("lost the lease: stopped publishing, waiting to lead again")
+            return
+        if time.monotonic() >= next_recount:
+            recount.request()
+            next_recount = time.monotonic() + RECOUNT_EVERY
+
+
+async def _continue_from_published(redis: Redis, ingest: Ingest, database: Database) -> None:
+    """Backfill from the newest tick any leader published (Redis), not only from the store,
+    which the persist job fills a little later."""
+    async with database.reading() as connection:
+        counts = await UserRepository(connection, database.tables).subscribed_tickers()
+    tickers = sorted(ingest.tracked | set(counts))
+    try:
+        latest = await read_latest(redis, tickers)
+    except (RedisError, OSError) as error:
+        logger.warning("newest published ticks unknown: %s", type(error).__name__)
+        return
+    for ticker, tick in latest.items():
+        ingest.last_seen[ticker] = max(tick.timestamp, ingest.last_seen.get(ticker, 0))
+
+
+class Recount:
+    """Follow the stored subscriptions: recount on request, one recount at a time."""
+
+    def __init__(self, ingest: Ingest, database: Database) -> None:
+        self.ingest = ingest
+        self.database = database
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-recount")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    async def on_change(self, _change: SubscriptionChange) -> None:
+        self.request()
+
+    async def on_subscribed(self) -> None:
+        self.request()  # changes announced while we were not listening are in the store
+
+    async def now(self) -> None:
+        async with self.database.reading() as connection:
+            counts = await UserRepository(connection, self.database.tables).subscribed_tickers()
+        await self.ingest.follow(counts)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            try:
+                await self.now()
+            except Exception as error:  # the store may be down; the next request retries
+                logger.warning("could not recount the subscriptions: %s", type(error).__name__)

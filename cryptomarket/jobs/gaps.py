@@ -1,0 +1,66 @@
+"""Backfill recorded gaps (table price_gaps) from Deribit's index history.
+
+Each gap is fetched from the smallest chart range that reaches back to it. The ticks found are
+stored (idempotently) and the gap is replaced by what Deribit could not cover, if anything. A gap
+whose history could not be fetched stays as it is for the next run.
+"""
+
+import logging
+import time
+
+from sqlalchemy import Engine, delete, select
+
+from cryptomarket.core.config import Settings
+from cryptomarket.core.tables import Tables
+from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.jobs.deribit import with_deribit
+from cryptomarket.prices.backfill import RANGES, chart_source, fill_window
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.repository import insert_ticks, tick_rows, upsert_gap
+
+logger = logging.getLogger("cryptomarket.jobs.gaps")
+
+GAPS_PER_RUN = 50
+REACH_MS = RANGES[-2][1]  # older gaps than Deribit's yearly range are beyond repair
+FAILED_PREFIX = "backfill failed"
+
+
+def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
+    """Fill what Deribit still has of the recorded gaps; returns the ticks stored."""
+    now = int(time.time() * 1000)
+    column = tables.price_gaps.c
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(column.id, column.ticker, column.from_ts, column.to_ts, column.reason)
+            .where(column.to_ts > now - REACH_MS)
+            .order_by(column.to_ts.desc())
+            .limit(GAPS_PER_RUN)
+        ).all()
+    if not rows:
+        return 0
+    gaps = [(row.id, Gap(row.ticker, row.from_ts, row.to_ts, row.reason)) for row in rows]
+
+    async def fetch(pool: DeribitPool) -> list[tuple[int, list[Tick], Gap | None]]:
+        history = chart_source(pool.call)
+        results = []
+        for gap_id, gap in gaps:
+            filled, rest = await fill_window(
+                history, gap.ticker, gap.from_ts - 1, gap.to_ts + 1, now=now
+            )
+            results.append((gap_id, filled, rest))
+        return results
+
+    stored = 0
+    dialect = engine.dialect.name
+    for gap_id, filled, rest in with_deribit(settings, fetch):
+        if rest is not None and rest.reason.startswith(FAILED_PREFIX):
+            continue  # Deribit did not answer: try again next run
+        with engine.begin() as connection:
+            if filled:
+                connection.execute(insert_ticks(tables, dialect), tick_rows(filled))
+            connection.execute(delete(tables.price_gaps).where(column.id == gap_id))
+            if rest is not None:
+                connection.execute(upsert_gap(tables, dialect, rest))
+        stored += len(filled)
+    logger.info("gap backfill: %d gap(s) looked at, %d tick(s) stored", len(gaps), stored)
+    return stored

@@ -1,0 +1,92 @@
+"""Refresh the Deribit data of active users (a live session) before it ages out of the cache."""
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from redis import Redis
+from sqlalchemy import Engine, select, update
+
+from cryptomarket.core.config import Settings
+from cryptomarket.core.errors import AppError
+from cryptomarket.core.tables import Tables
+from cryptomarket.deribit.auth import Credentials
+from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.distributed.cache import PREFIX
+from cryptomarket.jobs.deribit import with_deribit
+from cryptomarket.users.schemas import Profile, UserOut
+from cryptomarket.users.secrets import SecretBox, SecretUnreadable
+from cryptomarket.users.service import (
+    PROFILE_REFRESH_AFTER,
+    PROFILE_TTL,
+    fetch_profile,
+    profile_key,
+)
+
+logger = logging.getLogger("cryptomarket.jobs.profiles")
+
+USERS_PER_RUN = 100
+
+
+def refresh_profiles(
+    settings: Settings, engine: Engine, tables: Tables, redis: Redis | None
+) -> int:
+    """Fetch again the profiles older than PROFILE_REFRESH_AFTER of users with a live session;
+    returns how many were refreshed. A user whose key Deribit refuses is skipped (and logged)."""
+    now = datetime.now(UTC)
+    person, sessions = tables.person, tables.sessions
+    live = select(sessions.c.user_id).where(
+        sessions.c.revoked_at.is_(None), sessions.c.expires_at > now
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(person.c.user_id, person.c.client_id, person.c.client_secret_encrypted)
+            .where(
+                person.c.user_id.in_(live),
+                (person.c.profile_fetched_at.is_(None))
+                | (person.c.profile_fetched_at < now - PROFILE_REFRESH_AFTER),
+            )
+            .order_by(person.c.profile_fetched_at)
+            .limit(USERS_PER_RUN)
+        ).all()
+    if not rows:
+        return 0
+    box = SecretBox(settings.ENCRYPTION_KEYS)
+    keys: list[tuple[str, str, str]] = []
+    for row in rows:
+        try:
+            keys.append((row.user_id, row.client_id, box.decrypt(row.client_secret_encrypted)))
+        except SecretUnreadable:
+            logger.warning(
+                "profile of %s not refreshed: its key can no longer be read", row.user_id
+            )
+
+    async def fetch(pool: DeribitPool) -> list[tuple[str, str, Profile]]:
+        fetched = []
+        for user_id, client_id, secret in keys:
+            try:
+                fetched.append(
+                    (user_id, client_id, await fetch_profile(pool, Credentials(client_id, secret)))
+                )
+            except AppError as error:
+                logger.warning("profile of %s not refreshed: %s", user_id, error.detail)
+        return fetched
+
+    fetched = with_deribit(settings, fetch)
+    with engine.begin() as connection:
+        for user_id, _client_id, profile in fetched:
+            connection.execute(
+                update(person)
+                .where(person.c.user_id == user_id)
+                .values(
+                    profile=profile.model_dump(mode="json"), profile_fetched_at=profile.fetched_at
+                )
+            )
+    if redis is not None:
+        ttl_ms = int(PROFILE_TTL.total_seconds() * 1000)
+        for user_id, client_id, profile in fetched:
+            out = UserOut(user_id=user_id, client_id=client_id, profile=profile)
+            redis.set(
+                PREFIX + profile_key(user_id), json.dumps(out.model_dump(mode="json")), px=ttl_ms
+            )
+    return len(fetched)
