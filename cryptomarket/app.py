@@ -15,6 +15,7 @@ from cryptomarket.runtime import Runtime
 from cryptomarket.streaming import endpoints as streaming
 from cryptomarket.subscriptions import endpoints as subscriptions
 from cryptomarket.users import endpoints as users
+from cryptomarket.web import endpoints as web
 
 DESCRIPTION = """
 A gateway between your applications and Deribit: index prices live over Server-Sent Events,
@@ -59,4 +60,5 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     app.include_router(streaming.router)
     app.include_router(prices.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     return app
