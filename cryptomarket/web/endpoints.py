@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from cryptomarket.core.errors import NotFound
+from cryptomarket.core.errors import NotFound, Unavailable
 
 router = APIRouter(include_in_schema=False)
 
@@ -69,9 +69,13 @@ def _load_assets(root: Path) -> dict[str, Asset]:
     return assets
 
 
-def _page(root: Path, assets: dict[str, Asset]) -> Asset:
-    """index.html with each link to a static file pinned to that file's current version."""
-    html = (root / "index.html").read_text(encoding="utf-8")
+def _page(root: Path, assets: dict[str, Asset]) -> Asset | None:
+    """index.html with each link to a static file pinned to that file's current version; None
+    when the files are not installed (a wheel built without them), so the API still starts."""
+    try:
+        html = (root / "index.html").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
     for name, asset in assets.items():
         link = f'"{STATIC_PREFIX}{name}"'
         html = html.replace(link, f'"{STATIC_PREFIX}{name}?v={asset.version}"')
@@ -106,6 +110,8 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 @router.api_route("/", methods=["GET", "HEAD"])
 async def dashboard(request: Request) -> Response:
     """The dashboard page."""
+    if PAGE is None:
+        raise Unavailable("the dashboard's files are not installed here", code="no_dashboard")
     return _answer(request, PAGE, REVALIDATE, PAGE_HEADERS)
 
 
