@@ -9,7 +9,7 @@ TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install install-runtime run demo test lint bench lock servers clean
+.PHONY: help install install-runtime run demo test lint bench lock servers browser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,12 +48,15 @@ demo: install-runtime  ## the Deribit simulator plus the service, no network or 
 servers:  ## install the PostgreSQL, Redis and nginx servers the tests start (Debian packages), when missing
 	scripts/ensure-servers
 
+browser:  ## install Debian's chromium for the browser tests, when missing
+	scripts/ensure-browser
+
 lint: install  ## ruff and mypy on the package
 	$(BIN)/ruff check cryptomarket __tests__
 	$(BIN)/ruff format --check cryptomarket __tests__
 	$(BIN)/mypy
 
-test: install servers lint  ## the whole suite: lint, type check, tests against real servers on loopback
+test: install servers browser lint  ## the whole suite: lint, type check, tests against real servers on loopback
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install servers  ## benchmarks under bench/: print their figures, write bench/results/
