@@ -18,6 +18,7 @@ from playwright.async_api import Browser, Locator, Page, expect
 
 from __tests__.helpers import eventually, eventually_async
 from __tests__.service import Service
+from __tests__.simulated import sim_control
 from __tests__.web.conftest import PageProblems, screenshot, update_readme_screenshot
 from cryptomarket.prices.history import load_history
 
@@ -285,6 +286,21 @@ async def test_phone_width_continues_an_existing_session(
 
     await subscribe(page, "eth_usd", 0)
     await updates_reach(page, "eth_usd", 3)
+
+    # Deribit cuts the service off and refuses it for a while: the badge follows both ways.
+    upstream = page.locator("#upstream")
+    await expect(upstream).to_have_attribute("data-state", "connected")
+    await sim_control(
+        service.simulator,
+        ("sim/refuse_connections", {"seconds": 1.5}),
+        ("sim/drop_connections", {}),
+    )
+    await expect(upstream).to_have_attribute("data-state", "reconnecting")
+    await expect(page.locator("#log")).to_contain_text("Deribit connection: reconnecting")
+    await expect(upstream).to_have_attribute("data-state", "connected")
+    shown = await counts(page)
+    await updates_reach(page, "eth_usd", shown["eth_usd"] + 1)
+
     await page.click("button[data-range='900']")
     await expect(page.locator("#chart")).not_to_have_attribute("data-points", "0")
     await expect(page.locator("#chart canvas")).to_have_count(1)
