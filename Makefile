@@ -9,7 +9,7 @@ TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install install-runtime run demo test lint bench lock servers newman clean
+.PHONY: help install install-runtime run demo test lint bench lock servers newman browser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,12 +51,15 @@ servers:  ## install the PostgreSQL, Redis and nginx servers the tests start (De
 newman:  ## install newman (runs the Postman collection in the tests) into .tools/node, when missing
 	scripts/ensure-newman
 
+browser:  ## install Debian's chromium for the browser tests, when missing
+	scripts/ensure-browser
+
 lint: install  ## ruff and mypy on the package
 	$(BIN)/ruff check cryptomarket __tests__
 	$(BIN)/ruff format --check cryptomarket __tests__
 	$(BIN)/mypy
 
-test: install servers newman lint  ## the whole suite: lint, type check, tests against real servers on loopback
+test: install servers newman browser lint  ## the whole suite: lint, type check, tests against real servers on loopback
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install servers  ## benchmarks under bench/: print their figures, write bench/results/

@@ -22,6 +22,7 @@ from cryptomarket.streaming import endpoints as streaming
 from cryptomarket.streaming.response import quiet_dropped_streams
 from cryptomarket.subscriptions import endpoints as subscriptions
 from cryptomarket.users import endpoints as users
+from cryptomarket.web import endpoints as web
 
 DESCRIPTION = """
 A gateway between your applications and Deribit: index prices live over Server-Sent Events,
@@ -112,4 +113,5 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     app.include_router(streaming.router)  # documents the stream; StreamFirst serves it
     app.include_router(prices.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     return app
