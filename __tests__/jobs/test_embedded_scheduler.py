@@ -42,4 +42,9 @@ async def test_serve_backfills_a_recorded_gap_on_its_own(
             return gaps == 0 and ticks == len(history)
 
         await eventually_async(filled, timeout=10, what="the gap backfilled by the scheduler")
+        metrics = (await service.client.get("/metrics")).text
+        runs = 'cryptomarket_job_runs_total{job="backfill_gaps"}'
+        assert any(
+            line.startswith(runs) and float(line.split()[-1]) >= 1 for line in metrics.splitlines()
+        )
     assert service.runtime.scheduler._tasks == []  # stopped with the runtime

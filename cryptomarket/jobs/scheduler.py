@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from cryptomarket.core.config import Settings
 from cryptomarket.core.db import create_sync_engine, database_urls
+from cryptomarket.core.metrics import record_job
 from cryptomarket.core.tables import build_tables
 from cryptomarket.jobs import gaps, retention, sessions
 
@@ -72,4 +73,7 @@ class EmbeddedScheduler:
             try:
                 await job.run()
             except Exception:
+                record_job(job.name, ok=False)
                 logger.exception("job %s failed; it runs again in %.0f s", job.name, job.every)
+            else:
+                record_job(job.name, ok=True)
