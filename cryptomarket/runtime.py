@@ -142,7 +142,9 @@ class Runtime:
         self.redis_bus.subscribe(self.hub.publish)
         self.redis_bus.start(publishing=False, receiving=True)
         self.control = ControlChannel(redis, outages)
-        self.control.listen(self.subscriptions.apply_announced)
+        self.control.listen(
+            self.subscriptions.apply_announced, self.subscriptions.resync_open_streams
+        )
         self.subscriptions.announcer = self.control
 
         async def latest(tickers: list[str]) -> dict[str, Tick]:

@@ -143,3 +143,31 @@ async def test_profiles_and_index_names_are_cached_in_redis(
         await eventually_async(names_cached, what="index names in Redis")
     finally:
         await client.aclose()
+
+
+async def test_changes_missed_while_the_control_channel_was_away_apply_on_its_return(
+    replicas: tuple[Service, Service], ingest_bus: RedisBus
+) -> None:
+    a, b = replicas
+    token = await a.sign_in("alice")
+    async with (
+        a.client_for(token) as on_a,
+        open_stream(b.client_for(token), params={"timer": 0}) as stream,
+    ):
+        await stream.until("connected")
+        control = b.runtime.control
+        await control.stop()  # B hears nothing from here on
+        response = await on_a.get("/api/v1/market/alice/create_order/eth_usd")
+        assert response.status_code == 201, response.text
+        assert all(not s.timers for s in b.runtime.hub.streams_of("alice"))
+
+        subscriptions = b.runtime.subscriptions
+        control.listen(subscriptions.apply_announced, subscriptions.resync_open_streams)
+        await eventually(
+            lambda: all("eth_usd" in s.timers for s in b.runtime.hub.streams_of("alice")),
+            what="B's stream following the stored subscription",
+        )
+        tick = Tick("eth_usd", 3_333.0, now_ms() + 5)
+        ingest_bus.publish(tick)
+        await stream.until("price", ticker="eth_usd", timestamp=tick.timestamp)
+        await on_a.get("/api/v1/market/alice/cancel_all_orders")

@@ -171,6 +171,10 @@ class StreamHub:
     def open_streams(self) -> int:
         return sum(len(streams) for streams in self._by_user.values())
 
+    def user_ids(self) -> list[str]:
+        """The users with an open stream here."""
+        return list(self._by_user)
+
     def streams_of(self, user_id: str) -> frozenset[Stream]:
         return frozenset(self._by_user.get(user_id, ()))
 

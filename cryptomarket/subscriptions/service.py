@@ -118,6 +118,18 @@ class SubscriptionService:
             await self.load_latest([change.ticker])
         self.apply(change)
 
+    async def resync_open_streams(self) -> None:
+        """Make every open stream follow the stored subscriptions again: after the control
+        channel was away, changes made on other replicas meanwhile were never heard here."""
+        for user_id in self.hub.user_ids():
+            stored = await self.subscriptions(user_id)
+            await self.load_latest(list(stored))
+            for stream in self.hub.streams_of(user_id):
+                for ticker in [ticker for ticker in stream.timers if ticker not in stored]:
+                    self.hub.unsubscribe(stream, ticker)
+                for ticker, timer in stored.items():
+                    self.hub.subscribe(stream, ticker, timer)
+
     async def load_latest(self, tickers: list[str]) -> None:
         """Give the hub a latest price for tickers it has not seen live yet (from the shared
         cache when there is one, else from the store)."""
