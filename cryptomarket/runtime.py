@@ -99,6 +99,7 @@ class Runtime:
                 database=database,
                 history=chart_source(pool.call),
                 tracked=settings.TRACKED_TICKERS,
+                stale_after=stale_after(settings.DERIBIT_HEARTBEAT_INTERVAL),
             )
             runtime.subscriptions.watchers = runtime.ingest
             runtime.writer.start()
@@ -128,6 +129,15 @@ class Runtime:
             await self.writer.stop()
         await self.pool.close()
         await self.database.dispose()
+
+
+def stale_after(heartbeat_interval: float) -> float:
+    """Seconds without a tick before streams are told the prices are stale.
+
+    Deribit ticks about once a second: ten quiet seconds mean something is wrong upstream even
+    though the socket is alive. Short test heartbeats (PROJECT_MODE=testing) shorten it as well.
+    """
+    return min(10.0, 3.0 * heartbeat_interval)
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -178,3 +178,16 @@ async def test_fail_requests_checks_its_params(simulator, connect, params, param
     client = await connect(simulator)
     error = await client.error("sim/fail_requests", params)
     assert error["code"] == -32602 and error["data"]["param"] == param
+
+
+async def test_lowering_the_latency_never_reorders_ticks(simulator, connect):
+    client = await connect(simulator)
+    control = await connect(simulator)
+    await client.result("public/subscribe", {"channels": [BTC]})
+    await control.result("sim/set_latency", {"ms": 400})
+    await client.tick(BTC)
+    await control.result("sim/set_latency", {"ms": 0})
+    stamps = [(await client.tick(BTC))["timestamp"] for _ in range(20)]
+    assert stamps == sorted(stamps)
+    sent = [ts for ts, _ in simulator.history("btc_usd") if stamps[0] <= ts <= stamps[-1]]
+    assert stamps == sent
