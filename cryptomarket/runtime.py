@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from cryptomarket.core.config import Settings
 from cryptomarket.core.db import Database, database_urls
+from cryptomarket.core.loop_monitor import LoopMonitor
 from cryptomarket.deribit.connection import DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.pool import DeribitPool
@@ -46,6 +47,7 @@ class Runtime:
     sign_in_limits: AttemptLimiter = field(default_factory=AttemptLimiter)
     writer: TickWriter | None = None
     ingest: Ingest | None = None
+    loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
 
     @classmethod
     async def start(cls, settings: Settings, *, with_ingest: bool = True) -> "Runtime":
@@ -82,6 +84,7 @@ class Runtime:
             hub=hub,
             subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
         )
+        runtime.loop_monitor.start()
         runtime.bus.subscribe(hub.publish)
         hub.start()
         if with_ingest:
@@ -129,6 +132,7 @@ class Runtime:
             await self.writer.stop()
         await self.pool.close()
         await self.database.dispose()
+        await self.loop_monitor.stop()
 
 
 def stale_after(heartbeat_interval: float) -> float:
