@@ -9,7 +9,7 @@ TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install install-runtime run demo test lint bench lock servers newman browser clean
+.PHONY: help install install-runtime run demo test lint bench soak lock servers newman browser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ test: install servers newman browser lint  ## the whole suite: lint, type check,
 
 bench: install servers  ## benchmarks under bench/: print their figures, write bench/results/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
+
+soak: install  ## 10 min of 2,000 streams with churn at 10 ticks/s: writes bench/results/soak.md and soak.png
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 lock: | $(UV)  ## recompile the hashed lock files from pyproject.toml
 	$(UV) pip compile --quiet --upgrade --generate-hashes --python-version 3.11 pyproject.toml -o requirements.lock

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from cryptomarket.core.config import Settings
 from cryptomarket.core.db import Database, database_urls
+from cryptomarket.core.loop_monitor import LoopMonitor
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.connection import DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
@@ -64,6 +65,7 @@ class Runtime:
     control: ControlChannel | None = None
     redis_outages: OutageLog | None = None
     scheduler: EmbeddedScheduler | None = None
+    loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
 
     @classmethod
     async def start(cls, settings: Settings, *, with_ingest: bool = True) -> "Runtime":
@@ -107,6 +109,7 @@ class Runtime:
             hub=hub,
             subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
         )
+        runtime.loop_monitor.start()
         runtime.bus.subscribe(hub.publish)
         hub.start()
         if redis is not None:
@@ -126,6 +129,7 @@ class Runtime:
                 database=database,
                 history=chart_source(pool.call),
                 tracked=settings.TRACKED_TICKERS,
+                stale_after=stale_after(settings.DERIBIT_HEARTBEAT_INTERVAL),
             )
             runtime.subscriptions.watchers = runtime.ingest
             runtime.writer.start()
@@ -182,6 +186,16 @@ class Runtime:
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()
+        await self.loop_monitor.stop()
+
+
+def stale_after(heartbeat_interval: float) -> float:
+    """Seconds without a tick before streams are told the prices are stale.
+
+    Deribit ticks about once a second: ten quiet seconds mean something is wrong upstream even
+    though the socket is alive. Short test heartbeats (PROJECT_MODE=testing) shorten it as well.
+    """
+    return min(10.0, 3.0 * heartbeat_interval)
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -131,3 +131,63 @@ async def test_set_latency_delays_every_frame_in_order(simulator, connect):
     started = time.monotonic()
     await client.result("public/test")
     assert time.monotonic() - started < 0.25
+
+
+async def test_fail_requests_answers_maintenance_for_a_while(simulator, connect):
+    client = await connect(simulator)
+    await client.result("public/subscribe", {"channels": [BTC]})
+    assert await client.result("sim/fail_requests", {"code": 11051, "seconds": 0.5}) == "ok"
+    error = await client.error("public/get_index_price", {"index_name": "btc_usd"})
+    assert error == {"code": 11051, "message": "system_maintenance"}
+    await client.tick(BTC)  # the socket stays open and its channels keep ticking
+    await eventually(lambda: simulator.errors[11051] >= 1)
+    frame = await client.request("public/get_index_price", {"index_name": "btc_usd"})
+    started = time.monotonic()
+    while "error" in frame:
+        assert time.monotonic() - started < 2, "maintenance did not end"
+        frame = await client.request("public/get_index_price", {"index_name": "btc_usd"})
+    assert frame["result"]["index_price"] > 0
+
+
+async def test_fail_requests_too_many_requests_terminates_the_session(simulator, connect):
+    client = await connect(simulator)
+    control = await connect(simulator)
+    await control.result("sim/fail_requests", {"code": 10028, "seconds": 5})
+    error = await client.error("public/get_time")
+    assert error == {"code": 10028, "message": "too_many_requests"}
+    closed = await client.closed()
+    assert closed.rcvd is not None and closed.rcvd.code == 1008
+    # Only the named methods fail; the others are answered.
+    await control.result(
+        "sim/fail_requests", {"code": 11051, "seconds": 5, "methods": ["public/get_time"]}
+    )
+    other = await connect(simulator)
+    assert (await other.error("public/get_time"))["code"] == 11051
+    assert await other.result("public/test") == {"version": "1.2.26"}
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"code": 13004, "seconds": 1}, "code"),
+        ({"code": 10028}, "seconds"),
+        ({"code": 10028, "seconds": 1, "methods": "public/test"}, "methods"),
+    ],
+)
+async def test_fail_requests_checks_its_params(simulator, connect, params, param):
+    client = await connect(simulator)
+    error = await client.error("sim/fail_requests", params)
+    assert error["code"] == -32602 and error["data"]["param"] == param
+
+
+async def test_lowering_the_latency_never_reorders_ticks(simulator, connect):
+    client = await connect(simulator)
+    control = await connect(simulator)
+    await client.result("public/subscribe", {"channels": [BTC]})
+    await control.result("sim/set_latency", {"ms": 400})
+    await client.tick(BTC)
+    await control.result("sim/set_latency", {"ms": 0})
+    stamps = [(await client.tick(BTC))["timestamp"] for _ in range(20)]
+    assert stamps == sorted(stamps)
+    sent = [ts for ts, _ in simulator.history("btc_usd") if stamps[0] <= ts <= stamps[-1]]
+    assert stamps == sent

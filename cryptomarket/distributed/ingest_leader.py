@@ -29,6 +29,7 @@ from cryptomarket.distributed.leader import Lease
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
+from cryptomarket.runtime import stale_after
 from cryptomarket.streaming.redis_bus import RedisBus, read_latest
 from cryptomarket.users.repository import UserRepository
 
@@ -103,6 +104,7 @@ async def _lead(settings: Settings, redis: Redis, database: Database, lease: Lea
         database=database,
         history=chart_source(pool.call),
         tracked=settings.TRACKED_TICKERS,
+        stale_after=stale_after(settings.DERIBIT_HEARTBEAT_INTERVAL),
     )
     control = ControlChannel(redis, OutageLog("redis"))
     recount = Recount(ingest, database)

@@ -6,9 +6,10 @@ They answer "ok", are never charged credits, and act on the other connections, n
 import asyncio
 import logging
 
+from cryptomarket.deribit.errors import Maintenance, TooManyRequests
 from cryptomarket.deribit.simulator import rpc
 from cryptomarket.deribit.simulator.methods import index_name
-from cryptomarket.deribit.simulator.state import Call, Handler
+from cryptomarket.deribit.simulator.state import Call, Handler, InjectedError
 
 log = logging.getLogger("cryptomarket.simulator")
 
@@ -74,7 +75,42 @@ def set_latency(call: Call) -> str:
     return "ok"
 
 
+# The errors a test may make the simulator answer, with Deribit's own messages (reference §9).
+INJECTABLE_ERRORS: dict[int, str] = {
+    TooManyRequests.code: "too_many_requests",
+    Maintenance.code: "system_maintenance",
+}
+
+
+def fail_requests(call: Call) -> str:
+    """Answer every request (or those of `methods`) with Deribit error `code` for `seconds`.
+
+    10028 goes as Deribit's does: the answer, then the session is terminated. 11051 leaves the
+    socket open, as maintenance does. Heartbeat `public/test` calls are refused like any other,
+    so a connection that cannot answer its `test_request` is closed as Deribit would.
+    """
+    code = rpc.number(call.params, "code")
+    if code not in INJECTABLE_ERRORS:
+        known = ", ".join(str(c) for c in INJECTABLE_ERRORS)
+        raise rpc.invalid_params(f"must be one of {known}", "code")
+    seconds = _seconds(call)
+    methods = call.params.get("methods")
+    if methods is not None and (
+        not isinstance(methods, list) or not all(isinstance(m, str) and m for m in methods)
+    ):
+        raise rpc.invalid_params("must be a list of method names", "methods")
+    call.state.injected = InjectedError(
+        code=int(code),
+        message=INJECTABLE_ERRORS[int(code)],
+        until=_until(seconds),
+        methods=frozenset(methods) if methods is not None else None,
+    )
+    log.info("sim: answering %s with error %d for %gs", methods or "every request", code, seconds)
+    return "ok"
+
+
 CONTROL_METHODS: dict[str, Handler] = {
+    "sim/fail_requests": fail_requests,
     "sim/set_price": set_price,
     "sim/pause_ticks": pause_ticks,
     "sim/drop_connections": drop_connections,

@@ -1,5 +1,6 @@
 """From a received frame to its answer: envelope checks, credits, the handler, error mapping."""
 
+import asyncio
 import json
 import logging
 
@@ -10,6 +11,7 @@ from cryptomarket.deribit.errors import (
     MethodNotFound,
     RequestTooLarge,
     TooManyRequests,
+    error_from_payload,
 )
 from cryptomarket.deribit.simulator import rpc
 from cryptomarket.deribit.simulator.auth_methods import AUTH_METHODS
@@ -50,6 +52,18 @@ def handle_frame(state: SimState, session: Session, frame: str | bytes) -> None:
         return
     method = method.removeprefix("/")  # HTTP-style "/public/auth" is accepted by Deribit
     state.calls[method] += 1
+    injected = state.injected
+    if (
+        injected is not None
+        and not method.startswith("sim/")
+        and injected.applies(method, asyncio.get_running_loop().time())
+    ):
+        error = error_from_payload({"code": injected.code, "message": injected.message})
+        _reply(state, session, rid, us_in, error)
+        if injected.code == TooManyRequests.code:
+            log.info("connection %d: injected too_many_requests, closing", session.id)
+            session.close(*TOO_MANY_REQUESTS_CLOSE)
+        return
     if not method.startswith("sim/") and not state.charge(session, method):
         _reply(state, session, rid, us_in, TooManyRequests("too_many_requests"))
         log.info("connection %d: out of credits, closing", session.id)

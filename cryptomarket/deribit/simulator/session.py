@@ -55,6 +55,7 @@ class Session:
         self._outbox: list[tuple[float, int, str | _Close]] = []  # a heap by (due, order)
         self._order = itertools.count()
         self._last_due = 0.0
+        self._last_ordered_due = 0.0  # of the latest notification queued
         self._wakeup = asyncio.Event()
         self._sender = asyncio.create_task(self._send_loop(), name=f"sim-send-{connection_id}")
         self._heartbeat: asyncio.Task[None] | None = None
@@ -76,7 +77,14 @@ class Session:
             return
         due = self._loop.time() + self._latency()
         jitter = self._jitter() if reply else 0.0
-        self._enqueue(due + random.uniform(0.0, jitter) if jitter else due, frame)
+        if jitter:
+            due += random.uniform(0.0, jitter)
+        elif not reply:
+            # One TCP stream: a notification never overtakes an earlier one, even when the
+            # latency was just lowered (only jittered replies may overtake).
+            due = max(due, self._last_ordered_due)
+            self._last_ordered_due = due
+        self._enqueue(due, frame)
 
     def close(self, code: int, reason: str) -> None:
         """Close gracefully after the frames already queued; nothing more is sent or handled."""

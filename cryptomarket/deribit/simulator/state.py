@@ -13,6 +13,20 @@ from cryptomarket.deribit.simulator.rpc import Params
 from cryptomarket.deribit.simulator.session import Session
 from cryptomarket.deribit.simulator.tokens import Grant, NonceRegistry, TokenStore
 
+
+@dataclass(frozen=True)
+class InjectedError:
+    """sim/fail_requests: requests (all, or those of `methods`) answer this error until `until`."""
+
+    code: int
+    message: str
+    until: float  # loop time
+    methods: frozenset[str] | None = None
+
+    def applies(self, method: str, now: float) -> bool:
+        return now < self.until and (self.methods is None or method in self.methods)
+
+
 NO_REPLY: Final = object()  # a handler's result when the method answers nothing (logout)
 
 
@@ -35,6 +49,7 @@ class SimState:
         self.reply_jitter = 0.0
         self.paused_until = 0.0
         self.refuse_until = 0.0
+        self.injected: InjectedError | None = None
         self.calls: Counter[str] = Counter()
         self.errors: Counter[int] = Counter()
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}

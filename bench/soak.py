@@ -1,0 +1,460 @@
+"""Soak: N SSE streams with connection churn against `cryptomarket serve` for M minutes.
+
+`cryptomarket simulate --tick-interval 0.1` ticks every index 10 times a second; `cryptomarket
+serve` (embedded mode, SQLite) ingests btc_usd and streams every tick (timer=0) to N clients held
+by this process (raw asyncio sockets). Every minute, `--churn` of the streams (10 % by default),
+spread evenly over the minute, close and reconnect. Every `--sample` seconds the server's RSS and
+open file descriptors are read (psutil), and the latency (receipt - Deribit timestamp) of the
+prices received since the last sample is summarised.
+
+Event-loop stalls are measured inside the server (cryptomarket/core/loop_monitor.py: a task that
+asks to wake every 50 ms logs "event loop stalled for N ms" when it wakes more than 100 ms late);
+this script counts those lines in the server's log. A /health probe from outside would mix in this
+process's own loop, the TCP path and the request's handling, and would see only stalls that
+happen to overlap a probe.
+
+Delivery: a direct subscriber of the simulator records every btc_usd tick. For each stream
+connection, the ticks made between its first and its last price must all have arrived; delivery is
+received / expected over all connections.
+
+Writes bench/results/soak.md (markdown, machine and command beside the figures) and
+bench/results/soak.png (latency p50/p99 and RSS over time, drawn by a tiny PNG writer).
+Run: `make soak` (10 minutes, 2,000 streams) or `python -m bench.soak --streams 200 --minutes 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from websockets.asyncio.client import connect as ws_connect
+
+from bench.common import command_line, machine, markdown_table, percentile
+from bench.sse_common import Child, free_port, raise_nofile, spawn, wait_port
+
+HOST = "127.0.0.1"
+TICKER = "btc_usd"
+PER_USER = 1000  # SSE_MAX_STREAMS_PER_USER's maximum
+RESULTS = Path(__file__).parent / "results"
+PRICE = re.compile(rb'"timestamp":(\d+)')
+
+
+@dataclass
+class Connection:
+    """One stream connection's life: the distinct tick timestamps it got, with their latency."""
+
+    stamps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the start
+    rss_mb: float
+    fds: int
+    streams: int
+    p50_ms: float
+    p99_ms: float
+
+
+class Client:
+    """A stream that reconnects when told to; one Connection per life."""
+
+    def __init__(self, port: int, token: str, latencies: list[float]) -> None:
+        self.port = port
+        self.token = token
+        self.latencies = latencies
+        self.lives: list[Connection] = []
+        self.task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def churn(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.start()
+
+    async def _run(self) -> None:
+        life = Connection()
+        self.lives.append(life)
+        try:
+            reader, writer = await asyncio.open_connection(HOST, self.port)
+        except OSError:
+            self.failures += 1
+            return
+        try:
+            writer.write(
+                (
+                    f"GET /api/v2/sse/connection HTTP/1.1\r\nHost: {HOST}\r\n"
+                    f"Authorization: Bearer {self.token}\r\n\r\n"
+                ).encode()
+            )
+            tail = b""
+            last = 0
+            while chunk := await reader.read(65536):
+                now_ms = time.time() * 1000
+                text = tail + chunk
+                cut = text.rfind(b"\n")
+                tail = text[cut + 1 :]
+                for match in PRICE.finditer(text[: cut + 1]):
+                    stamp = int(match.group(1))
+                    if stamp > last:
+                        last = stamp
+                        life.stamps.append(stamp)
+                        self.latencies.append(now_ms - stamp)
+            self.failures += 1  # the server ended it: not expected in a soak
+        finally:
+            writer.close()
+
+
+async def reference_ticks(url: str, out: list[int], ready: asyncio.Event) -> None:
+    """Every btc_usd tick of the simulator, straight from it."""
+    async with ws_connect(url) as ws:
+        request = {"jsonrpc": "2.0", "id": 1, "method": "public/subscribe"}
+        await ws.send(
+            json.dumps({**request, "params": {"channels": [f"deribit_price_index.{TICKER}"]}})
+        )
+        ready.set()
+        async for frame in ws:
+            message = json.loads(frame)
+            if message.get("method") == "subscription":
+                out.append(int(message["params"]["data"]["timestamp"]))
+
+
+def accounts_file(directory: Path, users: int) -> Path:
+    path = directory / "accounts.json"
+    accounts = [
+        {
+            "client_id": f"soak-{i}",
+            "client_secret": f"soak-{i}-secret",
+            "id": 5000 + i,
+            "username": f"soak{i}",
+            "email": f"soak{i}@example.com",
+            "type": "main",
+        }
+        for i in range(users)
+    ]
+    path.write_text(json.dumps(accounts))
+    return path
+
+
+def delivery(clients: list[Client], reference: list[int]) -> tuple[int, int]:
+    """(received, expected) over every connection, between its first and last price."""
+    received = expected = 0
+    for client in clients:
+        for life in client.lives:
+            if len(life.stamps) < 2:
+                continue
+            first, last = life.stamps[0], life.stamps[-1]
+            made = bisect.bisect_right(reference, last) - bisect.bisect_left(reference, first)
+            expected += made
+            received += len(set(life.stamps))
+    return received, expected
+
+
+def flatness(values: list[float]) -> float:
+    """(max - min) / min over the samples after warm-up, as a percentage."""
+    low = min(values)
+    return 100.0 * (max(values) - low) / low if low else math.inf
+
+
+# -- a tiny PNG writer --------------------------------------------------------------------------
+
+
+def write_png(path: Path, width: int, height: int, pixels: bytearray) -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    png += chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+
+
+def chart(path: Path, samples: list[Sample]) -> None:
+    """Two panels over time: latency p50 (blue) and p99 (red) on top, RSS (green) below."""
+    width, height, margin = 800, 400, 20
+    pixels = bytearray(b"\xff" * width * height * 3)
+
+    def dot(x: int, y: int, colour: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            pixels[(y * width + x) * 3 : (y * width + x) * 3 + 3] = bytes(colour)
+
+    def line(x0: int, y0: int, x1: int, y1: int, colour: tuple[int, int, int]) -> None:
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for i in range(steps + 1):
+            dot(round(x0 + (x1 - x0) * i / steps), round(y0 + (y1 - y0) * i / steps), colour)
+
+    panel = (height - 3 * margin) // 2
+    tops = (margin, 2 * margin + panel)
+    for top in tops:  # frames
+        line(margin, top, width - margin, top, (0, 0, 0))
+        line(margin, top + panel, width - margin, top + panel, (0, 0, 0))
+        line(margin, top, margin, top + panel, (0, 0, 0))
+        line(width - margin, top, width - margin, top + panel, (0, 0, 0))
+    if len(samples) >= 2:
+        span = samples[-1].at - samples[0].at or 1.0
+
+        def plot(values: list[float], top: int, high: float, colour: tuple[int, int, int]) -> None:
+            points = [
+                (
+                    margin + round((s.at - samples[0].at) / span * (width - 2 * margin)),
+                    top + panel - round(v / high * panel),
+                )
+                for s, v in zip(samples, values, strict=True)
+            ]
+            for (x0, y0), (x1, y1) in itertools.pairwise(points):
+                line(x0, y0, x1, y1, colour)
+
+        latency_top = max(1.0, *(s.p99_ms for s in samples)) * 1.1
+        plot([s.p50_ms for s in samples], tops[0], latency_top, (0, 0, 220))
+        plot([s.p99_ms for s in samples], tops[0], latency_top, (220, 0, 0))
+        rss_top = max(s.rss_mb for s in samples) * 1.1
+        plot([s.rss_mb for s in samples], tops[1], rss_top, (0, 160, 0))
+    write_png(path, width, height, pixels)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: PLR0915
+    executable = (
+        shutil.which("cryptomarket", path=str(Path(sys.executable).parent)) or "cryptomarket"
+    )
+    users = max(1, math.ceil(args.streams / PER_USER))
+    sim_port, port = free_port(), free_port()
+    children: list[Child] = []
+    try:
+        children.append(
+            spawn(
+                "simulate",
+                [
+                    executable,
+                    "simulate",
+                    "--port",
+                    str(sim_port),
+                    "--tick-interval",
+                    str(args.tick_interval),
+                    "--min-heartbeat",
+                    "1",
+                    "--accounts",
+                    str(accounts_file(tmp, users)),
+                ],
+                cwd=tmp,
+                log_path=tmp / "simulate.log",
+            )
+        )
+        wait_port(HOST, sim_port, 30, children[0])
+        sim_url = f"ws://{HOST}:{sim_port}/ws/api/v2"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin"),
+            "DATABASE_URL": f"sqlite:///{tmp / 'soak.sqlite3'}",
+            "DERIBIT_WS_URL": sim_url,
+            "PROJECT_MODE": "testing",
+            "DERIBIT_HEARTBEAT_INTERVAL": "10",
+            "TRACKED_TICKERS": TICKER,
+            "SSE_MAX_STREAMS_PER_USER": str(PER_USER),
+            "LOG_LEVEL": "WARNING",
+        }
+        server = spawn(
+            "serve",
+            [executable, "serve", "--host", HOST, "--port", str(port)],
+            env=env,
+            cwd=tmp,
+            log_path=tmp / "serve.log",
+        )
+        children.append(server)
+        wait_port(HOST, port, 60, server)
+        process = psutil.Process(server.pid)
+
+        reference: list[int] = []
+        ref_ready = asyncio.Event()
+        ref_task = asyncio.create_task(reference_ticks(sim_url, reference, ref_ready))
+        await ref_ready.wait()
+
+        tokens = []
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=30) as http:
+            for i in range(users):
+                signed = await http.post(
+                    "/api/v1/sessions",
+                    json={
+                        "user_id": f"soak{i}",
+                        "client_id": f"soak-{i}",
+                        "client_secret": f"soak-{i}-secret",
+                    },
+                )
+                signed.raise_for_status()
+                token = signed.json()["token"]
+                tokens.append(token)
+                subscribed = await http.get(
+                    f"/api/v1/market/soak{i}/create_order/{TICKER}?timer=0",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                subscribed.raise_for_status()
+
+        latencies: list[float] = []
+        clients = [Client(port, tokens[i % users], latencies) for i in range(args.streams)]
+        for i, client in enumerate(clients):
+            client.start()
+            if i % 100 == 99:
+                await asyncio.sleep(0.05)  # pace the opening a little; not a synchronisation
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        end = started + args.minutes * 60
+        churn_every = 60.0 / max(1.0, args.streams * args.churn)
+        next_churn = started + churn_every
+        next_sample = started + args.sample
+        churned = 0
+        samples: list[Sample] = []
+        while (now := loop.time()) < end:
+            if now >= next_churn:
+                await clients[churned % len(clients)].churn()
+                churned += 1
+                next_churn += churn_every
+            if now >= next_sample:
+                window, latencies[:] = list(latencies), []
+                samples.append(
+                    Sample(
+                        at=now - started,
+                        rss_mb=process.memory_info().rss / 2**20,
+                        fds=process.num_fds(),
+                        streams=len(clients),
+                        p50_ms=percentile(window, 50) if window else 0.0,
+                        p99_ms=percentile(window, 99) if window else 0.0,
+                    )
+                )
+                last = samples[-1]
+                print(
+                    f"[{last.at:5.0f}s] rss {last.rss_mb:6.1f} MB  fds {last.fds}  "
+                    f"p50 {last.p50_ms:6.1f} ms  p99 {last.p99_ms:6.1f} ms  churned {churned}",
+                    flush=True,
+                )
+                next_sample += args.sample
+            await asyncio.sleep(min(next_churn, next_sample, end) - loop.time())
+        for client in clients:
+            if client.task is not None:
+                client.task.cancel()
+        await asyncio.gather(*(c.task for c in clients if c.task), return_exceptions=True)
+        ref_task.cancel()
+        await asyncio.gather(ref_task, return_exceptions=True)
+        received, expected = delivery(clients, sorted(set(reference)))
+        log_text = (tmp / "serve.log").read_text(errors="replace")
+        stalls = [int(m) for m in re.findall(r"event loop stalled for (\d+) ms", log_text)]
+        return {
+            "samples": samples,
+            "received": received,
+            "expected": expected,
+            "churned": churned,
+            "stalls": stalls,
+            "failures": sum(c.failures for c in clients),
+        }
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    samples: list[Sample] = result["samples"]
+    warm = [s for s in samples if s.at >= args.warmup] or samples
+    rss_flat = flatness([s.rss_mb for s in warm])
+    fds_flat = flatness([float(s.fds) for s in warm])
+    delivered = 100.0 * result["received"] / max(1, result["expected"])
+    stalls = result["stalls"]
+    machine_rows = machine()
+    verdict = [
+        ("RSS after warm-up, max-min spread", f"{rss_flat:.1f} %", "≤ 10 %", rss_flat <= 10),
+        ("open fds after warm-up, max-min spread", f"{fds_flat:.1f} %", "≤ 10 %", fds_flat <= 10),
+        ("event-loop stalls > 100 ms (in the server)", str(len(stalls)), "0", not stalls),
+        ("delivery", f"{delivered:.2f} %", "≥ 99 %", delivered >= 99),
+    ]
+    lines = [
+        "# Soak",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"{args.streams} streams of btc_usd at timer=0, {args.churn:.0%} reconnecting per minute "
+        f"({result['churned']} reconnects), simulator ticking every {args.tick_interval} s, "
+        f"{args.minutes} min, warm-up {args.warmup} s excluded from the spreads. Stalls are "
+        "measured inside the server by cryptomarket/core/loop_monitor.py.",
+        "",
+        "## Machine",
+        "",
+        markdown_table(["", ""], machine_rows),
+        "",
+        "## Verdict",
+        "",
+        markdown_table(
+            ["figure", "value", "target", "met"],
+            [(name, value, target, "yes" if ok else "NO") for name, value, target, ok in verdict],
+        ),
+        "",
+        f"Delivered {result['received']} of {result['expected']} expected prices; "
+        f"streams ended by the server: {result['failures']}; worst stall: "
+        f"{max(stalls, default=0)} ms.",
+        "",
+        "## Over time",
+        "",
+        "![latency p50 (blue) and p99 (red), RSS (green)](soak.png)",
+        "",
+        "Chart: top, latency p50 (blue) and p99 (red) from 0 to 1.1 x the highest p99; bottom, "
+        "RSS (green) from 0 to 1.1 x the highest RSS; x: the run, sample by sample.",
+        "",
+        markdown_table(
+            ["t (s)", "RSS (MB)", "open fds", "latency p50 (ms)", "latency p99 (ms)"],
+            [
+                (f"{s.at:.0f}", f"{s.rss_mb:.1f}", s.fds, f"{s.p50_ms:.1f}", f"{s.p99_ms:.1f}")
+                for s in samples
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=2000)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--churn", type=float, default=0.10, help="share reconnecting per minute")
+    parser.add_argument("--tick-interval", type=float, default=0.1)
+    parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds left out of spreads")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    raise_nofile()
+    with tempfile.TemporaryDirectory(prefix="cm-soak-") as tmp:
+        result = asyncio.run(soak(args, Path(tmp)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "soak.md").write_text(report(args, result))
+    chart(args.out / "soak.png", result["samples"])
+    print((args.out / "soak.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
