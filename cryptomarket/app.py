@@ -16,6 +16,7 @@ from cryptomarket.core.metrics import make_registry
 from cryptomarket.core.openapi_docs import install_openapi
 from cryptomarket.core.request_id import HEADER as REQUEST_ID_HEADER
 from cryptomarket.core.request_id import RequestIdMiddleware
+from cryptomarket.core.security_headers import SecurityHeadersMiddleware
 from cryptomarket.prices import endpoints as prices
 from cryptomarket.runtime import Runtime
 from cryptomarket.streaming import endpoints as streaming
@@ -100,13 +101,15 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     if settings.CORS_ORIGINS:
         # Browsers on these origins may call the API and open streams (with ?token=).
         app.add_middleware(CORSMiddleware, **cors_options(settings))
+    docs_paths = (app.docs_url or "", app.redoc_url or "")
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=docs_paths)
     # Outermost: every response gets its id, CORS answers included.
     app.add_middleware(RequestIdMiddleware)
     # The stream, served in front of that stack, gets the same CORS answers and request ids.
     app.stream_app = streaming.ServeEventStream()
     if settings.CORS_ORIGINS:
         app.stream_app = CORSMiddleware(app.stream_app, **cors_options(settings))
-    app.stream_app = RequestIdMiddleware(app.stream_app)
+    app.stream_app = RequestIdMiddleware(SecurityHeadersMiddleware(app.stream_app))
     quiet_dropped_streams()
     app.include_router(users.router)
     app.include_router(subscriptions.router)

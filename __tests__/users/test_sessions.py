@@ -150,6 +150,25 @@ async def test_signing_out_ends_the_session_at_once(service: Service) -> None:
     await client.aclose()
 
 
+async def test_signing_out_ends_the_sessions_open_streams(service: Service) -> None:
+    token = await service.sign_in("alice")
+    other = await service.sign_in("alice")  # a second session of the same user stays open
+    client, keeps = service.client_for(token), service.client_for(other)
+    async with open_stream(client) as ended, open_stream(keeps) as kept:
+        await ended.until("connected")
+        await kept.until("connected")
+        assert (await client.delete("/api/v1/sessions/current")).status_code == 204
+        with pytest.raises(EOFError):  # the server ended it: a clean end of the response
+            await ended.until("price", timeout=5)
+        assert kept.response.status_code == 200
+        await kept.until("status")  # still delivering: the upstream status follows connected
+        assert len(service.runtime.hub.streams_of("alice")) == 1
+    async with open_stream(client) as again:
+        assert again.response.status_code == 401
+    await client.aclose()
+    await keeps.aclose()
+
+
 async def test_an_expired_session_no_longer_works(simulator: Simulator, sqlite_url: str) -> None:
     async with running_service(simulator, sqlite_url, SESSION_TTL=1) as service:
         token = await service.sign_in("alice")

@@ -83,6 +83,9 @@ HTTP_CODES = {
 }
 
 
+BODY_UNREADABLE = "There was an error parsing the body"  # FastAPI's detail for an unreadable body
+
+
 def error_response(status: int, detail: str, code: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status_code=status, **extra)
 
@@ -112,6 +115,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == BODY_UNREADABLE:
+            # FastAPI's answer to a body that is not JSON text (bytes that are not UTF-8, say):
+            # invalid input like any other, 422 as documented.
+            return error_response(422, "body: is not valid JSON text (UTF-8)", "invalid_input")
         code = HTTP_CODES.get(error.status_code, "error")
         return error_response(
             error.status_code, str(error.detail), code, headers=getattr(error, "headers", None)

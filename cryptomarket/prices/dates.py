@@ -4,11 +4,12 @@ import re
 from datetime import UTC, datetime
 
 # The original format, with single-digit parts allowed: 2024-5-1_9:05:00.
-SEED_FORMAT = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})_(\d{1,2}):(\d{1,2}):(\d{1,2})")
+# ASCII digits only: `\d` alone would take digits of any script (Arabic-Indic, say).
+SEED_FORMAT = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})_(\d{1,2}):(\d{1,2}):(\d{1,2})", re.ASCII)
 EXAMPLES = "YYYY-MM-DD_HH:MM:SS (2024-05-01_09:30:00) or ISO 8601 (2024-05-01T09:30:00Z)"
 MAX_LENGTH = 64
 # An unencoded "+03:00" in a query string arrives as " 03:00": read it as the offset it was.
-SPACED_OFFSET = re.compile(r"(T[\d:.]+) (\d{2}(?::?\d{2})?)$")
+SPACED_OFFSET = re.compile(r"(T[\d:.]+) (\d{2}(?::?\d{2})?)$", re.ASCII)
 
 
 class InvalidDate(ValueError):

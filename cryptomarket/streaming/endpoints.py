@@ -110,7 +110,7 @@ async def open_event_stream(
     hub = runtime.hub
     # Registered before the subscriptions are read: a change made meanwhile reaches this
     # stream through the hub, and is applied after (overriding) the stored state read here.
-    stream = hub.open(caller.user_id, timer)
+    stream = hub.open(caller.user_id, timer, caller.token)
     try:
         subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))

@@ -48,6 +48,7 @@ class Stream:
         "on_drop",
         "quiet_sweeps",
         "timers",
+        "token",
         "user_id",
         "writer",
     )
@@ -59,9 +60,12 @@ class Stream:
         default_timer: int,
         max_buffered: int = 2_000,
         on_drop: Callable[["Stream"], None] | None = None,
+        *,
+        token: str | None = None,
     ) -> None:
         self.id = id
         self.user_id = user_id
+        self.token = token  # the session it was opened with (None: the key headers)
         self.default_timer = default_timer
         self.max_buffered = max_buffered  # a client this far behind is dropped
         # Called when the stream is dropped: unregister it and abort the response writing to it.
@@ -196,8 +200,9 @@ class StreamHub:
 
     # -- streams ----------------------------------------------------------------------------
 
-    def open(self, user_id: str, default_timer: int | None) -> Stream:
-        """Register a new stream, within the per-user and per-process bounds."""
+    def open(self, user_id: str, default_timer: int | None, token: str | None = None) -> Stream:
+        """Register a new stream, within the per-user and per-process bounds; `token` is the
+        session it was opened with, so signing out can end it."""
         if self.open_streams >= self.max_streams:
             raise Unavailable(
                 f"this server holds its maximum of {self.max_streams} streams; retry shortly",
@@ -217,9 +222,18 @@ class StreamHub:
             default_timer=DEFAULT_TIMER if default_timer is None else default_timer,
             max_buffered=self.client_buffer,
             on_drop=self._drop,
+            token=token,
         )
         mine.add(stream)
         return stream
+
+    def end_session(self, token: str) -> int:
+        """The session `token` was signed out: end the streams opened with it on this process
+        (each writes what it has buffered and finishes its response). How many were open."""
+        ended = [stream for stream in self._streams() if stream.token == token]
+        for stream in ended:
+            stream.close()
+        return len(ended)
 
     def _drop(self, stream: Stream) -> None:
         """A stream too far behind: its state goes now, and its response is aborted (the
