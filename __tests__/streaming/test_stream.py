@@ -313,3 +313,25 @@ async def test_a_stream_from_an_allowed_origin_carries_cors_headers(
         async with open_stream(anonymous, params=params, headers={"Origin": other}) as stream:
             assert "access-control-allow-origin" not in stream.response.headers
         await anonymous.aclose()
+
+
+async def test_a_cancel_made_while_the_stream_opens_is_not_undone(service: Service) -> None:
+    client = service.client_for(await service.sign_in("alice"))
+    await subscribe(client, "alice", "btc_usd", 0)
+    subscriptions = service.runtime.subscriptions
+    read = subscriptions.subscriptions
+
+    async def read_then_cancel(user_id: str) -> dict[str, int | None]:
+        stored = await read(user_id)  # still lists btc_usd
+        cancelled = await client.get("/api/v1/market/alice/cancel_order/btc_usd")
+        assert cancelled.status_code == 200  # committed while the stream is being set up
+        return stored
+
+    subscriptions.subscriptions = read_then_cancel  # type: ignore[method-assign]
+    try:
+        async with open_stream(client) as stream:
+            connected = await stream.until("connected")
+    finally:
+        del subscriptions.subscriptions
+    assert connected.data["subscriptions"] == []
+    await client.aclose()

@@ -108,14 +108,15 @@ async def open_event_stream(
     runtime: Runtime, caller: Caller, timer: int | None, last_event_id: str | None
 ) -> EventStreamResponse:
     hub = runtime.hub
-    # Registered before the subscriptions are read: a change made meanwhile reaches this
-    # stream through the hub, and is applied after (overriding) the stored state read here.
+    # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
+    # cancel) reaches this stream through the hub and wins over the stored state read here.
     stream = hub.open(caller.user_id, timer, caller.token)
     try:
         subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))
         replay = await _replay(runtime, stream, subscriptions, last_event_id)
-        changed_meanwhile = dict(stream.timers)
+        changed_meanwhile = set(stream.changed_while_opening or ())
+        stream.changed_while_opening = None
         for ticker, own_timer in subscriptions.items():
             if ticker not in changed_meanwhile:
                 hub.subscribe(stream, ticker, own_timer)

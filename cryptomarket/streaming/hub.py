@@ -39,6 +39,7 @@ class Stream:
     __slots__ = (
         "_buffer",
         "_waiter",
+        "changed_while_opening",
         "closed",
         "default_timer",
         "dropped",
@@ -78,6 +79,9 @@ class Stream:
         self.writer: asyncio.Task[Any] | None = None
         self._buffer: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
+        # Tickers changed by create/cancel while the stream's stored subscriptions were being
+        # read: those changes are newer than what was read. None once the stream is set up.
+        self.changed_while_opening: set[str] | None = set()
 
     def push(self, frame: bytes) -> bool:
         if self.closed:
@@ -260,6 +264,8 @@ class StreamHub:
     def subscribe(self, stream: Stream, ticker: str, timer: int | None) -> None:
         """(Re)subscribe a stream to a ticker; the latest price goes out at once."""
         effective = stream.default_timer if timer is None else timer
+        if stream.changed_while_opening is not None:
+            stream.changed_while_opening.add(ticker)
         if stream.timers.get(ticker) == effective:
             return
         self._leave(stream, ticker)
@@ -274,6 +280,8 @@ class StreamHub:
             self.events_sent += 1
 
     def unsubscribe(self, stream: Stream, ticker: str) -> None:
+        if stream.changed_while_opening is not None:
+            stream.changed_while_opening.add(ticker)
         self._leave(stream, ticker)
         stream.timers.pop(ticker, None)
 
