@@ -74,6 +74,7 @@ from bench.bench_sse import (
     stop_everything,
     wait_for_quiet,
 )
+from bench.common import LoadWatch
 from bench.sse_common import (
     ROOT,
     Child,
@@ -132,7 +133,8 @@ class Usage:
     cpu: dict[str, float]
     peak_rss: dict[str, int]
     machine_busy: float  # % of all cores, every process on the machine
-    others: float  # % of one core used by processes that are not ours
+    others: float  # % of one core used by processes that are not ours (and by the kernel)
+    kernel: float  # of which irq, softirq (loopback TCP) and steal, % of one core
 
 
 def measure_until(meters: list[Meter], until: float) -> Usage:
@@ -154,7 +156,14 @@ def measure_until(meters: list[Meter], until: float) -> Usage:
         peak_rss=peak,
         machine_busy=100 * busy / max(1e-9, sum(machine1) - sum(machine0)),
         others=max(0.0, 100 * busy / elapsed - sum(cpu.values())),
+        kernel=100 * kernel_seconds(machine0, machine1) / elapsed,
     )
+
+
+def kernel_seconds(before: Any, after: Any) -> float:
+    """CPU seconds no process is charged for: interrupts, softirqs and time stolen by the host."""
+    names = ("irq", "softirq", "steal")
+    return sum(getattr(after, name, 0.0) - getattr(before, name, 0.0) for name in names)
 
 
 # -- PostgreSQL, Redis and the product's processes ----------------------------------------------
@@ -410,6 +419,7 @@ def window(
         for i, process in enumerate(r.loadgens.processes)
     ]
     usage = measure_until([*(r.meter for r in replicas), *shared, *clients], w1 / 1000)
+    busy_others = LoadWatch.busy_processes(threshold=10.0)  # a 1 s look, within the grace
     time.sleep(args.grace)  # the window's last ticks may still be on their way
     reports = [replica.loadgens.report() for replica in replicas]
     for replica, report in zip(replicas, reports, strict=True):
@@ -418,6 +428,7 @@ def window(
     total.cpu_percent = sum(r.result.cpu_percent for r in replicas)
     total.loadgen_cpu_percent = sum(r.result.loadgen_cpu_percent for r in replicas)
     out = Distributed([r.result for r in replicas], total, idle, usage)
+    out.notes += [f"busy outside the benchmark just after the window: {p}" for p in busy_others]
     out.redis_memory = mib(int(found.redis_info("used_memory")))
     out.subscribers = found.redis.cli("pubsub", "numsub", "cryptomarket:events").split()[-1]
     print(f"[{now()}] distributed: {total.delivery:.2f}% delivered, p99 {total.p('p99')} ms")
@@ -532,6 +543,8 @@ def shared_table(dist: Distributed) -> list[str]:
         ("machine busy, all cores (%) / others' CPU (% of a core)",
          f"{idle.machine_busy:.0f} / {idle.others:.0f}",
          f"{busy.machine_busy:.0f} / {busy.others:.0f}"),
+        ("of others: irq, softirq and steal (% of a core)",
+         f"{idle.kernel:.0f}", f"{busy.kernel:.0f}"),
     ]
     # fmt: on
     head = f"| shared part | no stream open ({idle.seconds:.0f} s) | {clients:,} streams open |"
