@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cryptomarket import __version__, health
+from cryptomarket.core.body_limit import BodyLimitMiddleware
 from cryptomarket.core.config import Settings
 from cryptomarket.core.errors import install_error_handlers
 from cryptomarket.core.metrics import make_registry
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.state.metrics = make_registry(lambda: getattr(app.state, "runtime", None))
+    app.add_middleware(BodyLimitMiddleware)  # innermost: its answers get every header below
     if settings.CORS_ORIGINS:
         # Browsers on these origins may call the API and open streams (with ?token=).
         app.add_middleware(CORSMiddleware, **cors_options(settings))
@@ -106,10 +108,13 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     # Outermost: every response gets its id, CORS answers included.
     app.add_middleware(RequestIdMiddleware)
     # The stream, served in front of that stack, gets the same CORS answers and request ids.
-    app.stream_app = streaming.ServeEventStream()
+    app.stream_app = streaming.ServeEventStream(
+        answer_errors=lambda errors: RequestIdMiddleware(
+            SecurityHeadersMiddleware(errors, docs_paths=docs_paths)
+        )
+    )
     if settings.CORS_ORIGINS:
         app.stream_app = CORSMiddleware(app.stream_app, **cors_options(settings))
-    app.stream_app = RequestIdMiddleware(SecurityHeadersMiddleware(app.stream_app))
     quiet_dropped_streams()
     app.include_router(users.router)
     app.include_router(subscriptions.router)

@@ -24,7 +24,7 @@ from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.distributed.cache import RedisCache, shared_index_names
 from cryptomarket.distributed.connect import async_redis
-from cryptomarket.distributed.control import ControlChannel
+from cryptomarket.distributed.control import ControlChannel, SessionEnded
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.prices.backfill import chart_source
@@ -40,7 +40,7 @@ from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
 from cryptomarket.users.limits import AttemptLimiter
 from cryptomarket.users.repository import UserRepository
 from cryptomarket.users.secrets import SecretBox
-from cryptomarket.users.service import UserService
+from cryptomarket.users.service import UserService, token_hash
 
 logger = logging.getLogger("cryptomarket.runtime")
 
@@ -146,6 +146,7 @@ class Runtime:
         self.redis_bus.subscribe(self.hub.publish)
         self.redis_bus.start(publishing=False, receiving=True)
         self.control = ControlChannel(redis, outages)
+        self.control.on_session_ended = self._end_announced_session
         self.control.listen(
             self.subscriptions.apply_announced, self.subscriptions.resync_open_streams
         )
@@ -164,6 +165,18 @@ class Runtime:
         for ticker, count in counts.items():
             for _ in range(count):
                 await self.ingest.acquire(ticker)
+
+    def _end_announced_session(self, ended: SessionEnded) -> None:
+        """Another replica signed a session out: its streams here end too."""
+        for stream in self.hub.streams_of(ended.user_id):
+            if stream.token is not None and token_hash(stream.token) == ended.session:
+                stream.close()
+
+    async def end_session_streams(self, user_id: str, token: str) -> None:
+        """A session was signed out here: end its streams here and on every other replica."""
+        self.hub.end_session(token)
+        if self.control is not None:
+            await self.control.announce_session_ended(user_id, token_hash(token))
 
     def begin_shutdown(self) -> None:
         """The server is going down: end every stream now, so no response holds the exit up."""

@@ -171,3 +171,23 @@ async def test_changes_missed_while_the_control_channel_was_away_apply_on_its_re
         ingest_bus.publish(tick)
         await stream.until("price", ticker="eth_usd", timestamp=tick.timestamp)
         await on_a.get("/api/v1/market/alice/cancel_all_orders")
+
+
+async def test_signing_out_on_a_ends_the_sessions_stream_on_b(
+    replicas: tuple[Service, Service],
+) -> None:
+    a, b = replicas
+    token = await a.sign_in("bob")
+    other = await a.sign_in("bob")  # a second session of the same user keeps streaming
+    async with (
+        a.client_for(token) as on_a,
+        open_stream(b.client_for(token)) as signed_out,
+        open_stream(b.client_for(other)) as kept,
+    ):
+        await signed_out.until("connected")
+        await kept.until("connected")
+        assert (await on_a.delete("/api/v1/sessions/current")).status_code == 204
+        with pytest.raises(EOFError):  # B ended it: a clean end of the response
+            await signed_out.until("price", timeout=5)
+        assert len(b.runtime.hub.streams_of("bob")) == 1  # the other session's stream stays
+        await kept.until("status")

@@ -25,12 +25,27 @@ def new_request_id() -> str:
 
 
 def chosen_request_id(scope: Scope) -> str:
-    """The request's own id when it is sane, else a new one."""
+    """The id already chosen for this request, else its own id when it is sane, else a new one."""
+    chosen = scope.get("state", {}).get("request_id")
+    if isinstance(chosen, str):
+        return chosen
     for key, value in scope.get("headers", ()):
         if key == _HEADER_KEY:
             text = value.decode("latin-1")
             return text if _SANE.fullmatch(text) else new_request_id()
     return new_request_id()
+
+
+def take_request_id(scope: Scope) -> str:
+    """Choose the request's id and note it in its scope, where a later look keeps it."""
+    request_id = chosen_request_id(scope)
+    state: MutableMapping[str, Any] = scope.setdefault("state", {})
+    state["request_id"] = request_id
+    return request_id
+
+
+def id_header(request_id: str) -> tuple[bytes, bytes]:
+    return (_HEADER_KEY, request_id.encode())
 
 
 class RequestIdMiddleware:
@@ -41,16 +56,14 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = chosen_request_id(scope)
-        state: MutableMapping[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        request_id = take_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [
                     (key, value) for key, value in message.get("headers", ()) if key != _HEADER_KEY
                 ]
-                headers.append((_HEADER_KEY, request_id.encode()))
+                headers.append(id_header(request_id))
                 message = {**message, "headers": headers}
             await send(message)
 

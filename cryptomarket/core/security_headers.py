@@ -115,6 +115,12 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, collect)
 
 
+def secure_start(start: Message, scope: Scope) -> Message:
+    """A response start with this module's headers, for an app served outside the middleware
+    (the SSE stream): the same headers the middleware would add."""
+    return _with_headers(start, came_over_https(scope), None)
+
+
 def _with_headers(start: Message, https: bool, policy: str | None) -> Message:
     headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
     present = {key.lower() for key, _ in headers}

@@ -1,4 +1,5 @@
-"""The control channel: subscription changes made on one replica reach every other process.
+"""The control channel: subscription changes and sign-outs made on one replica reach every other
+process.
 
 The replica that stored a change applies it to its own streams, then announces it here. Every other
 replica applies it to the streams it holds for that user; the ingest process recounts the stored
@@ -35,14 +36,37 @@ class SubscriptionChange:
     origin: str = ""  # the announcing process, which has applied the change already
 
 
-def encode(change: SubscriptionChange) -> bytes:
-    return json.dumps(asdict(change)).encode()
+@dataclass(frozen=True)
+class SessionEnded:
+    """A session was signed out: its streams end on every replica. The session travels as the
+    hash the store keeps, never as the token."""
+
+    user_id: str
+    session: str
+    origin: str = ""
 
 
-def decode(data: bytes) -> SubscriptionChange:
-    """A change from the channel; ValueError when it is not one."""
+Message = SubscriptionChange | SessionEnded
+SESSION_ENDED = "session_ended"
+
+
+def encode(message: Message) -> bytes:
+    raw = asdict(message)
+    if isinstance(message, SessionEnded):
+        raw["kind"] = SESSION_ENDED
+    return json.dumps(raw).encode()
+
+
+def decode(data: bytes) -> Message:
+    """A message from the channel; ValueError when it is not one."""
     try:
         raw: dict[str, Any] = json.loads(data)
+        if raw.get("kind") == SESSION_ENDED:
+            return SessionEnded(
+                user_id=str(raw["user_id"]),
+                session=str(raw["session"]),
+                origin=str(raw.get("origin", "")),
+            )
         timer = raw["timer"]
         change = SubscriptionChange(
             user_id=str(raw["user_id"]),
@@ -58,6 +82,7 @@ def decode(data: bytes) -> SubscriptionChange:
 
 OnChange = Callable[[SubscriptionChange], Awaitable[None]]
 OnSubscribed = Callable[[], Awaitable[None]]
+OnSessionEnded = Callable[[SessionEnded], None]
 
 
 class ControlChannel:
@@ -74,6 +99,7 @@ class ControlChannel:
         self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
         self.listening = False
+        self.on_session_ended: OnSessionEnded | None = None  # replicas end those streams
 
     async def announce(self, change: SubscriptionChange) -> None:
         """Tell every other process; a failure is logged (the change is stored already)."""
@@ -89,6 +115,16 @@ class ControlChannel:
                 change.user_id,
                 type(error).__name__,
             )
+
+    async def announce_session_ended(self, user_id: str, session: str) -> None:
+        """Tell the other replicas a session ended; a failure is logged (the store knows)."""
+        try:
+            await self.redis.publish(
+                CONTROL_CHANNEL, encode(SessionEnded(user_id, session, self.origin))
+            )
+        except (RedisError, OSError) as error:
+            self.outages.failed(error)
+            logger.warning("could not announce the end of a session: %s", type(error).__name__)
 
     def listen(self, on_change: OnChange, on_subscribed: OnSubscribed | None = None) -> None:
         """Apply every change announced by another process; `on_subscribed` after each
@@ -137,6 +173,10 @@ class ControlChannel:
             logger.warning("ignored a malformed message on the control channel")
             return
         if change.origin == self.origin:
+            return
+        if isinstance(change, SessionEnded):
+            if self.on_session_ended is not None:
+                self.on_session_ended(change)
             return
         try:
             await on_change(change)

@@ -9,21 +9,26 @@ declares the same route, with the same parameters, for /docs and /redoc.
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cryptomarket.core.errors import AppError, InvalidInput, error_response
+from cryptomarket.core.logging import REQUEST_ID
 from cryptomarket.core.openapi_docs import SSE_ROUTE_DOCS
+from cryptomarket.core.request_id import id_header, take_request_id
 from cryptomarket.core.routing import get_and_post
+from cryptomarket.core.security_headers import secure_start
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import Stream
-from cryptomarket.streaming.response import EventStreamResponse
+from cryptomarket.streaming.response import STREAM_RAW_HEADERS, EventStreamResponse, write_events
 from cryptomarket.subscriptions.schemas import MAX_TIMER
 from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
 
@@ -53,41 +58,67 @@ async def sse_connection(
     ] = None,
 ) -> EventStreamResponse:
     """Subscriptions come from create_order; changes reach the open stream at once."""
-    return await open_event_stream(runtime, caller, timer, last_event_id)
+    return EventStreamResponse(
+        runtime.hub, *await open_event_stream(runtime, caller, timer, last_event_id)
+    )
 
 
 class ServeEventStream:
-    """The served route: parameters and credentials checked as `sse_connection` declares, and
-    errors answered as the app's handlers answer them."""
+    """The served route: parameters and credentials checked as `sse_connection` declares.
+
+    Its stream's response start carries the security headers and the request id the app's
+    middleware would add (each middleware layer would otherwise stay alive beside the stream);
+    an error answer goes out through that middleware (`answer_errors`), as every other route's.
+    """
+
+    def __init__(self, answer_errors: Callable[[ASGIApp], ASGIApp] = lambda app: app) -> None:
+        self.answer_error = answer_errors(_send_failure)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = take_request_id(scope)
+        REQUEST_ID.set(request_id)  # this task serves this one request: its log lines carry it
         try:
-            response = await _prepare(Request(scope))  # the request is not kept past this line
+            runtime, stream, opening = await _prepare(Request(scope))
         except AppError as error:
-            headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
-            failure = error_response(error.status_code, error.detail, error.code, headers=headers)
-            await failure(scope, receive, send)
-            return
+            challenge = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+            scope[FAILURE] = error_response(
+                error.status_code, error.detail, error.code, headers=challenge
+            )
         except Exception:
             logger.exception("unhandled error opening a stream")
-            failure = error_response(500, "Something went wrong on our side.", "internal_error")
-            await failure(scope, receive, send)
+            scope[FAILURE] = error_response(
+                500, "Something went wrong on our side.", "internal_error"
+            )
+        else:
+            headers = [*STREAM_RAW_HEADERS, id_header(request_id)]
+            start = secure_start(
+                {"type": "http.response.start", "status": 200, "headers": headers}, scope
+            )
+            await write_events(runtime.hub, stream, opening, start, receive=receive, send=send)
             return
-        await response(scope, receive, send)
+        await self.answer_error(scope, receive, send)
+
+
+FAILURE = "cryptomarket.failure"
+
+
+async def _send_failure(scope: Scope, receive: Receive, send: Send) -> None:
+    failure: Response = scope.pop(FAILURE)
+    await failure(scope, receive, send)
 
 
 def is_stream_request(scope: Scope) -> bool:
     return scope["type"] == "http" and scope["path"] == PATH and scope["method"] in ("GET", "POST")
 
 
-async def _prepare(request: Request) -> EventStreamResponse:
+async def _prepare(request: Request) -> tuple[Runtime, Stream, bytes]:
     runtime: Runtime = request.app.state.runtime
     query = request.query_params
     timer = _timer(query.get("timer"))
     token = _bounded("token", query.get("token"), MAX_TOKEN)
     last_event_id = _bounded("Last-Event-ID", request.headers.get("last-event-id"), MAX_EVENT_ID)
     caller = await identify(runtime, presented_by(request), token)
-    return await open_event_stream(runtime, caller, timer, last_event_id)
+    return (runtime, *await open_event_stream(runtime, caller, timer, last_event_id))
 
 
 def _timer(value: str | None) -> int | None:
@@ -106,7 +137,9 @@ def _bounded(name: str, value: str | None, limit: int) -> str | None:
 
 async def open_event_stream(
     runtime: Runtime, caller: Caller, timer: int | None, last_event_id: str | None
-) -> EventStreamResponse:
+) -> tuple[Stream, bytes]:
+    """Register the caller's stream, set up from its stored subscriptions; with what goes out
+    first on it (retry, connected, the replay, the upstream status)."""
     hub = runtime.hub
     # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
     # cancel) reaches this stream through the hub and wins over the stored state read here.
@@ -136,7 +169,7 @@ async def open_event_stream(
     )
     opening = events.retry() + connected + b"".join(replay) + hub.upstream
     hub.events_sent += len(replay) + 2
-    return EventStreamResponse(hub, stream, opening)
+    return stream, opening
 
 
 async def _replay(

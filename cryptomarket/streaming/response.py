@@ -12,7 +12,7 @@ import logging
 from contextvars import ContextVar
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from cryptomarket.streaming.hub import Stream, StreamHub
 
@@ -25,9 +25,16 @@ STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
 }
+STREAM_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    *((name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()),
+]
 
 
 class EventStreamResponse(Response):
+    """The stream as a Response, for the documented FastAPI route; the served route calls
+    `write_events` itself (streaming/endpoints.py)."""
+
     media_type = "text/event-stream"
 
     def __init__(self, hub: StreamHub, stream: Stream, opening: bytes) -> None:
@@ -40,32 +47,40 @@ class EventStreamResponse(Response):
         self.opening = opening  # what goes out first: retry, connected, replay, status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = self.stream
-        stream.writer = asyncio.current_task()
-        watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            chunk: bytes | None = self.opening
-            while chunk is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                chunk = await stream.next_chunk()
-            if not stream.dropped:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not stream.dropped:
-                raise
-            # Dropped while its writer waited on a client that does not read: end the response
-            # here; the server closes the connection of a response that did not complete.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            _dropped_here.set(True)
-        finally:
-            self.hub.close(stream)
-            stream.writer = None
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        await write_events(self.hub, self.stream, self.opening, start, receive=receive, send=send)
+
+
+async def write_events(
+    hub: StreamHub, stream: Stream, opening: bytes, start: Message, *, receive: Receive, send: Send
+) -> None:
+    """Send the response start, the opening, then every chunk the stream has, until it ends."""
+    stream.writer = asyncio.current_task()
+    watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
+    try:
+        await send(start)
+        chunk: bytes | None = opening
+        del start, opening  # held for the stream's whole life otherwise
+        while chunk is not None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await stream.next_chunk()
+        if not stream.dropped:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not stream.dropped:
+            raise
+        # Dropped while its writer waited on a client that does not read: end the response
+        # here; the server closes the connection of a response that did not complete.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        _dropped_here.set(True)
+    finally:
+        hub.close(stream)
+        stream.writer = None
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def _close_on_disconnect(receive: Receive, stream: Stream) -> None:

@@ -78,13 +78,14 @@ async def create_session(
 async def end_session(caller: CallerDep, response: Response, runtime: RuntimeDep) -> None:
     """Ends the caller's session: its token and cookie stop working at once (204, no body).
 
-    Streams opened with the session (on this server) end too. Only a session can be ended: a
+    Streams opened with the session end too, on every replica. Only a session can be ended: a
     request made with the key headers gets 401.
     """
     if caller.token is None:
         raise NotAuthenticated("only a session can be ended; key headers have none")
     await runtime.users.sign_out(caller.token)
-    runtime.hub.end_session(caller.token)  # its open streams end too, not only new requests
+    # Its open streams end too (on every replica), not only new requests.
+    await runtime.end_session_streams(caller.user_id, caller.token)
     response.delete_cookie(SESSION_COOKIE, path="/")
 
 
