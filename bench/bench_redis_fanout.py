@@ -73,6 +73,7 @@ from bench.bench_sse import (
     stop,
     stop_everything,
     wait_for_quiet,
+    warm_up,
 )
 from bench.common import LoadWatch
 from bench.sse_common import (
@@ -365,6 +366,8 @@ def measure_distributed(
     args, n = bench.args, bench.args.per_replica
     wait_for_quiet(args.quiet_wait, args.quiet_threshold)
     time.sleep(args.settle)
+    for server in servers:  # as the single process is, before its RSS_0
+        warm_up(bench, server, server.kind.replace(" ", "-"))
     shared = [*found.meters(), Meter("ingest", psutil.Process(ingest.pid))]
     shared.append(Meter("benchmark", psutil.Process()))
     replica_meters = [Meter(server.kind, server.process) for server in servers]
@@ -616,6 +619,7 @@ def parse_args() -> argparse.Namespace:
     add("--seconds", type=float, default=20.0, help="the measurement window")
     add("--warmup", type=float, default=5.0, help="seconds between opening and measuring")
     add("--settle", type=float, default=3.0, help="seconds between server start and RSS_0")
+    add("--warm-streams", type=int, default=200, help="streams opened and closed before RSS_0")
     add("--idle", type=float, default=10.0, help="seconds measured with no stream open")
     add("--grace", type=float, default=5.0, help="seconds to wait for the window's late ticks")
     add("--loadgens", type=int, default=0, help="client processes per server (0: 1, or 2 > 2,000)")

@@ -50,6 +50,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench import charts
 from bench.sse_common import (
     PYTHON,
     ROOT,
@@ -532,6 +533,7 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
     loadgens: LoadGens | None = None
     try:
         time.sleep(args.settle)  # ticks flowing, start-up garbage gone
+        warm_up(bench, server, tag)
         result.rss0 = rss_bytes(server.process)
         processes = args.loadgens or (1 if n <= 2000 else 2)
         loadgens = LoadGens(processes, bench.logs, tag)
@@ -561,6 +563,21 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
             loadgens.close()
         stop(server.child)
     return result
+
+
+def warm_up(bench: Bench, server: Server, tag: str) -> None:
+    """Open and close a burst of streams before RSS_0 is read: what the first streams set off
+    once (lazy imports and caches, the allocator's high-water mark of a burst of connects) is
+    not memory per stream. Both servers get the same."""
+    count = bench.args.warm_streams
+    if count <= 0:
+        return
+    loadgens = LoadGens(1, bench.logs, f"{tag}-warm")
+    try:
+        loadgens.open(count, server.port, server.requests, bench.args.concurrency)
+    finally:
+        loadgens.close()
+    time.sleep(bench.args.settle)  # the closed streams' state freed
 
 
 def measure_window(
@@ -907,7 +924,8 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
         "- delivery = price events with a timestamp in the window received by all clients / "
         "(N × ticks the simulator produced in the window, from its own tick history); "
         "latency = receipt wall clock − the tick's timestamp (simulator → server → client); "
-        "memory per stream = (RSS with N streams after warm-up − RSS before) / streams open; "
+        "memory per stream = (RSS with N streams after warm-up − RSS before) / streams open, "
+        f"RSS before read after {args.warm_streams} streams were opened and closed; "
         "CPU = the server process's user+sys time over the window",
         f"- the product's settings cap SSE_MAX_STREAMS_PER_USER at {bench.per_user:,}: its "
         f"streams are spread round-robin over up to {users} users (`bench-<k>`, one Deribit key)"
@@ -926,6 +944,23 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
 # -- main --------------------------------------------------------------------------------------
 
 
+def draw(
+    runs: dict[tuple[str, int], Result], sizes: list[int], kinds: list[str], path: Path
+) -> None:
+    """Latency p50/p99 and memory per stream of each server, by number of clients."""
+    charts.by_size(
+        path,
+        sizes,
+        {
+            f"{kind} {q}": [runs[kind, size].p(q) for size in sizes]
+            for kind in kinds
+            for q in ("p50", "p99")
+        },
+        {kind: [runs[kind, size].kb_per_conn for size in sizes] for kind in kinds},
+        "SSE fan-out, one tick per second per client (timer=0)",
+    )
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="SSE fan-out: cryptomarket vs sse-starlette")
     add = parser.add_argument
@@ -933,6 +968,7 @@ def parse_args() -> argparse.Namespace:
     add("--seconds", type=float, default=20.0, help="the measurement window")
     add("--warmup", type=float, default=5.0, help="seconds between opening and measuring")
     add("--settle", type=float, default=3.0, help="seconds between server start and RSS_0")
+    add("--warm-streams", type=int, default=200, help="streams opened and closed before RSS_0")
     add("--grace", type=float, default=5.0, help="seconds to wait for the window's late ticks")
     add("--loadgens", type=int, default=0, help="client processes (0: 1 to 2,000 streams, else 2)")
     add("--concurrency", type=int, default=200, help="connects in flight per client process")
@@ -1004,7 +1040,8 @@ def main() -> None:
             out = Path(args.output)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text)
-            print(f"written to {out}")
+            draw(runs, sizes, kinds, out.with_suffix(".png"))
+            print(f"written to {out} and {out.with_suffix('.png').name}")
         print(f"real time: {wall:.0f} s", flush=True)
     finally:
         if probe is not None:

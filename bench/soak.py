@@ -18,7 +18,7 @@ connection, the ticks made between its first and its last price must all have ar
 received / expected over all connections.
 
 Writes bench/results/soak.md (markdown, machine and command beside the figures) and
-bench/results/soak.png (latency p50/p99 and RSS over time, drawn by a tiny PNG writer).
+bench/results/soak.png (latency p50/p99 and RSS over time).
 Run: `make soak` (10 minutes, 2,000 streams) or `python -m bench.soak --streams 200 --minutes 2`.
 """
 
@@ -28,17 +28,14 @@ import argparse
 import asyncio
 import bisect
 import contextlib
-import itertools
 import json
 import math
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +44,7 @@ import httpx
 import psutil
 from websockets.asyncio.client import connect as ws_connect
 
+from bench import charts
 from bench.common import command_line, machine, markdown_table, percentile
 from bench.sse_common import Child, free_port, raise_nofile, spawn, wait_port
 
@@ -179,64 +177,15 @@ def flatness(values: list[float]) -> float:
     return 100.0 * (max(values) - low) / low if low else math.inf
 
 
-# -- a tiny PNG writer --------------------------------------------------------------------------
-
-
-def write_png(path: Path, width: int, height: int, pixels: bytearray) -> None:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = b"".join(
-        b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height)
-    )
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-    png += chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
-    path.write_bytes(png)
-
-
 def chart(path: Path, samples: list[Sample]) -> None:
-    """Two panels over time: latency p50 (blue) and p99 (red) on top, RSS (green) below."""
-    width, height, margin = 800, 400, 20
-    pixels = bytearray(b"\xff" * width * height * 3)
-
-    def dot(x: int, y: int, colour: tuple[int, int, int]) -> None:
-        if 0 <= x < width and 0 <= y < height:
-            pixels[(y * width + x) * 3 : (y * width + x) * 3 + 3] = bytes(colour)
-
-    def line(x0: int, y0: int, x1: int, y1: int, colour: tuple[int, int, int]) -> None:
-        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
-        for i in range(steps + 1):
-            dot(round(x0 + (x1 - x0) * i / steps), round(y0 + (y1 - y0) * i / steps), colour)
-
-    panel = (height - 3 * margin) // 2
-    tops = (margin, 2 * margin + panel)
-    for top in tops:  # frames
-        line(margin, top, width - margin, top, (0, 0, 0))
-        line(margin, top + panel, width - margin, top + panel, (0, 0, 0))
-        line(margin, top, margin, top + panel, (0, 0, 0))
-        line(width - margin, top, width - margin, top + panel, (0, 0, 0))
-    if len(samples) >= 2:
-        span = samples[-1].at - samples[0].at or 1.0
-
-        def plot(values: list[float], top: int, high: float, colour: tuple[int, int, int]) -> None:
-            points = [
-                (
-                    margin + round((s.at - samples[0].at) / span * (width - 2 * margin)),
-                    top + panel - round(v / high * panel),
-                )
-                for s, v in zip(samples, values, strict=True)
-            ]
-            for (x0, y0), (x1, y1) in itertools.pairwise(points):
-                line(x0, y0, x1, y1, colour)
-
-        latency_top = max(1.0, *(s.p99_ms for s in samples)) * 1.1
-        plot([s.p50_ms for s in samples], tops[0], latency_top, (0, 0, 220))
-        plot([s.p99_ms for s in samples], tops[0], latency_top, (220, 0, 0))
-        rss_top = max(s.rss_mb for s in samples) * 1.1
-        plot([s.rss_mb for s in samples], tops[1], rss_top, (0, 160, 0))
-    write_png(path, width, height, pixels)
+    """Latency p50/p99 and the server's RSS over the run."""
+    charts.over_time(
+        path,
+        [s.at for s in samples],
+        {"p50": [s.p50_ms for s in samples], "p99": [s.p99_ms for s in samples]},
+        {"server RSS": [s.rss_mb for s in samples]},
+        "soak: tick-to-client latency and server memory",
+    )
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -420,7 +369,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         "## Over time",
         "",
-        "![latency p50 (blue) and p99 (red), RSS (green)](soak.png)",
+        "![latency p50 and p99, and the server's RSS, over the run](soak.png)",
         "",
         "Chart: top, latency p50 (blue) and p99 (red) from 0 to 1.1 x the highest p99; bottom, "
         "RSS (green) from 0 to 1.1 x the highest RSS; x: the run, sample by sample.",
