@@ -314,13 +314,19 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
         await asyncio.gather(ref_task, return_exceptions=True)
         received, expected = delivery(clients, sorted(set(reference)))
         log_text = (tmp / "serve.log").read_text(errors="replace")
-        stalls = [int(m) for m in re.findall(r"event loop stalled for (\d+) ms", log_text)]
+        found = re.findall(
+            r"event loop stalled for (\d+) ms(?: \(garbage collection (\d+) ms of it\))?",
+            log_text,
+        )
+        stalls = [int(total) for total, _ in found]
+        collecting = [int(gc_ms or 0) for _, gc_ms in found]
         return {
             "samples": samples,
             "received": received,
             "expected": expected,
             "churned": churned,
             "stalls": stalls,
+            "stalls_collecting": collecting,
             "failures": sum(c.failures for c in clients),
         }
     finally:
@@ -365,14 +371,15 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         f"Delivered {result['received']} of {result['expected']} expected prices; "
         f"streams ended by the server: {result['failures']}; worst stall: "
-        f"{max(stalls, default=0)} ms.",
+        f"{max(stalls, default=0)} ms; of all stalled time, garbage collection: "
+        f"{sum(result['stalls_collecting'])} of {sum(stalls)} ms.",
         "",
         "## Over time",
         "",
         "![latency p50 and p99, and the server's RSS, over the run](soak.png)",
         "",
-        "Chart: top, latency p50 (blue) and p99 (red) from 0 to 1.1 x the highest p99; bottom, "
-        "RSS (green) from 0 to 1.1 x the highest RSS; x: the run, sample by sample.",
+        "Chart: top, tick-to-client latency p50 and p99; bottom, the server's RSS; x: seconds "
+        "since the start, one sample per row of the table below.",
         "",
         markdown_table(
             ["t (s)", "RSS (MB)", "open fds", "latency p50 (ms)", "latency p99 (ms)"],

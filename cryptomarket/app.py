@@ -73,6 +73,9 @@ def cors_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+YOUNG_GENERATION = 50_000  # objects allocated (less freed) between young collections
+
+
 def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +85,12 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
         # pages, bench/results/history.md).
         gc.collect()
         gc.freeze()
+        # A stream's objects of one tick (its waiter future, the message dicts) live until the
+        # next tick, longer than the default young generation (700 allocations) takes to fill
+        # at thousands of streams: they were promoted and set off full collections of every
+        # connection's objects, 100+ ms each (bench/results/soak.md). A young generation this
+        # large lets them die young; a young collection stays a few milliseconds.
+        gc.set_threshold(YOUNG_GENERATION, 20, 20)
         try:
             yield
         finally:

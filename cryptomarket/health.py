@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from cryptomarket.distributed.job_counts import read_job_counts
 from cryptomarket.runtime import Runtime, RuntimeDep
 
 router = APIRouter(tags=["operations"])
@@ -92,7 +93,11 @@ async def metrics(request: Request) -> Response:
     connection (`cryptomarket_upstream_up`, `_state`, `_reconnects_total`), ticks received,
     written and dropped, database write latency (`cryptomarket_db_write_seconds`), SSE streams,
     events sent and slow clients dropped, Deribit credits spent and left, periodic job runs
-    and failures, and the process's CPU and memory (`process_*`)."""
+    and failures (in distributed mode, the Celery workers' too), and the process's CPU and
+    memory (`process_*`)."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None and runtime.redis is not None:
+        runtime.worker_job_counts = await read_job_counts(runtime.redis)
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -65,6 +65,8 @@ class Runtime:
     control: ControlChannel | None = None
     redis_outages: OutageLog | None = None
     scheduler: EmbeddedScheduler | None = None
+    # The Celery workers' job runs and failures, as last read from Redis for /metrics.
+    worker_job_counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
     loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
 
     @classmethod

@@ -1,7 +1,10 @@
 """The event-loop stall monitor sees a blocked loop, and only that."""
 
 import asyncio
+import gc
 import time
+
+import pytest
 
 from __tests__.helpers import eventually
 from cryptomarket.core.loop_monitor import LoopMonitor
@@ -19,3 +22,24 @@ async def test_a_blocked_loop_is_one_stall() -> None:
     finally:
         await monitor.stop()
     await asyncio.sleep(0)
+
+
+async def test_a_stall_says_how_much_of_it_was_garbage_collection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monitor = LoopMonitor(interval=0.01, threshold=0.1)
+    monitor.start()
+    try:
+        await eventually(lambda: monitor.worst > 0, what="the monitor running")
+        garbage = [[] for _ in range(200_000)]  # tracked containers: a full collection walks them
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.15:  # block the loop
+            gc.collect()
+        await eventually(lambda: monitor.stalls == 1, what="the stall counted")
+        del garbage
+    finally:
+        await monitor.stop()
+    assert monitor.collecting > 0.1
+    (line,) = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    collected_ms = int(line.split("garbage collection ")[1].split(" ms")[0])
+    assert collected_ms >= 100, line

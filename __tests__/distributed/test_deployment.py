@@ -173,6 +173,12 @@ async def test_replicas_ingest_failover_redis_restart_and_every_tick_stored_once
 
     await _every_tick_stored_once(setup, simulator, ("btc_usd", "eth_usd"), _processes_alive(setup))
 
+    # The Celery worker's job runs show on a replica's /metrics (counted in Redis).
+    async with httpx.AsyncClient(base_url=a_url, timeout=10) as a:
+        metrics = (await a.get("/metrics")).text.splitlines()
+    runs = 'cryptomarket_job_runs_total{job="persist_ticks"} '
+    assert any(line.startswith(runs) and float(line.split()[-1]) >= 1 for line in metrics)
+
 
 def _processes_alive(setup: Deployment) -> list[Process]:
     alive = [p for p in setup.processes.started if p.name != "ingest-1"]

@@ -73,8 +73,8 @@ class RuntimeCollector(Collector):
         self._runtime_of = runtime_of
 
     def collect(self) -> Iterable[Metric]:
-        yield from _jobs()
         runtime = self._runtime_of()
+        yield from _jobs(runtime.worker_job_counts if runtime is not None else ({}, {}))
         if runtime is None:
             return
         yield from _upstream(runtime)
@@ -91,8 +91,13 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def _jobs() -> Iterable[Metric]:
+def _jobs(elsewhere: tuple[dict[str, int], dict[str, int]]) -> Iterable[Metric]:
+    """This process's job runs, plus those counted elsewhere (the Celery workers')."""
     runs, failures = job_counts()
+    for name, count in elsewhere[0].items():
+        runs[name] = runs.get(name, 0) + count
+    for name, count in elsewhere[1].items():
+        failures[name] = failures.get(name, 0) + count
     run_family = CounterMetricFamily(
         "cryptomarket_job_runs", "Runs of each periodic job.", labels=["job"]
     )

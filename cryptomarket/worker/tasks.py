@@ -7,15 +7,35 @@ nothing twice.
 import logging
 from typing import Any
 
+from celery import Task
+from celery.signals import task_failure, task_retry, task_success
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
+from cryptomarket.distributed.job_counts import count_job
 from cryptomarket.jobs import gaps, index_names, persist, profiles, retention, sessions
 from cryptomarket.worker.app import app, settings
 from cryptomarket.worker.resources import resources
 
 logger = logging.getLogger("cryptomarket.worker")
+
+
+@task_success.connect
+def _succeeded(sender: Task, **_: Any) -> None:
+    count_job(resources(settings).redis, _job_name(sender), ok=True)
+
+
+@task_failure.connect
+@task_retry.connect
+def _failed(sender: Task, **_: Any) -> None:
+    count_job(resources(settings).redis, _job_name(sender), ok=False)
+
+
+def _job_name(task: Task) -> str:
+    """`cryptomarket.persist_ticks` -> `persist_ticks`, as the embedded scheduler names jobs."""
+    return str(task.name).removeprefix("cryptomarket.")
+
 
 RETRY: dict[str, Any] = {
     "autoretry_for": (DBAPIError, RedisError, OSError, DeribitTransportError, DeribitError),
