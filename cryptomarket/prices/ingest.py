@@ -23,7 +23,7 @@ from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
 from cryptomarket.prices.backfill import ChartSource, fill_window
-from cryptomarket.prices.models import CHANNEL_PREFIX, Tick, channel_of
+from cryptomarket.prices.models import CHANNEL_PREFIX, Gap, Tick, channel_of
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import Event, upstream_status
@@ -166,7 +166,12 @@ class Ingest:
             self._set_status(state.value)
 
     async def _backfill(self, ticker: str, since: int, until: int) -> None:
-        filled, gap = await fill_window(self.history, ticker, since, until)
+        try:
+            filled, gap = await fill_window(self.history, ticker, since, until)
+        except Exception as error:  # must not vanish with its task: say so, and record the gap
+            logger.exception("%s: backfill of %d..%d failed", ticker, since, until)
+            reason = f"backfill failed: {type(error).__name__}"
+            filled, gap = [], Gap(ticker, since + 1, until - 1, reason)
         for tick in filled:
             if self.writer is not None:
                 self.writer.add(tick)
