@@ -1,11 +1,11 @@
 """Databases for the price tests: every test that asks runs on SQLite and on PostgreSQL."""
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from __tests__.databases import fresh_database_url
 from cryptomarket.core.db import Database, urls_for
 from cryptomarket.core.migrate import upgrade
 
@@ -13,17 +13,8 @@ from cryptomarket.core.migrate import upgrade
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of each kind: a fresh SQLite file, a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cryptomarket.sqlite3'}"
-        return
-    server = request.getfixturevalue("postgres_server")
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    server.create_database(name)
-    try:
-        yield server.url(database=name)
-    finally:
-        if server.running:
-            server.drop_database(name)
+    with fresh_database_url(request, request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
