@@ -299,22 +299,6 @@ async def test_bad_stream_parameters_get_a_sentence_and_no_stream(service: Servi
     await client.aclose()
 
 
-async def test_a_stream_from_an_allowed_origin_carries_cors_headers(
-    simulator: Simulator, sqlite_url: str
-) -> None:
-    allowed, other = "http://dashboard.example", "http://elsewhere.example"
-    async with running_service(simulator, sqlite_url, CORS_ORIGINS=allowed) as service:
-        token = await service.sign_in("alice")
-        anonymous = httpx.AsyncClient(base_url=service.base_url)
-        params = {"token": token}
-        async with open_stream(anonymous, params=params, headers={"Origin": allowed}) as stream:
-            assert stream.response.headers["access-control-allow-origin"] == allowed
-            await stream.until("connected")
-        async with open_stream(anonymous, params=params, headers={"Origin": other}) as stream:
-            assert "access-control-allow-origin" not in stream.response.headers
-        await anonymous.aclose()
-
-
 async def test_a_cancel_made_while_the_stream_opens_is_not_undone(service: Service) -> None:
     client = service.client_for(await service.sign_in("alice"))
     await subscribe(client, "alice", "btc_usd", 0)
