@@ -164,9 +164,7 @@ class Runtime:
         assert self.ingest is not None  # noqa: S101  # called only with ingest
         async with self.database.reading() as connection:
             counts = await UserRepository(connection, self.database.tables).subscribed_tickers()
-        for ticker, count in counts.items():
-            for _ in range(count):
-                await self.ingest.acquire(ticker)
+        await self.ingest.follow(counts)
 
     def _end_announced_session(self, ended: SessionEnded) -> None:
         """Another replica signed a session out: its streams here end too."""

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import Event, LocalBus, UpstreamStatus
+from cryptomarket.users.repository import UserRepository
 
 StartIngest = Callable[..., Awaitable[Ingest]]
 
@@ -152,29 +154,47 @@ async def test_a_database_restart_during_ingest_loses_nothing(
         postgres_server.drop_database("ingest_outage")
 
 
-async def test_upstream_channels_are_reference_counted(
+async def store_subscription(database: Database, user: str, ticker: str, *, add: bool) -> None:
+    now = datetime.now(UTC)
+    async with database.transaction() as connection:
+        repository = UserRepository(connection, database.tables)
+        if add:
+            await repository.claim(
+                user, client_id=user, secret=b"-", account_id=1, profile={}, now=now
+            )
+            await repository.subscribe(user, ticker, None, now)
+        else:
+            await repository.unsubscribe(user, [ticker])
+
+
+async def test_upstream_channels_follow_the_stored_subscriptions(
     database: Database, simulator: Simulator, start_ingest: StartIngest
 ) -> None:
     ingest = await start_ingest(database, {"btc_usd"})
     await ingest.connection.wait_ready()
     channel = "deribit_price_index.sol_usdc"
 
-    await ingest.acquire("sol_usdc")
-    await ingest.acquire("sol_usdc")
+    for user in ("alice", "bob"):
+        await store_subscription(database, user, "sol_usdc", add=True)
+        await ingest.acquire("sol_usdc")
     assert channel in ingest.connection.channels
     assert simulator.calls["public/subscribe"] == 2  # the tracked set, then sol_usdc once
 
+    await store_subscription(database, "alice", "sol_usdc", add=False)
     await ingest.release("sol_usdc")
     assert channel in ingest.connection.channels
     assert simulator.calls["public/unsubscribe"] == 0
 
+    await store_subscription(database, "bob", "sol_usdc", add=False)
     await ingest.release("sol_usdc")
     assert channel not in ingest.connection.channels
     assert simulator.calls["public/unsubscribe"] == 1
 
+    await store_subscription(database, "alice", "btc_usd", add=True)
     await ingest.acquire("btc_usd")
+    await store_subscription(database, "alice", "btc_usd", add=False)
     await ingest.release("btc_usd")
-    await ingest.release("btc_usd")  # more releases than acquires: ignored
-    assert "deribit_price_index.btc_usd" in ingest.connection.channels
+    await ingest.release("btc_usd")  # more releases than acquires: the store decides
+    assert "deribit_price_index.btc_usd" in ingest.connection.channels  # tracked
     assert simulator.calls["public/unsubscribe"] == 1
     assert ingest.tickers == {"btc_usd"}

@@ -27,6 +27,7 @@ from cryptomarket.prices.models import CHANNEL_PREFIX, Gap, Tick, channel_of
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import Event, upstream_status
+from cryptomarket.users.repository import UserRepository
 
 logger = logging.getLogger("cryptomarket.prices.ingest")
 
@@ -57,7 +58,8 @@ class Ingest:
         self.status = "connecting"
         self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
         self.ticks_in = 0  # ticks received (for /metrics)
-        self._refs: Counter[str] = Counter()
+        self._refs: Counter[str] = Counter()  # stored subscribers per ticker, as last read
+        self._locks: dict[str, asyncio.Lock] = {}
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._removers = [
@@ -93,35 +95,57 @@ class Ingest:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.connection.close()
 
+    # -- watchers: the upstream channels follow the stored subscriptions ----------------------
+
     async def acquire(self, ticker: str) -> None:
-        """Someone watches `ticker`: subscribe upstream if nobody did yet. Never raises: the
-        channel is in the connection's set, which every reconnect replays."""
-        self._refs[ticker] += 1
-        if self._refs[ticker] == 1 and ticker not in self.tracked:
-            await self._change(self.connection.subscribe, ticker)
+        """A subscription of `ticker` was stored: follow the store. If the store cannot be
+        read now, the channel is kept (a leak until the next change beats a user without
+        prices). Never raises: the channel is in the connection's set, which reconnects replay."""
+        await self._recount(ticker, unreadable=max(1, self._refs[ticker]))
 
     async def release(self, ticker: str) -> None:
-        """One watcher fewer: the last one leaving drops the channel, unless it is tracked."""
-        if self._refs[ticker] <= 0:
-            return
-        self._refs[ticker] -= 1
-        if self._refs[ticker] == 0:
-            del self._refs[ticker]
-            if ticker not in self.tracked:
-                await self._change(self.connection.unsubscribe, ticker)
+        """A subscription of `ticker` was removed: follow the store (the channel stays while
+        anyone still watches it, and when the store cannot be read)."""
+        await self._recount(ticker, unreadable=self._refs[ticker])
 
     async def follow(self, counts: dict[str, int]) -> None:
         """Set the watcher counts to `counts` (recounted from the store), subscribing and
         unsubscribing upstream only the difference."""
-        wanted = {ticker: count for ticker, count in counts.items() if count > 0}
-        for ticker in sorted(set(self._refs) - set(wanted)):
-            self._refs[ticker] = 1
-            await self.release(ticker)
-        for ticker, count in sorted(wanted.items()):
-            new = ticker not in self._refs
+        for ticker in sorted(set(self._refs) | set(counts)):
+            async with self._ticker_lock(ticker):
+                await self._set_count(ticker, counts.get(ticker, 0))
+
+    async def _recount(self, ticker: str, *, unreadable: int) -> None:
+        """Set `ticker`'s count from the store, one change of a ticker at a time: the last
+        recount reads after every committed change whose recount came before it, so the count
+        (and the channel) always end as what is stored, whatever order the callers run in."""
+        async with self._ticker_lock(ticker):
+            try:
+                async with self.database.reading() as connection:
+                    repository = UserRepository(connection, self.database.tables)
+                    count = await repository.subscribers_of(ticker)
+            except Exception as error:  # the store may be down: keep what we have
+                logger.warning("%s: watchers not recounted: %s", ticker, type(error).__name__)
+                count = unreadable
+            await self._set_count(ticker, count)
+
+    async def _set_count(self, ticker: str, count: int) -> None:
+        if count > 0:
             self._refs[ticker] = count
-            if new and ticker not in self.tracked:
-                await self._change(self.connection.subscribe, ticker)
+        else:
+            self._refs.pop(ticker, None)
+        if ticker in self.tracked:
+            return
+        # The connection's set says what is upstream; both calls are no-ops when it agrees.
+        channel = channel_of(ticker)
+        if count > 0 and channel not in self.connection.channels:
+            await self._change(self.connection.subscribe, ticker)
+        elif count == 0 and channel in self.connection.channels:
+            await self._change(self.connection.unsubscribe, ticker)
+
+    def _ticker_lock(self, ticker: str) -> asyncio.Lock:
+        # One per ticker ever watched: bounded by Deribit's index list.
+        return self._locks.setdefault(ticker, asyncio.Lock())
 
     async def _change(self, change: Callable[[list[str]], Awaitable[object]], ticker: str) -> None:
         try:

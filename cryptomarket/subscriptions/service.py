@@ -4,6 +4,7 @@ In distributed mode each change is also announced on the control channel, so the
 user on other replicas and the ingest process follow it too.
 """
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -25,7 +26,10 @@ LatestSource = Callable[[list[str]], Awaitable[dict[str, Tick]]]
 
 
 class Watchers(Protocol):
-    """What follows subscriptions upstream: the ingest's reference counts."""
+    """What follows subscriptions upstream: the ingest's reference counts. Each call says a
+    stored subscription of the ticker was added (acquire) or removed (release); the ingest
+    recounts that ticker from the store, so calls that race or arrive out of order still
+    leave the count equal to what is stored."""
 
     async def acquire(self, ticker: str) -> None: ...
 
@@ -82,7 +86,8 @@ class SubscriptionService:
         if self.announcer is not None:
             await self.announcer.announce(change)
         if created:
-            await self.watchers.acquire(ticker)
+            # Shielded: a request cancelled after the commit must still follow the store.
+            await asyncio.shield(self.watchers.acquire(ticker))
         return Created(user_id=user_id, ticker=ticker, timer=timer, created=created)
 
     async def unsubscribe(self, user_id: str, tickers: list[str] | None) -> Removed:
@@ -100,9 +105,13 @@ class SubscriptionService:
             self.apply(change)
             if self.announcer is not None:
                 await self.announcer.announce(change)
-        for ticker in removed:
-            await self.watchers.release(ticker)
+        if removed:
+            await asyncio.shield(self._release(removed))
         return Removed(user_id=user_id, removed=removed)
+
+    async def _release(self, tickers: list[str]) -> None:
+        for ticker in tickers:
+            await self.watchers.release(ticker)
 
     def apply(self, change: SubscriptionChange) -> None:
         """Make this process's open streams of the user follow a stored change."""

@@ -146,19 +146,17 @@ class UserRepository:
         return False, result.scalar()
 
     async def unsubscribe(self, user_id: str, tickers: list[str] | None = None) -> list[str]:
-        """Remove some (or all) of a user's subscriptions; returns the tickers removed."""
+        """Remove some (or all) of a user's subscriptions; returns the tickers this call removed.
+
+        One DELETE ... RETURNING: of two concurrent calls removing the same row, only the one
+        whose delete removed it names it, so only that one releases the upstream channel."""
         condition = self.subscriptions.c.user_id == user_id
         if tickers is not None:
             condition = condition & self.subscriptions.c.ticker.in_(tickers)
         result = await self.connection.execute(
-            select(self.subscriptions.c.ticker)
-            .where(condition)
-            .order_by(self.subscriptions.c.ticker)
+            delete(self.subscriptions).where(condition).returning(self.subscriptions.c.ticker)
         )
-        removed = list(result.scalars())
-        if removed:
-            await self.connection.execute(delete(self.subscriptions).where(condition))
-        return removed
+        return sorted(result.scalars())
 
     async def subscribed_tickers(self) -> dict[str, int]:
         """How many users subscribe each ticker."""
@@ -166,3 +164,12 @@ class UserRepository:
             select(self.subscriptions.c.ticker, func.count()).group_by(self.subscriptions.c.ticker)
         )
         return {ticker: int(count) for ticker, count in result.all()}
+
+    async def subscribers_of(self, ticker: str) -> int:
+        """How many users subscribe `ticker`."""
+        result = await self.connection.execute(
+            select(func.count())
+            .select_from(self.subscriptions)
+            .where(self.subscriptions.c.ticker == ticker)
+        )
+        return int(result.scalar() or 0)
