@@ -269,3 +269,39 @@ async def test_refused_connections_are_retried_with_backoff(
     await connection.wait_ready(timeout=10)
     # A refusal window of 1 s with backoff from 50 ms doubling: a handful of attempts, no storm.
     assert connection.reconnects <= 8
+
+
+def simulator_channels(simulator: Simulator) -> set[str]:
+    """Every channel the simulator has subscribed, over all its sockets."""
+    sessions = simulator._state.sessions.values()  # ground truth
+    return set().union(*(session.subscriptions for session in sessions))
+
+
+async def test_channel_changes_made_while_a_reconnect_is_set_up_reach_deribit(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    btc, eth, sol = (f"deribit_price_index.{name}" for name in ("btc_usd", "eth_usd", "sol_usdc"))
+    connection = await open_connection()
+    ticks = Ticks(connection)
+    await connection.wait_ready()
+    await connection.subscribe([btc, eth])
+    # Every answer now takes 300 ms, so the set-up of the next socket is slow enough to act in.
+    await sim_control(simulator, ("sim/set_latency", {"ms": 300}))
+    replays = simulator.calls["public/subscribe"]
+    await sim_control(simulator, ("sim/drop_connections", {}))
+    await eventually(
+        lambda: simulator.calls["public/subscribe"] > replays,
+        what="the new socket's set-up sent its replay of the set",
+    )
+    assert not connection.connected  # the replay's answer is still on its way
+
+    await connection.subscribe([sol])
+    await connection.unsubscribe([eth])
+
+    await connection.wait_ready()
+    assert connection.channels == {btc, sol}
+    assert simulator_channels(simulator) == {btc, sol}
+    await eventually(lambda: ticks.count(sol) >= 3, timeout=5, what="ticks of the new channel")
+    eth_ticks, btc_ticks = ticks.count(eth), ticks.count(btc)
+    await eventually(lambda: ticks.count(btc) >= btc_ticks + 3, timeout=5, what="more ticks")
+    assert ticks.count(eth) == eth_ticks, "the unsubscribed channel still ticks"

@@ -93,7 +93,10 @@ class DeribitConnection:
         self._notification_handlers: list[NotificationHandler] = []
         self._state_handlers: list[StateHandler] = []
         self._state_changed = asyncio.Event()
+        # Held by subscribe/unsubscribe and by a set-up's replay of the set: a change made
+        # while a socket is being set up is either in the replay or sent after it, never lost.
         self._channel_changes = asyncio.Lock()
+        self._replayed_on: ClientConnection | None = None  # the socket the set went out on
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._last_frame = 0.0
@@ -163,19 +166,22 @@ class DeribitConnection:
 
         A channel already in the set is not sent again. Channels Deribit does not acknowledge
         (unknown names are dropped silently by Deribit) leave the set and are logged. Changes
-        go out one at a time, so an unsubscribe can never overtake a later subscribe.
+        go out one at a time, so an unsubscribe can never overtake a later subscribe. Until
+        the socket's set-up has replayed the set, a change only edits the set (the replay
+        takes it along); after that it goes out at once, even before the state says CONNECTED.
         """
         async with self._channel_changes:
             new = sorted(set(channels) - self._channels)
             if not new:
                 return []
             self._channels.update(new)
-            if not self.connected:
-                return []  # the set-up after (re)connect subscribes the whole set
+            ws = self._replayed_socket()
+            if ws is None:
+                return []  # the set-up of the next socket subscribes the whole set
             try:
                 return await self._subscribe_now(new, priority=False)
             except DeribitTransportError:
-                self._resync()
+                self._resync(ws)
                 return []
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
@@ -183,18 +189,24 @@ class DeribitConnection:
         async with self._channel_changes:
             gone = sorted(self._channels.intersection(channels))
             self._channels.difference_update(gone)
-            if gone and self.connected:
+            ws = self._replayed_socket()
+            if gone and ws is not None:
                 try:
                     for batch in _batches(gone):
                         await self._request("public/unsubscribe", {"channels": batch})
                 except DeribitTransportError:
-                    self._resync()
+                    self._resync(ws)
 
-    def _resync(self) -> None:
+    def _replayed_socket(self) -> ClientConnection | None:
+        """The open socket whose set-up has sent the channel set, if any (lock held)."""
+        ws = self._ws
+        return ws if ws is not None and ws is self._replayed_on else None
+
+    def _resync(self, ws: ClientConnection) -> None:
         """Deribit's idea of our channels is unknown now: a new socket replays the whole set."""
-        if self._ws is not None:
+        if ws is self._ws:
             logger.warning("%s: channel change unanswered; reconnecting to resync", self.name)
-            self._ws.transport.abort()
+            ws.transport.abort()
 
     async def authenticate(self, credentials: Credentials) -> Token:
         """Authenticate this socket with a key (kept for re-auth after reconnects).
@@ -307,8 +319,10 @@ class DeribitConnection:
         )
         if self.credentials is not None:
             await self._authenticate(priority=True)
-        if self._channels:
-            await self._subscribe_now(sorted(self._channels), priority=True)
+        async with self._channel_changes:
+            if self._channels:
+                await self._subscribe_now(sorted(self._channels), priority=True)
+            self._replayed_on = self._ws
 
     async def _authenticate(self, *, priority: bool) -> Token:
         assert self.credentials is not None  # noqa: S101  # callers check
@@ -360,6 +374,7 @@ class DeribitConnection:
 
     async def _drop_socket(self, error: Exception) -> None:
         ws, self._ws = self._ws, None
+        self._replayed_on = None
         self.token = None  # connection-scoped tokens die with the socket
         for task in list(self._background):
             task.cancel()
