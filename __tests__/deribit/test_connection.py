@@ -305,3 +305,17 @@ async def test_channel_changes_made_while_a_reconnect_is_set_up_reach_deribit(
     eth_ticks, btc_ticks = ticks.count(eth), ticks.count(btc)
     await eventually(lambda: ticks.count(btc) >= btc_ticks + 3, timeout=5, what="more ticks")
     assert ticks.count(eth) == eth_ticks, "the unsubscribed channel still ticks"
+
+
+async def test_a_caller_cancelled_while_closing_stays_cancelled(
+    open_connection: Factory,
+) -> None:
+    connection = await open_connection()
+    await connection.wait_ready()
+    closing = asyncio.create_task(connection.close())
+    await asyncio.sleep(0)  # one loop turn: `closing` is now waiting for the supervisor to end
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert closing.cancelled()
+    assert connection.closed

@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as SocketClosed
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
+from cryptomarket.core.tasks import cancel_and_wait
 from cryptomarket.deribit.auth import Credentials, Token
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.credits import CreditBudget
@@ -231,11 +232,11 @@ class DeribitConnection:
             return
         self._set_state(ConnectionState.CLOSED)
         supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        await self._drop_socket(ConnectionClosed("connection closed"))
+        try:
+            if supervisor is not None:
+                await cancel_and_wait(supervisor)  # a cancelled caller stays cancelled
+        finally:
+            await self._drop_socket(ConnectionClosed("connection closed"))
 
     # -- supervision ------------------------------------------------------------------------
 

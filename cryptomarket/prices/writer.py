@@ -17,6 +17,7 @@ from collections import deque
 
 from cryptomarket.core.db import Database
 from cryptomarket.core.metrics import DurationHistogram
+from cryptomarket.core.tasks import cancel_and_wait
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository
@@ -83,9 +84,12 @@ class TickWriter:
         """Stop the loop and write what is buffered, as far as the database lets us in `timeout`."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                await cancel_and_wait(task)
+            except asyncio.CancelledError:  # our own caller gave up on the stop: say what is left
+                if self._pending():
+                    logger.error("stop cancelled with %d ticks unwritten", len(self._buffer))
+                raise
         try:
             async with asyncio.timeout(timeout):
                 while self._pending():
