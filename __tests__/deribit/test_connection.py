@@ -15,6 +15,7 @@ from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.errors import (
     InvalidCredentials,
     InvalidParams,
+    LoginOverLimit,
     MethodNotFound,
     RequestTimeout,
     Unauthorized,
@@ -319,3 +320,23 @@ async def test_a_caller_cancelled_while_closing_stays_cancelled(
         await closing
     assert closing.cancelled()
     assert connection.closed
+
+
+async def test_a_transient_auth_refusal_is_final_for_authenticate_only(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    await sim_control(
+        simulator, ("sim/fail_requests", {"code": 12003, "seconds": 60, "methods": ["public/auth"]})
+    )
+    signing_in = await open_connection()
+    with pytest.raises(LoginOverLimit):
+        await signing_in.authenticate(ALICE)
+    assert simulator.calls["public/auth"] == 1  # answered once, never retried
+    assert signing_in.closed
+
+    # A long-lived connection with its own key rides the refusal out under backoff.
+    keeper = await open_connection(credentials=ALICE)
+    await eventually(lambda: simulator.calls["public/auth"] >= 3, what="retried auths")
+    assert not keeper.closed
+    await sim_control(simulator, ("sim/fail_requests", {"code": 12003, "seconds": 0}))
+    await keeper.wait_ready(timeout=5)

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from __tests__.helpers import eventually_async
 from __tests__.service import KEYS, Service, running_service
+from __tests__.simulated import sim_control
 from __tests__.sse import open_stream
 from cryptomarket.core.logging import configure_logging
 from cryptomarket.deribit.simulator import Simulator
@@ -98,6 +99,34 @@ async def test_unreachable_deribit_is_503(simulator: Simulator, sqlite_url: str)
             json={"user_id": "alice", "client_id": "sim-alice", "client_secret": ALICE_SECRET},
         )
         error(response, 503, "deribit_unreachable")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "answer"),
+    [(12003, 429, "login_over_limit"), (13028, 503, "deribit_refused")],
+)
+async def test_a_refused_auth_is_answered_once_and_clearly(
+    service: Service, code: int, status: int, answer: str
+) -> None:
+    """A transient refusal of public/auth (12003 login_over_limit, 13028) is not retried under
+    backoff until the sign-in times out as a 503 'unreachable': it is answered at once."""
+    simulator = service.simulator
+    await sim_control(
+        simulator, ("sim/fail_requests", {"code": code, "seconds": 60, "methods": ["public/auth"]})
+    )
+    before = simulator.calls["public/auth"]
+    started = asyncio.get_running_loop().time()
+    response = await service.client.post(
+        "/api/v1/sessions",
+        json={"user_id": "alice", "client_id": "sim-alice", "client_secret": ALICE_SECRET},
+    )
+    detail = error(response, status, answer)
+    assert str(code) in detail
+    assert simulator.calls["public/auth"] == before + 1
+    assert asyncio.get_running_loop().time() - started < service.settings.DERIBIT_REQUEST_TIMEOUT
+
+    await sim_control(simulator, ("sim/fail_requests", {"code": code, "seconds": 0}))
+    await service.sign_in("alice")  # nothing of the refusal stays behind
 
 
 async def test_every_user_route_needs_the_owners_credentials(service: Service) -> None:

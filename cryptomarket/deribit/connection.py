@@ -98,6 +98,10 @@ class DeribitConnection:
         # while a socket is being set up is either in the replay or sent after it, never lost.
         self._channel_changes = asyncio.Lock()
         self._replayed_on: ClientConnection | None = None  # the socket the set went out on
+        self._auth_refusal: DeribitError | None = (
+            None  # the set-up's public/auth answer, if refused
+        )
+        self._signing_in = False  # authenticate() waits for a set-up: its refusal is final
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._last_frame = 0.0
@@ -213,12 +217,18 @@ class DeribitConnection:
         """Authenticate this socket with a key (kept for re-auth after reconnects).
 
         Exactly one `public/auth` goes out: a socket still being set up authenticates as part of
-        its set-up, an open one now. A refused key raises once and is not kept.
+        its set-up, an open one now. A refused key raises once and is not kept; any refusal of
+        it (a wrong key, or a transient one such as 12003 login_over_limit) ends this connection
+        rather than being retried under backoff: the caller, a sign-in, answers it at once.
         """
         previous, self.credentials = self.credentials, credentials
         try:
             if not self.connected:
-                await self.wait_ready()
+                self._signing_in = True
+                try:
+                    await self.wait_ready()
+                finally:
+                    self._signing_in = False
                 if self.token is not None:
                     return self.token
             return await self._authenticate(priority=False)
@@ -288,6 +298,11 @@ class DeribitConnection:
                     logger.error("%s: Deribit refused the key: %s", self.name, exc.reason)
                     self.failure = exc
                     self._set_state(ConnectionState.CLOSED)
+                elif self._signing_in and exc is self._auth_refusal:
+                    # A sign-in waits on this set-up: it answers the refusal, nobody retries it.
+                    logger.warning("%s: Deribit refused the sign-in: %s", self.name, exc.reason)
+                    self.failure = exc
+                    self._set_state(ConnectionState.CLOSED)
                 else:
                     self._last_error = str(exc)
                     logger.warning("%s: set-up failed: %s", self.name, exc)
@@ -318,8 +333,13 @@ class DeribitConnection:
         await self._request(
             "public/set_heartbeat", {"interval": _number(self.heartbeat_interval)}, priority=True
         )
+        self._auth_refusal = None
         if self.credentials is not None:
-            await self._authenticate(priority=True)
+            try:
+                await self._authenticate(priority=True)
+            except DeribitError as refusal:
+                self._auth_refusal = refusal
+                raise
         async with self._channel_changes:
             if self._channels:
                 await self._subscribe_now(sorted(self._channels), priority=True)

@@ -33,7 +33,8 @@ def _secure(request: Request) -> bool:
         ),
         422: INVALID,
         429: error(
-            "Too many sign-in attempts from this address or for this client_id.",
+            "Too many sign-in attempts from this address or for this client_id; or Deribit "
+            "refused the login for now (code `login_over_limit`, Deribit's 12003).",
             "too_many_attempts",
             "too many sign-in attempts; try again in 12 s",
         ),

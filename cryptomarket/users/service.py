@@ -9,14 +9,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
-from cryptomarket.core.errors import AppError, Conflict, NotAuthenticated, NotFound, Unavailable
+from cryptomarket.core.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    TooMany,
+    Unavailable,
+)
 from cryptomarket.deribit.auth import Credentials
 from cryptomarket.deribit.errors import (
     DeribitError,
     DeribitTransportError,
     InvalidCredentials,
+    LoginOverLimit,
+    TooManyRequests,
     Unauthorized,
 )
+from cryptomarket.deribit.errors import Forbidden as DeribitForbidden
 from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.users.repository import UserRepository
 from cryptomarket.users.schemas import Profile, SessionCreated, UserOut
@@ -227,8 +238,19 @@ async def fetch_profile(pool: DeribitPool, credentials: Credentials) -> Profile:
             )
     except (InvalidCredentials, Unauthorized) as error:
         raise DeribitRefused(f"Deribit refused the key: {error.reason}") from None
+    except (LoginOverLimit, TooManyRequests) as error:  # the account is throttled for now
+        raise TooMany(
+            f"Deribit refused the sign-in for now: {error.reason} ({error.code}); try later",
+            code="login_over_limit" if isinstance(error, LoginOverLimit) else "deribit_busy",
+        ) from None
+    except DeribitForbidden as error:
+        raise Forbidden(
+            f"Deribit refused the key: {error.reason}", code="deribit_forbidden"
+        ) from None
     except DeribitTransportError as error:
         raise Unavailable(f"Deribit is unreachable: {error}", code="deribit_unreachable") from None
     except DeribitError as error:
-        raise Unavailable(f"Deribit could not answer: {error.reason}") from None
+        raise Unavailable(
+            f"Deribit could not answer: {error.reason} ({error.code})", code="deribit_refused"
+        ) from None
     return Profile.from_summaries(result, datetime.now(UTC))

@@ -6,7 +6,12 @@ They answer "ok", are never charged credits, and act on the other connections, n
 import asyncio
 import logging
 
-from cryptomarket.deribit.errors import Maintenance, TooManyRequests
+from cryptomarket.deribit.errors import (
+    LoginOverLimit,
+    Maintenance,
+    TemporarilyUnavailable,
+    TooManyRequests,
+)
 from cryptomarket.deribit.simulator import rpc
 from cryptomarket.deribit.simulator.methods import index_name
 from cryptomarket.deribit.simulator.state import Call, Handler, InjectedError
@@ -79,6 +84,8 @@ def set_latency(call: Call) -> str:
 INJECTABLE_ERRORS: dict[int, str] = {
     TooManyRequests.code: "too_many_requests",
     Maintenance.code: "system_maintenance",
+    LoginOverLimit.code: "login_over_limit",  # answered to public/auth by a throttled account
+    TemporarilyUnavailable.code: "temporarily_unavailable",
 }
 
 
