@@ -1,10 +1,10 @@
 """`public/auth`, `private/logout`, and the token check of every private method (reference §3)."""
 
+import hashlib
 import hmac
 import logging
 from typing import Any
 
-from cryptomarket.deribit.auth import client_signature
 from cryptomarket.deribit.errors import DeribitError, InvalidCredentials
 from cryptomarket.deribit.simulator import rpc
 from cryptomarket.deribit.simulator.accounts import Account
@@ -82,12 +82,20 @@ def _by_signature(call: Call) -> Account:
     # The 13009 reasons below are UNVERIFIED: Deribit documents the rules, not their error data.
     if abs(now_ms() - timestamp) > SIGNATURE_WINDOW_S * 1000:
         raise rpc.unauthorized("invalid timestamp")
-    expected = client_signature(account.client_secret, timestamp, nonce, data)
+    expected = expected_signature(account.client_secret, timestamp, nonce, data)
     if not hmac.compare_digest(expected, signature.lower()):
         raise rpc.unauthorized("invalid signature")
     if not call.state.nonces.use(client_id, nonce, expected):
         raise rpc.unauthorized("nonce already used")
     return account
+
+
+def expected_signature(secret: str, timestamp: int, nonce: str, data: str) -> str:
+    """What Deribit expects (reference section 3.1), written here apart from the client's signer
+    so that a mistake in one is not repeated in the other: HMAC-SHA256 keyed by the secret over
+    the timestamp, the nonce and the data, each followed by a line feed but the last."""
+    lines = [str(timestamp).encode("ascii"), nonce.encode(), data.encode()]
+    return hmac.digest(secret.encode(), b"\n".join(lines), hashlib.sha256).hex()
 
 
 def _scope(params: rpc.Params, account: Account) -> tuple[str | None, int, str]:
