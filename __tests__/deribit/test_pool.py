@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from __tests__.helpers import eventually
+from __tests__.simulated import sim_control
 from cryptomarket.deribit.auth import Credentials
 from cryptomarket.deribit.credits import DEFAULT_LIMITS, CreditBudget, CreditLimits
-from cryptomarket.deribit.errors import InvalidCredentials
+from cryptomarket.deribit.errors import InvalidCredentials, LoginOverLimit
 from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.deribit.simulator import Simulator, SimulatorConfig
 
@@ -111,3 +112,26 @@ def test_the_default_simulator_uses_deribits_numbers() -> None:
     assert (config.default_limits.cost, config.default_limits.cap) == (500, 50_000)
     assert config.default_limits.refill_per_second == 10_000
     assert config.subscribe_limits.cost == 3_000
+
+
+@pytest.mark.parametrize("connected_first", [False, True])
+async def test_a_throttled_login_is_answered_once_on_a_new_or_a_handed_over_socket(
+    simulator: Simulator, connected_first: bool
+) -> None:
+    """12003 login_over_limit, whether the checkout opens a socket (auth in its set-up) or takes
+    over an open public one (auth at once): one public/auth, one error, no retries."""
+    pool = DeribitPool(simulator.url, size=1, heartbeat_interval=0.5, request_timeout=5)
+    try:
+        if connected_first:
+            await pool.call("public/get_time")  # the only slot: the checkout takes it over
+        await sim_control(
+            simulator,
+            ("sim/fail_requests", {"code": 12003, "seconds": 60, "methods": ["public/auth"]}),
+        )
+        with pytest.raises(LoginOverLimit):
+            async with pool.authenticated(ALICE):
+                pytest.fail("a refused key gave a connection")
+        assert simulator.calls["public/auth"] == 1
+        assert isinstance(await pool.call("public/get_time"), int)  # the pool carries on
+    finally:
+        await pool.close()
