@@ -282,12 +282,14 @@ async def test_channel_changes_made_while_a_reconnect_is_set_up_reach_deribit(
     open_connection: Factory, simulator: Simulator
 ) -> None:
     btc, eth, sol = (f"deribit_price_index.{name}" for name in ("btc_usd", "eth_usd", "sol_usdc"))
-    connection = await open_connection()
+    # A heartbeat far longer than the latency below, so the simulator never takes a late
+    # test_request answer for a dead socket.
+    connection = await open_connection(heartbeat_interval=5)
     ticks = Ticks(connection)
     await connection.wait_ready()
     await connection.subscribe([btc, eth])
-    # Every answer now takes 300 ms, so the set-up of the next socket is slow enough to act in.
-    await sim_control(simulator, ("sim/set_latency", {"ms": 300}))
+    # Every answer now takes a second, so the set-up of the next socket is slow enough to act in.
+    await sim_control(simulator, ("sim/set_latency", {"ms": 1000}))
     replays = simulator.calls["public/subscribe"]
     await sim_control(simulator, ("sim/drop_connections", {}))
     await eventually(
