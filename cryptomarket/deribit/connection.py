@@ -98,9 +98,8 @@ class DeribitConnection:
         # while a socket is being set up is either in the replay or sent after it, never lost.
         self._channel_changes = asyncio.Lock()
         self._replayed_on: ClientConnection | None = None  # the socket the set went out on
-        self._auth_refusal: DeribitError | None = (
-            None  # the set-up's public/auth answer, if refused
-        )
+        # The set-up's refused public/auth, if that was what failed it.
+        self._auth_refusal: DeribitError | None = None
         self._signing_in = False  # authenticate() waits for a set-up: its refusal is final
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
