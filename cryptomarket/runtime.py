@@ -26,6 +26,7 @@ from cryptomarket.distributed.cache import RedisCache, shared_index_names
 from cryptomarket.distributed.connect import async_redis
 from cryptomarket.distributed.control import ControlChannel, SessionEnded
 from cryptomarket.distributed.outages import OutageLog
+from cryptomarket.distributed.rate_limit import RedisBuckets
 from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
@@ -107,9 +108,15 @@ class Runtime:
                 SecretBox(settings.ENCRYPTION_KEYS),
                 session_ttl=settings.SESSION_TTL,
                 cache=cache,
+                max_user_ids=settings.MAX_USER_IDS_PER_ACCOUNT,
             ),
             hub=hub,
             subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
+        )
+        runtime.sign_in_limits = AttemptLimiter(
+            burst=settings.SIGN_IN_BURST,
+            per_minute=settings.SIGN_INS_PER_MINUTE,
+            buckets=RedisBuckets(redis, outages) if redis is not None else None,
         )
         runtime.loop_monitor.start()
         runtime.bus.subscribe(hub.publish)

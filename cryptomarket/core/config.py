@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # Frames a stream may have waiting; a client further behind is dropped.
     SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)
     SESSION_TTL: timedelta = timedelta(hours=27)
+    # Sign-in attempts per client address (every one costs a Deribit connection): a burst, then
+    # this many a minute. User ids one Deribit account may claim.
+    SIGN_IN_BURST: int = Field(5, ge=1, le=10_000)
+    SIGN_INS_PER_MINUTE: float = Field(10.0, gt=0, le=100_000)
+    MAX_USER_IDS_PER_ACCOUNT: int = Field(5, ge=1, le=10_000)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
     # Periodic jobs: seconds between runs of the persist job (distributed mode) and of the gap
     # backfill (both modes). The other jobs run hourly or every 15 minutes.

@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter, Request, Response, status
 
-from cryptomarket.core.errors import NotAuthenticated
+from cryptomarket.core.errors import Forbidden, NotAuthenticated
 from cryptomarket.core.openapi_docs import DERIBIT_DOWN, INVALID, OWNER_ERRORS, UNAUTHORIZED, error
 from cryptomarket.runtime import RuntimeDep
 from cryptomarket.users.auth import SESSION_COOKIE, CallerDep, OwnerDep, UserIdPath
 from cryptomarket.users.schemas import SessionCreate, SessionCreated, UserOut
+from cryptomarket.users.service import DeribitRefused
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -33,8 +34,10 @@ def _secure(request: Request) -> bool:
         ),
         422: INVALID,
         429: error(
-            "Too many sign-in attempts from this address or for this client_id; or Deribit "
-            "refused the login for now (code `login_over_limit`, Deribit's 12003).",
+            "Too many sign-in attempts from this address (or refused secrets for this "
+            "client_id from it); the Deribit account has MAX_USER_IDS_PER_ACCOUNT user ids "
+            "(code `too_many_user_ids`); or Deribit refused the login for now (code "
+            "`login_over_limit`, Deribit's 12003).",
             "too_many_attempts",
             "too many sign-in attempts; try again in 12 s",
         ),
@@ -51,11 +54,15 @@ async def create_session(
     `Authorization: Bearer <token>`, or let the browser send the cookie. A `user_id` belongs to
     the Deribit account that first signed in with it: another account's key gets 409.
     """
-    client = request.client.host if request.client else "unknown"
-    runtime.sign_in_limits.check(f"address:{client}", f"client_id:{body.client_id}")
-    created = await runtime.users.sign_in(
-        body.user_id, body.client_id, body.client_secret.get_secret_value()
-    )
+    address = request.client.host if request.client else "unknown"
+    await runtime.sign_in_limits.admit(address, body.client_id)
+    try:
+        created = await runtime.users.sign_in(
+            body.user_id, body.client_id, body.client_secret.get_secret_value()
+        )
+    except (DeribitRefused, Forbidden):
+        await runtime.sign_in_limits.refused(address, body.client_id)
+        raise
     response.set_cookie(
         SESSION_COOKIE,
         created.token,

@@ -1,5 +1,6 @@
 """Every query of people, their sessions and their subscriptions. Callers own the transaction."""
 
+import enum
 from datetime import datetime
 from typing import Any
 
@@ -8,6 +9,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cryptomarket.core.tables import Tables
+
+ACCOUNT_LOCK_SPACE = 0x434D  # "CM": this service's advisory locks of Deribit accounts
+
+
+class Claimed(enum.Enum):
+    NEW = "new"  # the user id was free and is now the account's
+    AGAIN = "again"  # the account already owned it
+    TAKEN = "taken"  # another Deribit account owns it
 
 
 def purge_sessions_statement(tables: Tables, now: datetime) -> Executable:
@@ -46,9 +55,9 @@ class UserRepository:
         account_id: int,
         profile: dict[str, Any],
         now: datetime,
-    ) -> bool:
+    ) -> Claimed:
         """Create the user, or update it if the same Deribit account owns it; one statement, so
-        two first sign-ins racing for one id cannot both win. False: another account owns it."""
+        two first sign-ins racing for one id cannot both win."""
         values = {
             "client_id": client_id,
             "client_secret_encrypted": secret,
@@ -58,13 +67,33 @@ class UserRepository:
             "updated_at": now,
         }
         statement = self._insert(self.person).values(user_id=user_id, created_at=now, **values)
-        statement = statement.on_conflict_do_update(
+        upsert = statement.on_conflict_do_update(
             index_elements=["user_id"],
             set_=values,
             where=self.person.c.deribit_account_id == statement.excluded.deribit_account_id,
+        ).returning(self.person.c.created_at, self.person.c.updated_at)
+        row = (await self.connection.execute(upsert)).first()
+        if row is None:
+            return Claimed.TAKEN
+        # A new row has both set to `now`; an updated one keeps its first created_at.
+        return Claimed.NEW if row.created_at == row.updated_at else Claimed.AGAIN
+
+    async def lock_account(self, account_id: int) -> None:
+        """Serialise the sign-ins of one Deribit account until the transaction ends, so two
+        new user ids racing cannot both pass the per-account limit. PostgreSQL: an advisory
+        lock; SQLite serialises every writer already (the claim is the transaction's first
+        statement and takes the write lock)."""
+        if self.connection.dialect.name == "postgresql":
+            key = (ACCOUNT_LOCK_SPACE << 32) | (account_id & 0xFFFFFFFF)
+            await self.connection.execute(select(func.pg_advisory_xact_lock(key)))
+
+    async def user_ids_of_account(self, account_id: int) -> list[str]:
+        result = await self.connection.execute(
+            select(self.person.c.user_id)
+            .where(self.person.c.deribit_account_id == account_id)
+            .order_by(self.person.c.created_at, self.person.c.user_id)
         )
-        result = await self.connection.execute(statement)
-        return bool(result.rowcount)
+        return list(result.scalars())
 
     async def set_profile(self, user_id: str, profile: dict[str, Any], now: datetime) -> None:
         await self.connection.execute(

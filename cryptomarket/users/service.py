@@ -29,7 +29,7 @@ from cryptomarket.deribit.errors import (
 )
 from cryptomarket.deribit.errors import Forbidden as DeribitForbidden
 from cryptomarket.deribit.pool import DeribitPool
-from cryptomarket.users.repository import UserRepository
+from cryptomarket.users.repository import Claimed, UserRepository
 from cryptomarket.users.schemas import Profile, SessionCreated, UserOut
 from cryptomarket.users.secrets import SecretBox, SecretUnreadable
 
@@ -69,12 +69,14 @@ class UserService:
         *,
         session_ttl: timedelta,
         cache: ProfileCache | None = None,
+        max_user_ids: int = 5,
     ) -> None:
         self.database = database
         self.pool = pool
         self.box = box
         self.session_ttl = session_ttl
         self.cache = cache
+        self.max_user_ids = max_user_ids
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -86,6 +88,7 @@ class UserService:
         expires_at = now + self.session_ttl
         async with self.database.transaction() as connection:
             users = UserRepository(connection, self.database.tables)
+            await users.lock_account(profile.account_id)
             claimed = await users.claim(
                 user_id,
                 client_id=client_id,
@@ -94,15 +97,33 @@ class UserService:
                 profile=profile.model_dump(mode="json"),
                 now=now,
             )
-            if not claimed:
+            if claimed is Claimed.TAKEN:
                 raise Conflict(
                     f"user_id {user_id!r} belongs to another Deribit account; choose another id",
                     code="user_id_taken",
                 )
+            if claimed is Claimed.NEW:
+                await self._within_user_id_limit(users, profile.account_id, user_id)
             await users.add_session(token_hash(token), user_id, now=now, expires_at=expires_at)
         logger.info("user %s signed in (Deribit account %s)", user_id, profile.account_id)
         await self._remember(UserOut(user_id=user_id, client_id=client_id, profile=profile))
         return SessionCreated(user_id=user_id, token=token, expires_at=expires_at, profile=profile)
+
+    async def _within_user_id_limit(
+        self, users: UserRepository, account_id: int, user_id: str
+    ) -> None:
+        """A new user id past the account's limit: 429, and the transaction rolls it back.
+        Ids the account had before a lowered limit keep working; only new ones are refused."""
+        owned = await users.user_ids_of_account(account_id)
+        if len(owned) <= self.max_user_ids:
+            return
+        others = [owned_id for owned_id in owned if owned_id != user_id]
+        shown = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+        raise TooMany(
+            f"this Deribit account already has {len(others)} user ids, the most allowed "
+            f"(MAX_USER_IDS_PER_ACCOUNT={self.max_user_ids}); sign in with one of them: {shown}",
+            code="too_many_user_ids",
+        )
 
     async def sign_out(self, token: str) -> None:
         async with self.database.transaction() as connection:
