@@ -1,4 +1,4 @@
-"""The `cryptomarket` command: serve, ingest, simulate, migrate, backfill."""
+"""The `cryptomarket` command: serve, ingest, simulate, migrate, backfill, rotate-keys."""
 
 import asyncio
 import contextlib
@@ -9,17 +9,22 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import SQLAlchemyError
 
 from cryptomarket.app import create_app
 from cryptomarket.core.config import Settings, SettingsError, load_settings
-from cryptomarket.core.db import database_urls
+from cryptomarket.core.db import create_sync_engine, database_urls
 from cryptomarket.core.logging import configure_logging, mask_secrets
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.core.server import make_server
+from cryptomarket.core.tables import build_tables
 from cryptomarket.deribit.simulator import DEFAULT_ACCOUNTS, SimulatorConfig, load_accounts, run
 from cryptomarket.distributed.ingest_leader import run_ingest
 from cryptomarket.prices.backfill import RANGE_NAMES
 from cryptomarket.prices.history import BackfillError, load_history
+from cryptomarket.users.rotation import BATCH, count_users, rotate_secrets
+from cryptomarket.users.secrets import SecretBox
 
 app = typer.Typer(
     name="cryptomarket",
@@ -144,6 +149,69 @@ def backfill(
     except BackfillError as error:
         _fail("backfill", str(error))
     typer.echo(f"{ticker}: {stored} points from Deribit's {range_} history are in the database")
+
+
+@app.command("rotate-keys")
+def rotate_keys(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only count the secrets per key; exit 1 while any needs an old key."
+        ),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Users per committed batch.")] = BATCH,
+) -> None:
+    """Re-encrypt every stored Deribit secret under the first key of ENCRYPTION_KEYS.
+
+    Afterwards the other keys can be removed. Safe to repeat and to interrupt: each batch is
+    committed, and a rerun skips what is already under the first key.
+    """
+    settings = _settings()
+    if not settings.ENCRYPTION_KEYS:
+        _fail("rotate-keys", "ENCRYPTION_KEYS is not set: there is no key to re-encrypt under")
+    urls = database_urls(settings)
+    engine = create_sync_engine(urls.sync_url)
+    box = SecretBox(settings.ENCRYPTION_KEYS)
+    try:
+        tables = build_tables(urls.dialect)
+        with Progress(
+            TextColumn("checking" if check else "re-encrypting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=check,
+        ) as progress:
+            task = progress.add_task("secrets", total=count_users(engine, tables))
+            census = rotate_secrets(
+                engine,
+                tables,
+                box,
+                dry_run=check,
+                batch_size=batch_size,
+                on_batch=lambda rows: progress.advance(task, rows),
+            )
+    except (SQLAlchemyError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        _fail("rotate-keys", f"{urls.dialect} database: {mask_secrets(reason)}")
+    finally:
+        engine.dispose()
+    unreadable = (
+        f"; {census.unreadable} under no configured key (their users must sign in again)"
+        if census.unreadable
+        else ""
+    )
+    if check:
+        typer.echo(
+            f"{census.current} secrets under the first key, {census.old} under an older key"
+            f"{unreadable}"
+        )
+        if census.old:
+            raise typer.Exit(1)
+        return
+    typer.echo(
+        f"{census.rotated} secrets re-encrypted under the first key, {census.current} already "
+        f"were{unreadable}"
+    )
 
 
 def _migrate(settings: Settings) -> None:

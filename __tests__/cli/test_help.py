@@ -11,7 +11,7 @@ import typer.main
 from cryptomarket.cli import app
 
 CRYPTOMARKET = Path(sys.executable).parent / "cryptomarket"  # the console script users run
-COMMANDS = ["serve", "ingest", "migrate", "backfill", "simulate"]  # SPEC section 3
+COMMANDS = ["serve", "ingest", "migrate", "backfill", "rotate-keys", "simulate"]  # SPEC 3, #15
 
 
 def run_help(*args: str) -> subprocess.CompletedProcess[str]:

@@ -53,9 +53,14 @@ def refresh_profiles(
         return 0
     box = SecretBox(settings.ENCRYPTION_KEYS)
     keys: list[tuple[str, str, str]] = []
+    # Secrets read with an old key, re-encrypted under the first one as they are refreshed.
+    rotations: dict[str, tuple[bytes, bytes]] = {}
     for row in rows:
+        stored = row.client_secret_encrypted
         try:
-            keys.append((row.user_id, row.client_id, box.decrypt(row.client_secret_encrypted)))
+            keys.append((row.user_id, row.client_id, box.decrypt(stored)))
+            if box.needs_rotation(stored):
+                rotations[row.user_id] = (stored, box.rotate(stored))
         except SecretUnreadable:
             logger.warning(
                 "profile of %s not refreshed: its key can no longer be read", row.user_id
@@ -82,6 +87,13 @@ def refresh_profiles(
                     profile=profile.model_dump(mode="json"), profile_fetched_at=profile.fetched_at
                 )
             )
+            if user_id in rotations:  # only if no sign-in stored another secret meanwhile
+                old, new = rotations[user_id]
+                connection.execute(
+                    update(person)
+                    .where(person.c.user_id == user_id, person.c.client_secret_encrypted == old)
+                    .values(client_secret_encrypted=new)
+                )
     if redis is not None:
         ttl_ms = int(PROFILE_TTL.total_seconds() * 1000)
         for user_id, client_id, profile in fetched:

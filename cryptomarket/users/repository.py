@@ -102,11 +102,14 @@ class UserRepository:
             .values(profile=profile, profile_fetched_at=now)
         )
 
-    async def set_secret(self, user_id: str, secret: bytes) -> None:
+    async def replace_secret(self, user_id: str, old: bytes, new: bytes) -> None:
+        """Store `new` (the same secret under the newest key) only if `old` is still stored: a
+        sign-in that stored another secret meanwhile wins."""
         await self.connection.execute(
             update(self.person)
             .where(self.person.c.user_id == user_id)
-            .values(client_secret_encrypted=secret)
+            .where(self.person.c.client_secret_encrypted == old)
+            .values(client_secret_encrypted=new)
         )
 
     # -- sessions ---------------------------------------------------------------------------

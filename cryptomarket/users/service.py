@@ -154,8 +154,10 @@ class UserService:
             return False
         if self.box.needs_rotation(person.client_secret_encrypted):
             async with self.database.transaction() as connection:
-                await UserRepository(connection, self.database.tables).set_secret(
-                    user_id, self.box.rotate(person.client_secret_encrypted)
+                await UserRepository(connection, self.database.tables).replace_secret(
+                    user_id,
+                    person.client_secret_encrypted,
+                    self.box.rotate(person.client_secret_encrypted),
                 )
         return True
 
@@ -197,9 +199,11 @@ class UserService:
             ) from None
         profile = await self._fetch_profile(Credentials(person.client_id, secret))
         async with self.database.transaction() as connection:
-            await UserRepository(connection, self.database.tables).set_profile(
-                user_id, profile.model_dump(mode="json"), profile.fetched_at
-            )
+            users = UserRepository(connection, self.database.tables)
+            await users.set_profile(user_id, profile.model_dump(mode="json"), profile.fetched_at)
+            stored = person.client_secret_encrypted
+            if self.box.needs_rotation(stored):  # read with an old key: store it under the new
+                await users.replace_secret(user_id, stored, self.box.rotate(stored))
         await self._remember(UserOut(user_id=user_id, client_id=person.client_id, profile=profile))
         return profile
 
