@@ -167,3 +167,29 @@ def test_the_upstream_is_where_compose_runs_the_api() -> None:
     assert upstream.child("server").args[0] == f"api:{port}"
     volumes = compose["services"]["nginx"]["volumes"]
     assert "./nginx:/etc/nginx/conf.d:ro" in volumes
+
+
+def test_public_history_is_rate_and_connection_limited_per_address_and_the_stream_is_not() -> None:
+    """Issue #15, defect 2: price history is a CPU and memory lever; nginx bounds it per client
+    address. The SSE stream must never be limited there (a reconnecting dashboard would be
+    refused its live prices)."""
+    zones = {
+        d.name: d.args
+        for d in parse_nginx((NGINX_DIR / "default.conf").read_text())
+        if d.name in {"limit_req_zone", "limit_conn_zone"}
+    }
+    assert zones["limit_req_zone"][:2] == ["$binary_remote_addr", "zone=cm_history_rate:10m"]
+    assert zones["limit_conn_zone"] == ["$binary_remote_addr", "zone=cm_history_conns:10m"]
+    history = _locations()["/api/v1/prices"].block or []
+    assert _value(history, "proxy_pass") == ["http://api"]
+    assert _value(history, "limit_req")[0] == "zone=cm_history_rate"
+    assert _value(history, "limit_conn") == ["cm_history_conns", "3"]
+    server = _server_level()
+    assert _value(server, "limit_req_status") == ["429"]
+    assert _value(server, "limit_conn_status") == ["429"]
+    # Only the history location limits: nothing at server level that every location inherits.
+    assert not [d for d in server if d.name in {"limit_req", "limit_conn"}]
+    for args, location in _locations().items():
+        if args != "/api/v1/prices":
+            inner = {d.name for d in walk(location.block or [])}
+            assert not inner & {"limit_req", "limit_conn"}, args

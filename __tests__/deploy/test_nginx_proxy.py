@@ -171,6 +171,31 @@ async def test_limits_and_nginx_errors_answer_like_the_api(proxied: Proxied) -> 
         assert missing.json()["code"] == "unknown_ticker"
 
 
+async def test_a_history_flood_gets_429_from_nginx_and_the_stream_still_opens(
+    proxied: Proxied,
+) -> None:
+    """Issue #15, defect 2: one address sending history requests in parallel gets 429 (JSON,
+    Retry-After) past its burst; its live stream is not limited."""
+    async with proxied.client() as client:
+        token = await _sign_in(client, "alice")
+        flood = await asyncio.gather(
+            *(client.get("/api/v1/prices?ticker=btc_usd&limit=10") for _ in range(40))
+        )
+        statuses = [response.status_code for response in flood]
+        assert set(statuses) == {200, 429}, statuses
+        assert statuses.count(200) <= 16  # at most the burst (plus what refilled meanwhile)
+        refused = next(response for response in flood if response.status_code == 429)
+        assert refused.json()["code"] == "too_many_requests"
+        assert refused.headers["retry-after"] == "1"
+
+        client.headers["Authorization"] = f"Bearer {token}"
+        subscribed = await client.get("/api/v1/market/alice/create_order/btc_usd?timer=0")
+        assert subscribed.status_code == 201, subscribed.text
+        async with open_stream(client, SSE_PATH) as stream:
+            assert stream.response.status_code == 200
+            await stream.until("price", timeout=5)
+
+
 def test_no_replica_gives_a_json_error_and_logs_no_token(nginx: Path, tmp_path: Path) -> None:
     """With the replicas gone, clients get JSON with Retry-After; nginx's error log, which
     quotes request lines, gets no stream token (the stream's location logs only critical
