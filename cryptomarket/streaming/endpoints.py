@@ -23,17 +23,17 @@ from cryptomarket.core.openapi_docs import SSE_ROUTE_DOCS
 from cryptomarket.core.request_id import id_header, take_request_id
 from cryptomarket.core.routing import get_and_post
 from cryptomarket.core.security_headers import secure_start
-from cryptomarket.prices.models import Tick
-from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import Stream
+from cryptomarket.streaming.replay import Missed
+from cryptomarket.streaming.replay import fetch as fetch_missed
+from cryptomarket.streaming.replay import frames as replay_frames
 from cryptomarket.streaming.response import STREAM_RAW_HEADERS, EventStreamResponse, write_events
 from cryptomarket.subscriptions.schemas import MAX_TIMER
 from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
 
 PATH = "/api/v2/sse/connection"
-REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
 MAX_TOKEN = 256
 MAX_EVENT_ID = 100
 
@@ -147,9 +147,11 @@ async def open_event_stream(
     try:
         subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))
-        replay = await _replay(runtime, stream, subscriptions, last_event_id)
+        missed = await _missed(runtime, stream, subscriptions, last_event_id)
+        # From here on no await: the hub's recent ticks and the live ones meet without overlap.
         changed_meanwhile = set(stream.changed_while_opening or ())
         stream.changed_while_opening = None
+        replay = [] if missed is None else replay_frames(hub, stream, missed, changed_meanwhile)
         for ticker, own_timer in subscriptions.items():
             if ticker not in changed_meanwhile:
                 hub.subscribe(stream, ticker, own_timer)
@@ -172,16 +174,16 @@ async def open_event_stream(
     return stream, opening
 
 
-async def _replay(
+async def _missed(
     runtime: Runtime,
     stream: Stream,
     subscriptions: dict[str, int | None],
     last_event_id: str | None,
-) -> list[bytes]:
-    """The ticks a reconnecting client missed, for its every-tick subscriptions, in order."""
+) -> Missed | None:
+    """What the store holds of the ticks a reconnecting client missed (streaming/replay.py)."""
     resume = events.parse_last_event_id(last_event_id)
     if resume is None:
-        return []
+        return None
     resumed_ticker, since = resume
     if resumed_ticker in subscriptions:
         stream.last_sent[resumed_ticker] = since
@@ -190,20 +192,4 @@ async def _replay(
         for ticker, own in subscriptions.items()
         if (stream.default_timer if own is None else own) == 0
     ]
-    # The store has the older ticks; the hub's recent ones cover what is not written yet.
-    missed: dict[tuple[str, int], Tick] = {}
-    database = runtime.database
-    async with database.reading() as connection:
-        repository = PriceRepository(connection, database.tables)
-        for ticker in every_tick:
-            rows = await repository.newest_after(ticker, since, limit=REPLAY_LIMIT)
-            for row in rows:
-                missed[ticker, row.timestamp] = Tick(row.ticker, row.price, row.timestamp)
-            for tick in runtime.hub.recent.get(ticker, ()):
-                if tick.timestamp > since:
-                    missed[ticker, tick.timestamp] = tick
-    ordered = sorted(missed.values(), key=lambda tick: (tick.timestamp, tick.ticker))
-    ordered = ordered[-REPLAY_LIMIT * max(1, len(every_tick)) :]
-    for tick in ordered:
-        stream.last_sent[tick.ticker] = max(tick.timestamp, stream.last_sent.get(tick.ticker, 0))
-    return [events.price_frame(tick) for tick in ordered]
+    return await fetch_missed(runtime.hub, runtime.database, every_tick, resume)

@@ -8,6 +8,7 @@ dropped; a closed stream's state is gone at once.
 """
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
@@ -26,7 +27,8 @@ logger = logging.getLogger("cryptomarket.streaming")
 DEFAULT_TIMER = 60
 PING_INTERVAL = 15.0  # an idle stream gets a `: ping` at least this often
 PING_SWEEPS = 3  # idle streams are found by this many sweeps per interval, not a timer each
-RECENT_TICKS = 600  # per ticker, for Last-Event-ID replay of what the store may not have yet
+# Per ticker, in publish order: Last-Event-ID replay of what the store may not have yet.
+RECENT_TICKS = 600
 
 
 class Stream:
@@ -152,7 +154,8 @@ class StreamHub:
         self.client_buffer = client_buffer
         self._ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
-        self.recent: dict[str, deque[Tick]] = {}
+        self.recent: dict[str, deque[Tick]] = {}  # ticker -> its newest ticks, as published
+        self.recent_size = RECENT_TICKS
         self.upstream = events.status_frame("connecting", _now())
         self.upstream_state = "connecting"
         self._by_user: dict[str, set[Stream]] = {}
@@ -297,6 +300,20 @@ class StreamHub:
         if current is None or tick.timestamp > current[0].timestamp:
             self.latest[tick.ticker] = (tick, events.price_frame(tick))
 
+    def publish_stamp(self, ticker: str, timestamp: int) -> datetime | None:
+        """The publish stamp of a recent tick (a ticker's ticks arrive in timestamp order)."""
+        recent = self.recent.get(ticker, ())
+        at = bisect.bisect_left(recent, timestamp, key=_timestamp)
+        if at < len(recent) and recent[at].timestamp == timestamp:
+            return recent[at].received_at
+        return None
+
+    def recent_after(self, ticker: str, stamp: datetime) -> list[Tick]:
+        """The recent ticks of a ticker published after `stamp`, in publish order."""
+        recent = self.recent.get(ticker, ())
+        at = bisect.bisect_right(recent, stamp, key=_received_at)
+        return [recent[index] for index in range(at, len(recent))]
+
     # -- market events ----------------------------------------------------------------------
 
     def publish(self, event: Event, frame: bytes | None = None) -> None:
@@ -322,7 +339,10 @@ class StreamHub:
             return
         frame = frame or events.price_frame(tick)
         self.latest[tick.ticker] = (tick, frame)
-        self.recent.setdefault(tick.ticker, deque(maxlen=RECENT_TICKS)).append(tick)
+        recent = self.recent.get(tick.ticker)
+        if recent is None:
+            recent = self.recent[tick.ticker] = deque(maxlen=self.recent_size)
+        recent.append(tick)
         sent = 0
         for stream in tuple(self._every_tick.get(tick.ticker, ())):
             sent += stream.push_price(tick, frame)
@@ -400,6 +420,14 @@ class StreamHub:
                 stream.push(events.PING)
             else:
                 stream.quiet_sweeps += 1
+
+
+def _timestamp(tick: Tick) -> int:
+    return tick.timestamp
+
+
+def _received_at(tick: Tick) -> datetime:
+    return tick.received_at
 
 
 def _now() -> datetime:
