@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from __tests__.databases import fresh_database_url
-from __tests__.sse import Event, SSEParser
+from __tests__.helpers import eventually
+from __tests__.service import running_service
+from __tests__.sse import Event, SSEParser, open_stream
 from cryptomarket.core.db import Database, urls_for
 from cryptomarket.core.migrate import upgrade
+from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.streaming import replay
@@ -186,3 +189,47 @@ async def test_live_ticks_follow_the_replay_without_overlap(database: Database) 
     serving.hub.publish(tick("btc_usd", 2_000, 2))
     assert b"id: btc_usd:2000" in b"".join(stream._buffer)
     serving.hub.close(stream)
+
+
+async def test_replay_after_a_server_restart_sends_what_the_first_server_stored(
+    simulator: Simulator, database_url: str
+) -> None:
+    tickers = ("btc_usd", "eth_usd")
+    async with running_service(simulator, database_url) as first:
+        token = await first.sign_in("alice")
+        async with first.client_for(token) as client:
+            for ticker in tickers:
+                created = await client.get(f"/api/v1/market/alice/create_order/{ticker}?timer=0")
+                assert created.status_code in (200, 201), created.text
+            async with open_stream(client) as stream:
+                seen = [await stream.until("price") for _ in range(10)]
+        resumed_from = seen[-1]
+        await eventually(  # ticks the client misses, stored by this server only
+            lambda: simulator.history("btc_usd")[-1][0] > resumed_from.data["timestamp"] + 500,
+            what="half a second of missed ticks",
+        )
+    database = Database(database_url)
+    async with database.reading() as connection:
+        stored_until = {
+            ticker: await PriceRepository(connection, database.tables).last_timestamp(ticker)
+            for ticker in tickers
+        }
+    await database.dispose()
+    async with (
+        running_service(simulator, database_url) as second,
+        second.client_for(token) as client,
+        open_stream(client, headers={"Last-Event-ID": resumed_from.id or ""}) as stream,
+    ):
+        await stream.until("connected")
+        replayed = [await stream.until("price") for _ in range(10)]
+        replayed += await stream.events_for(0.5)
+    got = [e for e in seen + replayed if e.event == "price"]
+    ids = [e.id for e in got]
+    assert len(ids) == len(set(ids)), "a tick came twice"
+    for ticker in tickers:
+        stamps = [e.data["timestamp"] for e in got if e.data["ticker"] == ticker]
+        until = stored_until[ticker]
+        assert until is not None
+        stamps = [ts for ts in stamps if ts <= until]  # after: live, or the restart's backfill
+        produced = [ts for ts, _ in simulator.history(ticker) if stamps[0] <= ts <= until]
+        assert stamps == produced, f"{ticker}: the replay is not what the first server stored"
