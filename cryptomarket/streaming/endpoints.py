@@ -29,7 +29,12 @@ from cryptomarket.streaming.hub import Stream
 from cryptomarket.streaming.replay import Missed
 from cryptomarket.streaming.replay import fetch as fetch_missed
 from cryptomarket.streaming.replay import frames as replay_frames
-from cryptomarket.streaming.response import STREAM_RAW_HEADERS, EventStreamResponse, write_events
+from cryptomarket.streaming.response import (
+    STREAM_RAW_HEADERS,
+    EventStreamResponse,
+    connection_abort,
+    write_events,
+)
 from cryptomarket.subscriptions.schemas import MAX_TIMER
 from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
 
@@ -94,7 +99,10 @@ class ServeEventStream:
             start = secure_start(
                 {"type": "http.response.start", "status": 200, "headers": headers}, scope
             )
-            await write_events(runtime.hub, stream, opening, start, receive=receive, send=send)
+            abort = connection_abort(scope, send)
+            await write_events(
+                runtime.hub, stream, opening, start, receive=receive, send=send, abort=abort
+            )
             return
         await self.answer_error(scope, receive, send)
 
