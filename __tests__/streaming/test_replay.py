@@ -233,3 +233,24 @@ async def test_replay_after_a_server_restart_sends_what_the_first_server_stored(
         stamps = [ts for ts in stamps if ts <= until]  # after: live, or the restart's backfill
         produced = [ts for ts, _ in simulator.history(ticker) if stamps[0] <= ts <= until]
         assert stamps == produced, f"{ticker}: the replay is not what the first server stored"
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "after-restart"])
+async def test_resuming_from_a_timer_price_names_the_uncertain_ticks_in_a_gap(
+    database: Database, restarted: bool
+) -> None:
+    """btc comes by a timer: its price went out after it was published, before btc's next
+    tick was; the eth ticks published in between may or may not have gone out before it."""
+    subscriptions = StoredSubscriptions({"btc_usd": 5, "eth_usd": 0})
+    serving = Serving(database, subscriptions)
+    published = [("btc_usd", 1_000), ("eth_usd", 1_001), ("eth_usd", 1_002), ("btc_usd", 1_003)]
+    ticks = [tick(ticker, ts, index) for index, (ticker, ts) in enumerate(published)]
+    await serving.publish(*ticks, tick("eth_usd", 1_004, 4))
+    if restarted:
+        serving = Serving(database, subscriptions)
+    resumed = await serving.reconnect("btc_usd:1000")
+    assert gaps(resumed) == [("eth_usd", 1_001, 1_002)]
+    assert sent(resumed) == ["eth_usd:1004"]
+    resumed = await serving.reconnect("btc_usd:1003")  # no btc tick after it yet
+    assert gaps(resumed) == [("eth_usd", 1_004, 1_004)]
+    assert sent(resumed) == []

@@ -148,16 +148,16 @@ class PriceRepository:
         )
         return [_tick(row) for row in reversed(result.all())]
 
-    async def first_published_after(self, ticker: str, stamp: datetime) -> int | None:
-        """The timestamp of the first tick published after `stamp`."""
+    async def first_published_after(self, ticker: str, stamp: datetime) -> Tick | None:
+        """The first tick published after `stamp`."""
         result = await self.connection.execute(
-            select(self.ticks.c.timestamp)
+            select(self.ticks)
             .where(self.ticks.c.ticker == ticker, self.ticks.c.received_at > stamp)
             .order_by(self.ticks.c.received_at)
             .limit(1)
         )
-        value = result.scalar()
-        return None if value is None else int(value)
+        row = result.first()
+        return None if row is None else _tick(row)
 
     async def last_timestamp(self, ticker: str) -> int | None:
         """The newest stored timestamp of a ticker (an index lookup, not a scan)."""

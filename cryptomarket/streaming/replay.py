@@ -7,6 +7,11 @@ every-tick subscriptions, exactly the ticks published after X:T: from the store 
 or beyond the hub's recent ticks) and from the hub (what the store may not have yet), in publish
 order. Per ticker at most REPLAY_LIMIT, the newest; what the bound leaves out is a `gap` event.
 
+X not one of the stream's every-tick tickers (its last price came from a timer, or X is no longer
+subscribed): that frame went out some time after X:T was published, before X's next tick was. The
+other tickers' ticks published in between may or may not have been sent: a `gap` event names them,
+and the replay goes on from X's next tick (everything after X:T is uncertain while there is none).
+
 X:T not found (neither in the hub nor in the store, e.g. pruned): the resumed ticker X goes on after
 T, each other ticker after T + UNCERTAIN_MS, and those get a `gap` event for the span around T in
 which the client may or may not have had their ticks. Rows stored before publish stamps existed
@@ -44,6 +49,13 @@ class Missed:
     tickers: list[str]  # the stream's every-tick subscriptions
     stored: dict[str, list[Tick]] = field(default_factory=dict)
     first_stored: dict[str, int] = field(default_factory=dict)  # when the store's answer was cut
+    # X:T sent by a timer: the publish stamp of X's next tick, from which the replay is certain.
+    certain_from: datetime | None = None
+
+    @property
+    def out_of_order(self) -> bool:
+        """The resumed event went out by a timer, not in publish order."""
+        return self.stamp is not None and self.ticker not in self.tickers
 
     def floor(self, ticker: str) -> int:
         """Without a publish stamp: the timestamp after which this ticker is replayed."""
@@ -61,11 +73,15 @@ async def fetch(
         repository = PriceRepository(connection, database.tables)
         if missed.stamp is None:
             missed.stamp = await repository.received_at_of(ticker, timestamp)
+        if missed.stamp is not None and missed.out_of_order:
+            following = await repository.first_published_after(ticker, missed.stamp)
+            missed.certain_from = None if following is None else following.received_at
         for each in tickers:
             if missed.stamp is not None:
                 ticks = await repository.published_after(each, missed.stamp, limit=REPLAY_LIMIT + 1)
                 cut = len(ticks) > REPLAY_LIMIT
-                first = await repository.first_published_after(each, missed.stamp) if cut else None
+                following = await repository.first_published_after(each, missed.stamp)
+                first = following.timestamp if cut and following is not None else None
             else:
                 floor = missed.floor(each)
                 rows = await repository.newest_after(each, floor, limit=REPLAY_LIMIT + 1)
@@ -86,15 +102,21 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
     skipped = set(skip)
     gaps: list[Gap] = []
     replayed: list[Tick] = []
+    certain_from = _certain_from(hub, missed)
     for ticker in missed.tickers:
         if ticker in skipped:
             continue
         ticks = _merged(missed.stored.get(ticker, ()), _recent(hub, missed, ticker))
+        if missed.out_of_order:
+            uncertain = [t for t in ticks if certain_from is None or t.received_at < certain_from]
+            if uncertain:
+                ticks = [t for t in ticks if certain_from and t.received_at >= certain_from]
+                gaps.append(Gap(ticker, uncertain[0].timestamp, uncertain[-1].timestamp, UNCERTAIN))
         if len(ticks) > REPLAY_LIMIT:
             left_out = ticks[:-REPLAY_LIMIT]
             ticks = ticks[-REPLAY_LIMIT:]
-            first = min(left_out[0].timestamp, missed.first_stored.get(ticker, math.inf))
-            gaps.append(Gap(ticker, int(first), left_out[-1].timestamp, LEFT_OUT))
+            oldest = min(left_out[0].timestamp, missed.first_stored.get(ticker, math.inf))
+            gaps.append(Gap(ticker, int(oldest), left_out[-1].timestamp, LEFT_OUT))
         if missed.stamp is None and ticker != missed.ticker:
             start, end = missed.timestamp - UNCERTAIN_MS, missed.floor(ticker)
             gaps.append(Gap(ticker, start, end, UNCERTAIN))
@@ -110,6 +132,15 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
         replayed.sort(key=lambda tick: (tick.timestamp, tick.ticker))
     gaps.sort(key=lambda gap: (gap.from_ts, gap.ticker))
     return [events.gap_frame(gap) for gap in gaps] + [events.price_frame(t) for t in replayed]
+
+
+def _certain_from(hub: StreamHub, missed: Missed) -> datetime | None:
+    """For a resumed event sent by a timer: when X's next tick was published (the store's
+    answer, else the hub's, which may have one by now)."""
+    if not missed.out_of_order or missed.certain_from is not None or missed.stamp is None:
+        return missed.certain_from
+    following = hub.recent_after(missed.ticker, missed.stamp)
+    return following[0].received_at if following else None
 
 
 def _recent(hub: StreamHub, missed: Missed, ticker: str) -> list[Tick]:
