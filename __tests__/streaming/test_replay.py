@@ -254,3 +254,19 @@ async def test_resuming_from_a_timer_price_names_the_uncertain_ticks_in_a_gap(
     resumed = await serving.reconnect("btc_usd:1003")  # no btc tick after it yet
     assert gaps(resumed) == [("eth_usd", 1_004, 1_004)]
     assert sent(resumed) == []
+
+
+async def test_the_latest_prices_on_connect_go_out_in_publish_order(database: Database) -> None:
+    """So resuming from the last of them repeats none: eth's latest was published first."""
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    await serving.publish(tick("eth_usd", 1_000, 0), tick("btc_usd", 1_001, 1))
+    stream, _ = await open_event_stream(
+        serving,  # type: ignore[arg-type]
+        Caller("alice", None),
+        0,
+        None,
+    )
+    first = sent(SSEParser().feed(b"".join(stream._buffer).decode()))
+    serving.hub.close(stream)
+    assert first == ["eth_usd:1000", "btc_usd:1001"]
+    assert sent(await serving.reconnect(first[-1])) == []

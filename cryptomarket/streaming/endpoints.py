@@ -10,6 +10,7 @@ declares the same route, with the same parameters, for /docs and /redoc.
 import logging
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -25,7 +26,7 @@ from cryptomarket.core.routing import get_and_post
 from cryptomarket.core.security_headers import secure_start
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
-from cryptomarket.streaming.hub import Stream
+from cryptomarket.streaming.hub import Stream, StreamHub
 from cryptomarket.streaming.replay import Missed
 from cryptomarket.streaming.replay import fetch as fetch_missed
 from cryptomarket.streaming.replay import frames as replay_frames
@@ -160,9 +161,11 @@ async def open_event_stream(
         changed_meanwhile = set(stream.changed_while_opening or ())
         stream.changed_while_opening = None
         replay = [] if missed is None else replay_frames(hub, stream, missed, changed_meanwhile)
-        for ticker, own_timer in subscriptions.items():
+        # Latest prices go out in publish order: a client resuming from the last one it got
+        # had every other one before it (streaming/replay.py).
+        for ticker in sorted(subscriptions, key=lambda ticker: _published(hub, ticker)):
             if ticker not in changed_meanwhile:
-                hub.subscribe(stream, ticker, own_timer)
+                hub.subscribe(stream, ticker, subscriptions[ticker])
     except BaseException:
         hub.close(stream)
         raise
@@ -172,14 +175,24 @@ async def open_event_stream(
             "user_id": caller.user_id,
             "token": stream.id,
             "timer": stream.default_timer,
-            "subscriptions": [
-                {"ticker": ticker, "timer": seconds} for ticker, seconds in stream.timers.items()
+            "subscriptions": [  # in the stored order, then those subscribed meanwhile
+                {"ticker": ticker, "timer": stream.timers[ticker]}
+                for ticker in dict.fromkeys([*subscriptions, *stream.timers])
+                if ticker in stream.timers
             ],
         },
     )
     opening = events.retry() + connected + b"".join(replay) + hub.upstream
     hub.events_sent += len(replay) + 2
     return stream, opening
+
+
+def _published(hub: StreamHub, ticker: str) -> datetime:
+    latest = hub.latest.get(ticker)
+    return latest[0].received_at if latest is not None else NEVER
+
+
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 async def _missed(
