@@ -80,15 +80,21 @@ async def fetch(
             if missed.stamp is not None:
                 ticks = await repository.published_after(each, missed.stamp, limit=REPLAY_LIMIT + 1)
                 cut = len(ticks) > REPLAY_LIMIT
-                following = await repository.first_published_after(each, missed.stamp)
-                first = following.timestamp if cut and following is not None else None
+                following = (
+                    await repository.first_published_after(each, missed.stamp) if cut else None
+                )
+                first = None if following is None else following.timestamp
             else:
                 floor = missed.floor(each)
                 rows = await repository.newest_after(each, floor, limit=REPLAY_LIMIT + 1)
                 ticks = [Tick(row.ticker, row.price, row.timestamp) for row in rows]
                 cut = len(ticks) > REPLAY_LIMIT
-                oldest = await repository.between(each, floor + 1, 2**62, after=None, limit=1)
-                first = oldest[0].timestamp if cut and oldest else None
+                oldest = (
+                    await repository.between(each, floor + 1, 2**62, after=None, limit=1)
+                    if cut
+                    else []
+                )
+                first = oldest[0].timestamp if oldest else None
             missed.stored[each] = ticks
             if first is not None:
                 missed.first_stored[each] = first
