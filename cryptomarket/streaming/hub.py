@@ -8,7 +8,6 @@ dropped; a closed stream's state is gone at once.
 """
 
 import asyncio
-import bisect
 import heapq
 import itertools
 import logging
@@ -320,20 +319,6 @@ class StreamHub:
         if current is None or tick.timestamp > current[0].timestamp:
             self.latest[tick.ticker] = (tick, events.price_frame(tick))
 
-    def publish_stamp(self, ticker: str, timestamp: int) -> datetime | None:
-        """The publish stamp of a recent tick (a ticker's ticks arrive in timestamp order)."""
-        recent = self.recent.get(ticker, ())
-        at = bisect.bisect_left(recent, timestamp, key=_timestamp)
-        if at < len(recent) and recent[at].timestamp == timestamp:
-            return recent[at].received_at
-        return None
-
-    def recent_after(self, ticker: str, stamp: datetime) -> list[Tick]:
-        """The recent ticks of a ticker published after `stamp`, in publish order."""
-        recent = self.recent.get(ticker, ())
-        at = bisect.bisect_right(recent, stamp, key=_received_at)
-        return [recent[index] for index in range(at, len(recent))]
-
     # -- market events ----------------------------------------------------------------------
 
     def publish(self, event: Event, frame: bytes | None = None) -> None:
@@ -442,14 +427,6 @@ class StreamHub:
                 stream.push(events.PING)
             else:
                 stream.quiet_sweeps += 1
-
-
-def _timestamp(tick: Tick) -> int:
-    return tick.timestamp
-
-
-def _received_at(tick: Tick) -> datetime:
-    return tick.received_at
 
 
 def _now() -> datetime:

@@ -22,6 +22,7 @@ in the same step of the event loop as the stream's subscriptions start, so a tic
 between is in one or the other, never in both or in neither.
 """
 
+import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ async def fetch(
     hub: StreamHub, database: Database, tickers: list[str], resume: tuple[str, int]
 ) -> Missed:
     ticker, timestamp = resume
-    missed = Missed(ticker, timestamp, hub.publish_stamp(ticker, timestamp), tickers)
+    missed = Missed(ticker, timestamp, publish_stamp(hub, ticker, timestamp), tickers)
     if not tickers:
         return missed
     async with database.reading() as connection:
@@ -145,13 +146,13 @@ def _certain_from(hub: StreamHub, missed: Missed) -> datetime | None:
     answer, else the hub's, which may have one by now)."""
     if not missed.out_of_order or missed.certain_from is not None or missed.stamp is None:
         return missed.certain_from
-    following = hub.recent_after(missed.ticker, missed.stamp)
+    following = recent_after(hub, missed.ticker, missed.stamp)
     return following[0].received_at if following else None
 
 
 def _recent(hub: StreamHub, missed: Missed, ticker: str) -> list[Tick]:
     if missed.stamp is not None:
-        return hub.recent_after(ticker, missed.stamp)
+        return recent_after(hub, ticker, missed.stamp)
     floor = missed.floor(ticker)
     return [tick for tick in hub.recent.get(ticker, ()) if tick.timestamp > floor]
 
@@ -162,3 +163,27 @@ def _merged(stored: Iterable[Tick], recent: Iterable[Tick]) -> list[Tick]:
     by_timestamp = {tick.timestamp: tick for tick in stored}
     by_timestamp.update((tick.timestamp, tick) for tick in recent)
     return [by_timestamp[timestamp] for timestamp in sorted(by_timestamp)]
+
+
+def publish_stamp(hub: StreamHub, ticker: str, timestamp: int) -> datetime | None:
+    """The publish stamp of one of the hub's recent ticks (a ticker's come in timestamp order)."""
+    recent = hub.recent.get(ticker, ())
+    at = bisect.bisect_left(recent, timestamp, key=_timestamp)
+    if at < len(recent) and recent[at].timestamp == timestamp:
+        return recent[at].received_at
+    return None
+
+
+def recent_after(hub: StreamHub, ticker: str, stamp: datetime) -> list[Tick]:
+    """The hub's recent ticks of a ticker published after `stamp`, in publish order."""
+    recent = hub.recent.get(ticker, ())
+    at = bisect.bisect_right(recent, stamp, key=_received_at)
+    return [recent[index] for index in range(at, len(recent))]
+
+
+def _timestamp(tick: Tick) -> int:
+    return tick.timestamp
+
+
+def _received_at(tick: Tick) -> datetime:
+    return tick.received_at
