@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # Frames a stream may have waiting; a client further behind is dropped.
     SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)
     SESSION_TTL: timedelta = timedelta(hours=27)
+    # Seconds between checks of open streams' sessions: an expired or signed-out one ends.
+    SSE_SESSION_RECHECK: float = Field(30.0, ge=0.1, le=3600)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
     # Periodic jobs: seconds between runs of the persist job (distributed mode) and of the gap
     # backfill (both modes). The other jobs run hourly or every 15 minutes.
