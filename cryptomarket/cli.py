@@ -174,6 +174,10 @@ def simulate(
     min_heartbeat: Annotated[
         float, typer.Option(min=0.1, help="Smallest heartbeat interval accepted (Deribit: 10 s).")
     ] = 10.0,
+    record_hours: Annotated[
+        float,
+        typer.Option(min=0.0, help="Hours of produced ticks sim/produced remembers (at least 1)."),
+    ] = 2.0,
     log_json: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:
     """Run the Deribit simulator at ws://HOST:PORT/ws/api/v2: no network or account needed.
@@ -189,6 +193,7 @@ def simulate(
             tick_interval=tick_interval,
             seed=seed,
             min_heartbeat_interval=min_heartbeat,
+            record_hours=record_hours,
             accounts=load_accounts(accounts) if accounts else list(DEFAULT_ACCOUNTS),
         )
     except ValueError as error:

@@ -17,12 +17,15 @@ class SimulatorConfig:
     default_limits: CreditLimits = DEFAULT_LIMITS
     subscribe_limits: CreditLimits = SUBSCRIBE_LIMITS
     max_connections_per_ip: int = 32
+    record_hours: float = 2.0  # sim/produced remembers at least this long (and at least 1 h)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"simulator port must be 0-65535, not {self.port}")
         if self.tick_interval <= 0:
             raise ValueError(f"tick interval must be positive, not {self.tick_interval}")
+        if self.record_hours < 0:
+            raise ValueError(f"record hours must not be negative, not {self.record_hours}")
         if self.min_heartbeat_interval <= 0:
             raise ValueError("minimum heartbeat interval must be positive")
         if self.max_connections_per_ip < 1:

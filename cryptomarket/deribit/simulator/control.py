@@ -109,7 +109,26 @@ def fail_requests(call: Call) -> str:
     return "ok"
 
 
+def _timestamp(call: Call, name: str) -> int | None:
+    value = call.params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise rpc.invalid_params("must be an integer timestamp in ms", name)
+    return value
+
+
+def produced(call: Call) -> dict[str, object]:
+    """Ground truth: every tick produced for the index with since < timestamp <= until, whether
+    or not anyone was subscribed; `complete` is false when part of that span is forgotten."""
+    name = index_name(call)
+    since, until = _timestamp(call, "since"), _timestamp(call, "until")
+    ticks, complete = call.state.market.produced(name, since, until)
+    return {"index_name": name, "ticks": ticks, "complete": complete}
+
+
 CONTROL_METHODS: dict[str, Handler] = {
+    "sim/produced": produced,
     "sim/fail_requests": fail_requests,
     "sim/set_price": set_price,
     "sim/pause_ticks": pause_ticks,

@@ -8,8 +8,9 @@ live price, so every chart range is full from the first second.
 
 import math
 import random
-from collections import deque
 from dataclasses import dataclass, field
+
+from cryptomarket.deribit.simulator.record import TickRecord
 
 # Reference §5.2: the documented enum (47 names), with rough real-world price levels.
 BASE_PRICES: dict[str, float] = {
@@ -109,7 +110,7 @@ class _Series:
     noise_key: int
     last_ts: int = 0
     pending: float | None = None  # set by sim/set_price, carried by the next tick
-    ticks: deque[tuple[int, float]] = field(default_factory=deque)
+    ticks: TickRecord = field(default_factory=lambda: TickRecord(HOUR_MS))
     # bucket spacing -> bucket start -> [sum, count]
     buckets: dict[int, dict[int, list[float]]] = field(
         default_factory=lambda: {MINUTE_MS: {}, HOUR_MS: {}, DAY_MS: {}}
@@ -119,9 +120,18 @@ class _Series:
 class Market:
     """Every index's price; `tick()` moves them all and returns the new ticks."""
 
-    def __init__(self, *, seed: int | None, tick_interval: float, started_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int | None,
+        tick_interval: float,
+        started_ms: int,
+        record_hours: float = 2.0,
+    ) -> None:
         self.seed = seed if seed is not None else random.randrange(2**32)
         self.first_tick_ms: int | None = None  # before it, the chart is synthetic
+        # The 1h chart is served from the record too, so it keeps at least an hour.
+        self._keep_ms = max(HOUR_MS, int(record_hours * HOUR_MS))
         self._series = {
             name: self._new_series(name, base, tick_interval) for name, base in BASE_PRICES.items()
         }
@@ -144,6 +154,7 @@ class Market:
                 for period, amplitude in _WAVES
             ],
             noise_key=shape_rng.getrandbits(64),
+            ticks=TickRecord(self._keep_ms),
         )
 
     def __contains__(self, index_name: object) -> bool:
@@ -157,7 +168,18 @@ class Market:
         self._series[index_name].pending = price
 
     def history(self, index_name: str) -> list[tuple[int, float]]:
-        return list(self._series[index_name].ticks)
+        """The ticks of the last hour, oldest first."""
+        record = self._series[index_name].ticks
+        last = record.last()
+        return record.pairs(since=last[0] - HOUR_MS - 1) if last else []
+
+    def produced(
+        self, index_name: str, since: int | None = None, until: int | None = None
+    ) -> tuple[list[list[float]], bool]:
+        """`sim/produced`: the ticks with since < timestamp <= until, and whether none of that
+        span was forgotten yet."""
+        record = self._series[index_name].ticks
+        return record.between(since, until), record.complete(since)
 
     def tick(self, now_ms: int) -> list[tuple[str, int, float]]:
         """Move every index one step; returns (index_name, timestamp_ms, price) per index."""
@@ -180,9 +202,7 @@ class Market:
         return round(price, s.decimals)
 
     def _record(self, s: _Series, ts: int, price: float) -> None:
-        s.ticks.append((ts, price))
-        while s.ticks[0][0] < ts - HOUR_MS:
-            s.ticks.popleft()
+        s.ticks.append(ts, price)
         for spacing, buckets in s.buckets.items():
             bucket = buckets.setdefault(ts - ts % spacing, [0.0, 0])
             bucket[0] += price
@@ -198,7 +218,7 @@ class Market:
         """`public/get_index_chart_data`: chronological [timestamp_ms, price] points."""
         s = self._series[index_name]
         if chart_range == "1h":
-            return [[ts, price] for ts, price in s.ticks if ts >= now_ms - HOUR_MS]
+            return s.ticks.between(since=now_ms - HOUR_MS - 1)
         if chart_range == "all":
             spacing, since = DAY_MS, ALL_SINCE_MS
         else:

@@ -66,6 +66,13 @@ class Simulator:
         """The ticks generated in the last hour, chronological (timestamp_ms, price)."""
         return self._state.market.history(index_name)
 
+    def produced(
+        self, index_name: str, since: int | None = None, until: int | None = None
+    ) -> list[tuple[int, float]]:
+        """What `sim/produced` answers: the ticks with since < timestamp <= until."""
+        ticks, _ = self._state.market.produced(index_name, since, until)
+        return [(int(ts), price) for ts, price in ticks]
+
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("simulator already started")

@@ -39,7 +39,10 @@ class SimState:
         self.config = config
         self.accounts = {account.client_id: account for account in config.accounts}
         self.market = Market(
-            seed=config.seed, tick_interval=config.tick_interval, started_ms=now_ms()
+            seed=config.seed,
+            tick_interval=config.tick_interval,
+            started_ms=now_ms(),
+            record_hours=config.record_hours,
         )
         self.tokens = TokenStore()
         self.nonces = NonceRegistry()
