@@ -66,7 +66,7 @@ def test_the_record_forgets_whole_chunks_past_its_retention_and_says_so():
 def test_a_market_records_at_least_its_record_hours():
     market = Market(seed=3, tick_interval=1.0, started_ms=0, record_hours=0.0)  # 1 h at least
     for n in range(1, 8000):  # a tick a second: more than a chunk past the hour
-        market.tick(n * 1000)
+        market.tick("btc_usd", n * 1000, 1.0)
     ticks, complete = market.produced("btc_usd")
     assert not complete
     assert ticks[-1][0] - ticks[0][0] >= HOUR_MS - 2000

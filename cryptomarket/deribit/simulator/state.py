@@ -43,6 +43,7 @@ class SimState:
             tick_interval=config.tick_interval,
             started_ms=now_ms(),
             record_hours=config.record_hours,
+            chart_spacing_ms=round(config.chart_spacing * 1000),
         )
         self.tokens = TokenStore()
         self.nonces = NonceRegistry()
