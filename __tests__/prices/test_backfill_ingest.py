@@ -110,6 +110,21 @@ async def test_at_fine_spacing_every_missed_tick_is_published_in_order(
     in_publish_order(published)
 
 
+async def test_ticks_that_overtake_the_subscribe_answer_are_held_too(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    ingest = await start_ingest(database, {TICKER})
+    published = Published(ingest)
+    # Replies lag up to 400 ms behind notifications: after the reconnect, ticks arrive before
+    # the subscribe answer, so before the connection says it is connected.
+    await sim_control(simulator, ("sim/set_latency", {"ms": 0, "jitter_ms": 400}))
+    before = await outage(simulator, published)
+    await eventually(lambda: published.stamps()[-1] > before + 3000, what="ticks after")
+    first, last = published.stamps()[0], published.stamps()[-1]
+    assert published.stamps() == [ts for ts, _ in simulator.produced(TICKER, first - 1, last)]
+    in_publish_order(published)
+
+
 @pytest.mark.parametrize(
     "bound", [{"hold_timeout": 0.5}, {"max_held": 5}], ids=["timeout", "count"]
 )

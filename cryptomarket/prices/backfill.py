@@ -60,6 +60,16 @@ class Filled:
     spacing_ms: int | None = None  # of the history read, when known
 
 
+def merge(parts: Sequence[Filled]) -> Filled:
+    """Several windows' results as one."""
+    return Filled(
+        ticks=[tick for part in parts for tick in part.ticks],
+        gaps=[gap for part in parts for gap in part.gaps],
+        coarse=sum(part.coarse for part in parts),
+        spacing_ms=next((part.spacing_ms for part in parts if part.spacing_ms), None),
+    )
+
+
 def range_for(span_ms: int) -> str:
     """The smallest chart range that reaches `span_ms` back from now."""
     for name, reach in RANGES:

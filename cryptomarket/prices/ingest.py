@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
-from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points
+from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
 from cryptomarket.prices.models import CHANNEL_PREFIX, EPOCH, Gap, Tick, channel_of, publish_stamp
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
@@ -43,18 +43,27 @@ class Publisher(Protocol):
 
 @dataclass(eq=False)
 class _Catchup:
-    """A ticker's backfill after a (re)connect; its live ticks wait in `held` until it is done."""
+    """A ticker's backfill after a (re)connect; its live ticks wait in `held` until it is done.
 
-    since: int  # the newest tick published before the outage (exclusive)
-    until: int  # our clock at the (re)connect: the window's end when no live tick came yet
+    A drop during the backfill adds an outage: each starts at the newest tick received before
+    it and ends at the first tick received after it (or, none yet, at the latest connect)."""
+
+    starts: list[int]  # the newest tick received before each outage (exclusive)
+    until: int  # our clock at the latest connect
     held: list[Tick] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     deadline: asyncio.TimerHandle | None = None
 
-    def end(self) -> int:
-        """Where the window ends: at the first live tick after the outage, if one came."""
-        after = [tick.timestamp for tick in self.held if tick.timestamp > self.since]
-        return min(after) if after else self.until
+    @property
+    def since(self) -> int:
+        return self.starts[0]
+
+    def windows(self) -> list[tuple[int, int]]:
+        ends = []
+        for start in self.starts:
+            after = [tick.timestamp for tick in self.held if tick.timestamp > start]
+            ends.append(min(after) if after else self.until)
+        return list(zip(self.starts, ends, strict=True))
 
 
 class Ingest:
@@ -185,6 +194,7 @@ class Ingest:
             self._publish(Tick(ticker, price, timestamp, publish_stamp()))
             return
         catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
+        self._arm(ticker, catchup)
         if len(catchup.held) >= self.max_held:
             self._give_up(ticker, f"{self.max_held} live ticks held")
 
@@ -208,40 +218,61 @@ class Ingest:
                 self._catch_up(ticker, until)
         elif state in (ConnectionState.CONNECTING, ConnectionState.RECONNECTING):
             self._set_status(state.value)
+            # Hold from now: a fresh socket's first ticks can come in before it reports
+            # CONNECTED, and publishing them would hide the window before them.
+            for ticker in sorted(self.tickers):
+                self._hold(ticker)
 
-    def _catch_up(self, ticker: str, until: int) -> None:
-        """Backfill what the outage missed, holding the ticker's live ticks meanwhile. A
-        reconnect during a backfill starts it again over the whole window, keeping what is held
-        and the first deadline (live ticks wait at most `hold_timeout`)."""
+    def _hold(self, ticker: str) -> None:
+        """The upstream is down: hold the ticker's live ticks from now until it is caught up
+        (a ticker never seen cannot have missed anything)."""
+        newest = self.last_seen.get(ticker)
+        if newest is None:
+            return
         catchup = self._catchups.get(ticker)
         if catchup is None:
-            since = self.last_seen.get(ticker)
-            if since is None:
-                return  # never seen: nothing can have been missed
-            catchup = self._catchups[ticker] = _Catchup(since, until)
+            self._catchups[ticker] = _Catchup([newest], until=newest)
+        elif newest > catchup.starts[-1]:
+            catchup.starts.append(newest)  # dropped again, after ticks of its own
+
+    def _arm(self, ticker: str, catchup: _Catchup) -> None:
+        """Live ticks wait at most `hold_timeout`, counted from the first one held (or the
+        connect), whatever reconnects happen meanwhile."""
+        if catchup.deadline is None:
+            why = f"timed out after {self.hold_timeout:g} s"
             loop = asyncio.get_running_loop()
-            catchup.deadline = loop.call_later(
-                self.hold_timeout, self._give_up, ticker, f"timed out after {self.hold_timeout:g} s"
-            )
-        elif catchup.task is not None:
+            catchup.deadline = loop.call_later(self.hold_timeout, self._give_up, ticker, why)
+
+    def _catch_up(self, ticker: str, until: int) -> None:
+        """Backfill what the outages missed, its live ticks held meanwhile. A reconnect during
+        a backfill starts it again over every outage, keeping what is held."""
+        catchup = self._catchups.get(ticker)
+        if catchup is None:
+            return
+        self._arm(ticker, catchup)
+        if catchup.task is not None:
             catchup.task.cancel()
         catchup.until = until
         catchup.task = self._spawn(self._backfill(ticker, catchup))
 
     async def _backfill(self, ticker: str, catchup: _Catchup) -> None:
-        since = catchup.since
         try:
             now = int(time.time() * 1000)
-            points, range_name = await fetch_points(self.history, ticker, now - since)
+            points, range_name = await fetch_points(self.history, ticker, now - catchup.since)
         except (DeribitError, DeribitTransportError) as error:
             logger.warning("%s: history unavailable for backfill: %s", ticker, error)
-            result = failed(ticker, since, catchup.end(), str(error))
+            result = self._failed(ticker, catchup, str(error))
         except Exception as error:  # must not vanish with its task: say so, and record the gap
-            logger.exception("%s: backfill after %d failed", ticker, since)
-            result = failed(ticker, since, catchup.end(), type(error).__name__)
+            logger.exception("%s: backfill after %d failed", ticker, catchup.since)
+            result = self._failed(ticker, catchup, type(error).__name__)
         else:
-            result = cover(ticker, points, since, catchup.end(), range_name)
+            windows = catchup.windows()
+            result = merge([cover(ticker, points, *window, range_name) for window in windows])
         self._finish(ticker, catchup, result)
+
+    @staticmethod
+    def _failed(ticker: str, catchup: _Catchup, why: str) -> Filled:
+        return merge([failed(ticker, *window, why) for window in catchup.windows()])
 
     def _give_up(self, ticker: str, why: str) -> None:
         """Stop waiting for the backfill: the window is a gap (retried by the gap job)."""
@@ -250,8 +281,11 @@ class Ingest:
             return
         if catchup.task is not None:
             catchup.task.cancel()
-        logger.warning("%s: backfill %s; releasing %d held tick(s)", ticker, why, len(catchup.held))
-        self._finish(ticker, catchup, failed(ticker, catchup.since, catchup.end(), why))
+        if catchup.task is not None or catchup.held:
+            logger.warning(
+                "%s: backfill %s; releasing %d held tick(s)", ticker, why, len(catchup.held)
+            )
+        self._finish(ticker, catchup, self._failed(ticker, catchup, why))
 
     def _finish(self, ticker: str, catchup: _Catchup, result: Filled) -> None:
         """Publish, in timestamp order, the backfilled ticks, the gaps and the held ticks."""
