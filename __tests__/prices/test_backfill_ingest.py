@@ -125,6 +125,43 @@ async def test_ticks_that_overtake_the_subscribe_answer_are_held_too(
     in_publish_order(published)
 
 
+async def test_a_drop_during_a_backfill_adds_its_window_and_loses_nothing(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    blocked, release = asyncio.Event(), asyncio.Event()
+
+    def gated(source: ChartSource) -> ChartSource:
+        async def fetch(ticker: str, range_name: str) -> list[Any]:
+            if blocked.is_set():
+                await release.wait()  # the backfill is still running at the second drop
+            return await source(ticker, range_name)
+
+        return fetch
+
+    ingest = await start_ingest(database, {TICKER}, history=gated)
+    published = Published(ingest)
+    blocked.set()
+    before = await outage(simulator, published, seconds=0.5)
+    await eventually(lambda: ingest.connection.reconnects > 0, what="the drop seen")
+    await eventually(lambda: ingest.connection.connected, what="connected again")
+    reconnects = ingest.connection.reconnects
+    await eventually(lambda: simulator.history(TICKER)[-1][0] > before + 1500, what="ticks")
+    assert published.stamps()[-1] == before  # held while the backfill runs
+    await sim_control(
+        simulator, ("sim/refuse_connections", {"seconds": 0.5}), ("sim/drop_connections", {})
+    )
+    await eventually(
+        lambda: ingest.connection.reconnects > reconnects and ingest.connection.connected,
+        what="the second reconnect",
+    )
+    release.set()
+    await eventually(lambda: published.stamps()[-1] > before + 3000, what="ticks after")
+    first, last = published.stamps()[0], published.stamps()[-1]
+    assert published.stamps() == [ts for ts, _ in simulator.produced(TICKER, first - 1, last)]
+    assert published.gaps() == []
+    in_publish_order(published)
+
+
 @pytest.mark.parametrize(
     "bound", [{"hold_timeout": 0.5}, {"max_held": 5}], ids=["timeout", "count"]
 )

@@ -214,7 +214,7 @@ class Ingest:
             self._last_tick_at = time.monotonic()
             self._set_status("connected")
             until = int(time.time() * 1000)
-            for ticker in sorted(self.tickers):
+            for ticker in sorted(self.tickers | set(self._catchups)):  # released ones end too
                 self._catch_up(ticker, until)
         elif state in (ConnectionState.CONNECTING, ConnectionState.RECONNECTING):
             self._set_status(state.value)
