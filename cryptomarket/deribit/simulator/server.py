@@ -27,8 +27,9 @@ from cryptomarket.deribit.simulator.state import SimState
 log = logging.getLogger("cryptomarket.simulator")
 
 PATH = "/ws/api/v2"
-# The ticker sleeps at least this long between rounds, so fast ticking batches its wakeups.
-MIN_SLEEP = 0.005
+# The ticker sleeps at least a twentieth of the interval (within these bounds) between rounds,
+# so ticks due close together leave in one wakeup; each keeps its own due time as its stamp.
+MIN_SLEEP, MAX_SLEEP = 0.005, 0.05
 
 
 class Simulator:
@@ -162,11 +163,12 @@ class Simulator:
         loop = asyncio.get_running_loop()
         state, market = self._state, self._state.market
         interval = self.config.tick_interval
+        least = min(max(interval / 20, MIN_SLEEP), MAX_SLEEP)
         start = loop.time()
         queue = [(start + market.first_delay(name), name, interval) for name in market.index_names]
         heapq.heapify(queue)
         while True:
-            await asyncio.sleep(max(queue[0][0] - loop.time(), MIN_SLEEP))
+            await asyncio.sleep(max(queue[0][0] - loop.time(), least))
             now = loop.time()
             wall_ms = time.time_ns() / 1e6
             while queue[0][0] <= now:
