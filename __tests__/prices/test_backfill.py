@@ -51,6 +51,13 @@ def test_the_window_edges_count_as_holes_too():
     assert [(g.from_ts, g.to_ts) for g in result.gaps] == [(1, 9_999), (20_001, 24_999)]
 
 
+def test_history_much_coarser_than_the_live_ticks_is_not_live_resolution():
+    history = points(*range(0, 60_001, 1_000))  # one a second, but live ticks come every 50 ms
+    result = cover(T, history, 10_000, 20_000, "1h", live_spacing_ms=50)
+    assert result.ticks == [] and [(g.from_ts, g.to_ts) for g in result.gaps] == [(10_001, 19_999)]
+    assert cover(T, history, 10_000, 20_000, "1h", live_spacing_ms=900).gaps == []
+
+
 def test_spacing_is_read_where_the_window_is():
     # Fine near now, coarse further back: a recent window is filled, an old one is not.
     history = points(*range(0, 600_001, 60_000), *range(601_000, 700_001, 1_000))

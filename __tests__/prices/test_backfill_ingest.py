@@ -69,17 +69,19 @@ def in_publish_order(published: Published) -> None:
     assert all(a < b for a, b in itertools.pairwise(received))
 
 
+@pytest.mark.parametrize("spacing", [60, 1], ids=["a-minute", "a-second-vs-20-ticks"])
 async def test_a_short_outage_at_coarse_spacing_is_a_recorded_and_published_gap(
-    database: Database, simulator_factory: Any, start_ingest: StartIngest
+    database: Database, simulator_factory: Any, start_ingest: StartIngest, spacing: int
 ) -> None:
-    simulator = await simulator_factory(chart_spacing=60)  # Deribit-like: a point a minute
+    # Deribit-like, a point a minute; or a point a second while the index ticks 20 times.
+    simulator = await simulator_factory(chart_spacing=spacing)
     ingest = await start_ingest(database, {TICKER}, on=simulator)
     published = Published(ingest)
     before = await outage(simulator, published)
     await eventually(lambda: bool(published.gaps()), what="a gap event")
     [gap] = published.gaps()
     assert gap.from_ts == before + 1
-    assert gap.reason.startswith(HISTORY_CHECKED) and "60 s apart" in gap.reason
+    assert gap.reason.startswith(HISTORY_CHECKED) and f"{spacing} s apart" in gap.reason
     await eventually(lambda: published.stamps()[-1] > gap.to_ts + 500, what="ticks after")
     assert unaccounted(simulator, published, before, published.stamps()[-1]) == []
     missed = [ts for ts, _ in simulator.produced(TICKER, before, gap.to_ts)]

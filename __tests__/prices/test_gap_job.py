@@ -14,6 +14,8 @@ from cryptomarket.core.tables import Tables, build_tables
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.jobs import gaps
 from cryptomarket.prices.backfill import HISTORY_CHECKED
+from cryptomarket.prices.models import Tick
+from cryptomarket.prices.repository import insert_ticks, tick_rows
 
 CHART = "public/get_index_chart_data"
 
@@ -32,15 +34,18 @@ def recorded(engine: Engine, tables: Tables) -> list[tuple[int, int, str]]:
         return [(row.from_ts, row.to_ts, row.reason) for row in rows]
 
 
+@pytest.mark.parametrize("spacing", [60, 1], ids=["a-minute", "a-second-vs-20-ticks"])
 async def test_a_gap_history_has_only_coarsely_is_kept_and_not_retried(
-    engine: Engine, simulator_factory: Callable[..., Awaitable[Simulator]]
+    engine: Engine, simulator_factory: Callable[..., Awaitable[Simulator]], spacing: int
 ) -> None:
-    simulator = await simulator_factory(chart_spacing=60)
+    simulator = await simulator_factory(chart_spacing=spacing)
     tables = build_tables(engine.dialect.name)
-    await eventually(lambda: len(simulator.history("btc_usd")) >= 20, what="ticks")
+    await eventually(lambda: len(simulator.history("btc_usd")) >= 60, what="ticks")
     history = simulator.history("btc_usd")
-    start, end = history[3][0], history[-4][0]
+    start, end = history[30][0], history[-4][0]
+    live = [Tick("btc_usd", price, ts) for ts, price in history[:30]]  # stored before the gap
     with engine.begin() as connection:
+        connection.execute(insert_ticks(tables, engine.dialect.name), tick_rows(live))
         connection.execute(
             insert(tables.price_gaps).values(
                 ticker="btc_usd",
@@ -54,10 +59,10 @@ async def test_a_gap_history_has_only_coarsely_is_kept_and_not_retried(
     assert await asyncio.to_thread(gaps.backfill_gaps, settings, engine, tables) == 0
     [(from_ts, to_ts, reason)] = recorded(engine, tables)
     assert (from_ts, to_ts) == (start, end)
-    assert reason.startswith(HISTORY_CHECKED) and "60 s apart" in reason
+    assert reason.startswith(HISTORY_CHECKED) and f"{spacing} s apart" in reason
     with engine.connect() as connection:
         prices = connection.execute(select(func.count()).select_from(tables.price_tickers))
-        assert prices.scalar() == 0  # the minute averages are not stored as ticks
+        assert prices.scalar() == len(live)  # the averages are not stored as ticks
     assert simulator.calls[CHART] == 1
     # Older history is never finer: the next run does not ask again.
     assert await asyncio.to_thread(gaps.backfill_gaps, settings, engine, tables) == 0

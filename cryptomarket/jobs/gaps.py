@@ -8,9 +8,11 @@ history could not be fetched stays as it is for the next run.
 """
 
 import logging
+import statistics
 import time
+from itertools import pairwise
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, select
 
 from cryptomarket.core.config import Settings
 from cryptomarket.core.tables import Tables
@@ -30,6 +32,7 @@ from cryptomarket.prices.repository import insert_ticks, tick_rows, upsert_gap
 logger = logging.getLogger("cryptomarket.jobs.gaps")
 
 GAPS_PER_RUN = 50
+LIVE_SAMPLE = 20  # stored ticks read to learn a ticker's live spacing
 REACH_MS = RANGES[-2][1]  # older gaps than Deribit's yearly range are beyond repair
 
 
@@ -47,12 +50,17 @@ def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
     if not rows:
         return 0
     gaps = [(row.id, Gap(row.ticker, row.from_ts, row.to_ts, row.reason)) for row in rows]
+    with engine.connect() as connection:
+        spacings = [live_spacing(connection, tables, gap.ticker, gap.from_ts) for _, gap in gaps]
 
     async def fetch(pool: DeribitPool) -> list[tuple[int, Filled]]:
         history = chart_source(pool.call)
         results = []
-        for gap_id, gap in gaps:
-            filled = await fill_window(history, gap.ticker, gap.from_ts - 1, gap.to_ts + 1, now=now)
+        for (gap_id, gap), spacing in zip(gaps, spacings, strict=True):
+            window = (gap.from_ts - 1, gap.to_ts + 1)
+            filled = await fill_window(
+                history, gap.ticker, *window, now=now, live_spacing_ms=spacing
+            )
             results.append((gap_id, filled))
         return results
 
@@ -70,3 +78,17 @@ def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
         stored += len(filled.ticks)
     logger.info("gap backfill: %d gap(s) looked at, %d tick(s) stored", len(gaps), stored)
     return stored
+
+
+def live_spacing(connection: Connection, tables: Tables, ticker: str, before: int) -> float | None:
+    """How far apart the ticker's stored ticks just before `before` are (the median), so history
+    much coarser than the live ticks is not taken for them."""
+    column = tables.price_tickers.c
+    stamps = connection.execute(
+        select(column.timestamp)
+        .where(column.ticker == ticker, column.timestamp < before)
+        .order_by(column.timestamp.desc())
+        .limit(LIVE_SAMPLE + 1)
+    ).scalars()
+    diffs = [newer - older for newer, older in pairwise(stamps)]
+    return statistics.median(diffs) if diffs else None

@@ -39,9 +39,11 @@ RANGES: tuple[tuple[str, int], ...] = (
 )
 RANGE_NAMES = tuple(name for name, _ in RANGES)
 # Live index ticks come about once a second (reference §6: 61 frames in 57 s). History spaced
-# wider than this is not live resolution; within it, a stretch longer than the larger of this
-# and three spacings without a point is a hole.
+# wider than this (or than twice the live ticks' own spacing, when the caller has seen it) is
+# not live resolution; within it, a stretch longer than the larger of this and three spacings
+# without a point is a hole.
 LIVE_SPACING_MS = 2_000
+LIVE_FACTOR = 2
 HOLE_SPACINGS = 3
 # Every gap reason written after history was consulted starts so: the gap job need not retry it,
 # since older windows are only ever served coarser.
@@ -116,9 +118,18 @@ def describe_spacing(spacing_ms: int | None) -> str:
     return f"{spacing_ms / 1000:g} s apart"
 
 
-def cover(ticker: str, points: Sequence[Tick], since: int, until: int, range_name: str) -> Filled:
+def cover(
+    ticker: str,
+    points: Sequence[Tick],
+    since: int,
+    until: int,
+    range_name: str,
+    *,
+    live_spacing_ms: float | None = None,
+) -> Filled:
     """What of the window strictly between `since` and `until` (ms) the history fills at live
-    resolution, and the gaps (inclusive ms bounds) for the rest."""
+    resolution, and the gaps (inclusive ms bounds) for the rest. `live_spacing_ms`: how far
+    apart this ticker's live ticks come, if known."""
     if until - since < 2:
         return Filled()
     first = bisect_right([tick.timestamp for tick in points], since)
@@ -127,7 +138,8 @@ def cover(ticker: str, points: Sequence[Tick], since: int, until: int, range_nam
     # that is too few), so a range that is finer near now than further back is read right.
     local = points[max(0, first - 1) : first + len(inside) + 1]
     spacing = spacing_of(local) if len(local) >= 2 else spacing_of(points)
-    if spacing is None or spacing > LIVE_SPACING_MS:
+    finest = LIVE_SPACING_MS if live_spacing_ms is None else LIVE_FACTOR * live_spacing_ms
+    if spacing is None or spacing > min(LIVE_SPACING_MS, finest):
         reason = (
             f"{HISTORY_CHECKED} ({range_name}) has {len(inside)} point(s) here, "
             f"{describe_spacing(spacing)}: coarser than live ticks, not stored"
@@ -163,7 +175,13 @@ def failed(ticker: str, since: int, until: int, why: str) -> Filled:
 
 
 async def fill_window(
-    history: ChartSource, ticker: str, since: int, until: int, *, now: int | None = None
+    history: ChartSource,
+    ticker: str,
+    since: int,
+    until: int,
+    *,
+    now: int | None = None,
+    live_spacing_ms: float | None = None,
 ) -> Filled:
     """Backfill the window strictly between `since` and `until`. Deribit's ranges reach back
     from now: give `now` when the window ends before it."""
@@ -174,4 +192,4 @@ async def fill_window(
     except (DeribitError, DeribitTransportError) as error:
         logger.warning("%s: history unavailable for backfill: %s", ticker, error)
         return failed(ticker, since, until, str(error))
-    return cover(ticker, points, since, until, range_name)
+    return cover(ticker, points, since, until, range_name, live_spacing_ms=live_spacing_ms)

@@ -36,6 +36,8 @@ from cryptomarket.streaming.bus import Event, upstream_status
 
 logger = logging.getLogger("cryptomarket.prices.ingest")
 
+MAX_LIVE_SPACING_MS = 10_000  # longer between two live ticks is a pause, not their spacing
+
 
 class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
@@ -91,6 +93,9 @@ class Ingest:
         self.max_held = max_held
         self.status = "connecting"
         self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
+        # How far apart each ticker's live ticks come (ms, a moving average): history spaced
+        # much wider is not live resolution, however fast the exchange ticks.
+        self.live_spacing: dict[str, float] = {}
         self.ticks_in = 0  # ticks received (for /metrics)
         self._refs: Counter[str] = Counter()
         self._last_tick_at = time.monotonic()
@@ -185,12 +190,16 @@ class Ingest:
             logger.warning("ignored an impossible tick on %s", channel)
             return
         self.ticks_in += 1
-        self.last_seen[ticker] = max(timestamp, self.last_seen.get(ticker, 0))
+        previous = self.last_seen.get(ticker, 0)
+        self.last_seen[ticker] = max(timestamp, previous)
         self._last_tick_at = time.monotonic()
         if self.status == "stale":
             self._set_status("connected")
         catchup = self._catchups.get(ticker)
         if catchup is None:
+            if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
+                average = self.live_spacing.get(ticker, timestamp - previous)
+                self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - previous)
             self._publish(Tick(ticker, price, timestamp, publish_stamp()))
             return
         catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
@@ -266,8 +275,13 @@ class Ingest:
             logger.exception("%s: backfill after %d failed", ticker, catchup.since)
             result = self._failed(ticker, catchup, type(error).__name__)
         else:
-            windows = catchup.windows()
-            result = merge([cover(ticker, points, *window, range_name) for window in windows])
+            spacing = self.live_spacing.get(ticker)
+            result = merge(
+                [
+                    cover(ticker, points, *window, range_name, live_spacing_ms=spacing)
+                    for window in catchup.windows()
+                ]
+            )
         self._finish(ticker, catchup, result)
 
     @staticmethod
