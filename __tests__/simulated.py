@@ -1,6 +1,7 @@
 """The Deribit simulator for tests: a real, running simulator on a free port, and a raw client.
 
-- `simulator`: a started `Simulator` with fast settings (a tick every 50 ms, heartbeat from 0.5 s).
+- `simulator`: a started `Simulator` with fast settings (a tick every 50 ms per index on average,
+  heartbeat from 0.5 s, every tick in the 1h chart).
 - `simulator_factory`: `await simulator_factory(**overrides)` starts one with other settings.
 - `connect`: `await connect(sim)` opens a `SimClient`, a small JSON-RPC client for assertions.
 All are stopped or closed after the test.
@@ -25,6 +26,9 @@ FAST_SETTINGS: dict[str, Any] = {
     "tick_interval": 0.05,
     "seed": 7,
     "min_heartbeat_interval": 0.5,
+    # Every tick in the 1h chart, so a backfill can be exact; tests of Deribit-like coarse
+    # history ask for chart_spacing=60.
+    "chart_spacing": 0,
 }
 TIMEOUT = 5.0
 

@@ -228,8 +228,15 @@ def simulate(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
     tick_interval: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between ticks of every index.")
+        float,
+        typer.Option(min=0.001, help="Mean seconds between two ticks of an index (jittered)."),
     ] = 1.0,
+    chart_spacing: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Seconds between the 1h chart's points (0: every live tick; else >= 1)."
+        ),
+    ] = 60.0,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the price walk, for repeatable prices.")
     ] = None,
@@ -242,12 +249,16 @@ def simulate(
     min_heartbeat: Annotated[
         float, typer.Option(min=0.1, help="Smallest heartbeat interval accepted (Deribit: 10 s).")
     ] = 10.0,
+    record_hours: Annotated[
+        float,
+        typer.Option(min=0.0, help="Hours of produced ticks sim/produced remembers (at least 1)."),
+    ] = 2.0,
     log_json: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:
     """Run the Deribit simulator at ws://HOST:PORT/ws/api/v2: no network or account needed.
 
-    It speaks the part of Deribit's API the service uses, ticks every index about once a
-    second, and takes sim/ control calls (see the README).
+    It speaks the part of Deribit's API the service uses, ticks every index on its own clock
+    about once a second, and takes sim/ control calls (see the README).
     """
     configure_logging("INFO", json_lines=log_json)
     try:
@@ -257,6 +268,8 @@ def simulate(
             tick_interval=tick_interval,
             seed=seed,
             min_heartbeat_interval=min_heartbeat,
+            record_hours=record_hours,
+            chart_spacing=chart_spacing,
             accounts=load_accounts(accounts) if accounts else list(DEFAULT_ACCOUNTS),
         )
     except ValueError as error:

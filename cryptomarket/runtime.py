@@ -35,8 +35,9 @@ from cryptomarket.prices.service import PriceService
 from cryptomarket.prices.tickers import TickerCatalogue
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import LocalBus
-from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.streaming.hub import Stream, StreamHub
 from cryptomarket.streaming.redis_bus import RedisBus, read_latest
+from cryptomarket.streaming.sessions import SIGNED_OUT
 from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
 from cryptomarket.users.limits import AttemptLimiter
 from cryptomarket.users.repository import UserRepository
@@ -118,6 +119,7 @@ class Runtime:
             per_minute=settings.SIGN_INS_PER_MINUTE,
             buckets=RedisBuckets(redis, outages) if redis is not None else None,
         )
+        runtime._recheck_stream_sessions(settings.SSE_SESSION_RECHECK)
         runtime.loop_monitor.start()
         runtime.bus.subscribe(hub.publish)
         hub.start()
@@ -156,6 +158,8 @@ class Runtime:
         self.redis_bus.start(publishing=False, receiving=True)
         self.control = ControlChannel(redis, outages)
         self.control.on_session_ended = self._end_announced_session
+        # Sign-outs announced while the channel was away were never heard: check the store.
+        self.control.on_listening = self.hub.sessions.now
         self.control.listen(
             self.subscriptions.apply_announced, self.subscriptions.resync_open_streams
         )
@@ -165,6 +169,18 @@ class Runtime:
             return await read_latest(redis, tickers)
 
         self.subscriptions.latest = latest
+
+    def _recheck_stream_sessions(self, interval: float) -> None:
+        """Open streams end when their session or key does (streaming/sessions.py)."""
+        from cryptomarket.users.auth import ended_streams  # noqa: PLC0415  # it imports this module
+
+        database = self.database
+
+        async def check(streams: list[Stream]) -> dict[Stream, str]:
+            return await ended_streams(database, streams)
+
+        self.hub.sessions.check = check
+        self.hub.sessions.interval = interval
 
     async def _watch_stored_subscriptions(self) -> None:
         """Subscriptions survive restarts: ingest follows every stored one from the start."""
@@ -177,7 +193,7 @@ class Runtime:
         """Another replica signed a session out: its streams here end too."""
         for stream in self.hub.streams_of(ended.user_id):
             if stream.token is not None and token_hash(stream.token) == ended.session:
-                stream.close()
+                self.hub.end_stream(stream, SIGNED_OUT)
 
     async def end_session_streams(self, user_id: str, token: str) -> None:
         """A session was signed out here: end its streams here and on every other replica."""

@@ -2,7 +2,8 @@
 
 import itertools
 
-from cryptomarket.deribit.simulator.market import INDEX_NAMES, MINUTE_MS, Market
+from cryptomarket.deribit.simulator.indexes import INDEX_NAMES
+from cryptomarket.deribit.simulator.market import MINUTE_MS, Market
 
 BTC = "deribit_price_index.btc_usd"
 ETH = "deribit_price_index.eth_usd"
@@ -88,7 +89,7 @@ async def test_unsubscribe_returns_what_was_removed(simulator, connect):
     assert not [f for f in client.pending if f.get("method") == "subscription"], frame
 
 
-async def test_each_tick_is_recorded_in_history_and_the_1h_chart(simulator, connect):
+async def test_each_tick_is_recorded_in_history_and_the_fine_1h_chart(simulator, connect):
     client = await connect(simulator)
     await client.result("public/subscribe", {"channels": [BTC]})
     seen = [await client.tick(BTC) for _ in range(5)]
@@ -136,15 +137,22 @@ async def test_chart_data_errors(simulator, connect):
 
 def test_the_walk_is_seeded_and_moves_a_little():
     one, two = (Market(seed=7, tick_interval=1.0, started_ms=0) for _ in range(2))
-    first = [one.tick(1000 + n)[0][2] for n in range(50)]
-    assert first == [two.tick(1000 + n)[0][2] for n in range(50)]
+    first = [one.tick("btc_usd", 1000 + n, 1.0)[1] for n in range(50)]
+    assert first == [two.tick("btc_usd", 1000 + n, 1.0)[1] for n in range(50)]
     steps = [abs(b / a - 1) for a, b in itertools.pairwise(first)]
     assert max(steps) < 0.005 and any(steps)
     other = Market(seed=8, tick_interval=1.0, started_ms=0)
-    assert [other.tick(1000 + n)[0][2] for n in range(50)] != first
+    assert [other.tick("btc_usd", 1000 + n, 1.0)[1] for n in range(50)] != first
+    # Each index walks on its own: ticking another one in between changes nothing.
+    three = Market(seed=7, tick_interval=1.0, started_ms=0)
+    mixed = []
+    for n in range(50):
+        three.tick("eth_usd", 1000 + n, 0.7)
+        mixed.append(three.tick("btc_usd", 1000 + n, 1.0)[1])
+    assert mixed == first
 
 
 def test_timestamps_strictly_increase_even_with_a_frozen_clock():
     market = Market(seed=1, tick_interval=0.001, started_ms=0)
-    stamps = [market.tick(5000)[0][1] for _ in range(5)]
+    stamps = [market.tick("btc_usd", 5000, 0.001)[0] for _ in range(5)]
     assert stamps == [5000, 5001, 5002, 5003, 5004]

@@ -1,65 +1,19 @@
 """Live ingest from the simulator into the store, through upstream faults and a database outage."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import select
 
 from __tests__.helpers import eventually, eventually_async
+from __tests__.prices.conftest import StartIngest
 from __tests__.servers import PostgresServer
 from __tests__.simulated import sim_control
 from cryptomarket.core.db import Database, urls_for
 from cryptomarket.core.migrate import upgrade
-from cryptomarket.deribit.backoff import Backoff
-from cryptomarket.deribit.connection import DeribitConnection
-from cryptomarket.deribit.credits import CreditBudget
-from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.deribit.simulator import Simulator
-from cryptomarket.prices.backfill import chart_source
-from cryptomarket.prices.ingest import Ingest
-from cryptomarket.prices.writer import TickWriter
-from cryptomarket.streaming.bus import Event, LocalBus, UpstreamStatus
+from cryptomarket.streaming.bus import Event, UpstreamStatus
 from cryptomarket.users.repository import UserRepository
-
-StartIngest = Callable[..., Awaitable[Ingest]]
-
-
-@pytest.fixture
-async def start_ingest(simulator: Simulator) -> AsyncIterator[StartIngest]:
-    """Starts ingest the way the service does, with fast timings; stops everything after."""
-    started: list[tuple[Ingest, TickWriter, DeribitPool]] = []
-
-    async def start(database: Database, tracked: set[str]) -> Ingest:
-        budget = CreditBudget()
-        pool = DeribitPool(simulator.url, size=2, budget=budget, heartbeat_interval=0.5)
-        writer = TickWriter(database, flush_interval=0.05, backoff=Backoff(0.05, 0.3))
-        connection = DeribitConnection(
-            simulator.url,
-            budget=budget,
-            heartbeat_interval=0.5,
-            backoff=Backoff(initial=0.05, maximum=0.3),
-            name="ingest",
-        )
-        ingest = Ingest(
-            connection,
-            writer,
-            LocalBus(),
-            database=database,
-            history=chart_source(pool.call),
-            tracked=tracked,
-        )
-        writer.start()
-        await ingest.start()
-        started.append((ingest, writer, pool))
-        return ingest
-
-    yield start
-    for ingest, writer, pool in started:
-        await ingest.stop()
-        await writer.stop()
-        await pool.close()
 
 
 async def stored(database: Database, ticker: str) -> list[int]:

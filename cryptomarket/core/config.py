@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     SIGN_IN_BURST: int = Field(5, ge=1, le=10_000)
     SIGN_INS_PER_MINUTE: float = Field(10.0, gt=0, le=100_000)
     MAX_USER_IDS_PER_ACCOUNT: int = Field(5, ge=1, le=10_000)
+    # Seconds between checks of open streams' sessions: an expired or signed-out one ends.
+    SSE_SESSION_RECHECK: float = Field(30.0, ge=0.1, le=3600)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)
     # Periodic jobs: seconds between runs of the persist job (distributed mode) and of the gap
     # backfill (both modes). The other jobs run hourly or every 15 minutes.

@@ -100,12 +100,15 @@ SSE_ROUTE_DOCS: dict[str, Any] = {
         "- `status`: the upstream state, `connected`, `reconnecting` or `stale`.\n"
         "- `price` with `id: <ticker>:<timestamp>`: `{ticker, price, timestamp, datetime}`, the "
         "latest price of each subscription at once, then every `timer` seconds (0: every tick).\n"
-        "- `gap`: `{ticker, from, to}` when ticks were missed and Deribit no longer has them.\n"
+        "- `gap`: `{ticker, from, to}` when ticks were missed and Deribit no longer has them, "
+        "or a reconnect's replay leaves them out.\n"
+        "- `session_ended`: `{reason}` (`expired`, `signed_out`, `key_changed`), then the stream "
+        "ends: open streams are re-checked against their session.\n"
         "- `: ping` comments every 15 s when idle.\n\n"
         "Subscriptions come from `create_order` and `cancel_order`; a change reaches an open "
         "stream at once. A reconnecting client that sends `Last-Event-ID` first gets the ticks "
-        "it missed, in order. Swagger UI cannot show a stream that never ends: use `curl -N` or "
-        "an `EventSource`."
+        "it missed, in publish order, without repeats. Swagger UI cannot show a stream that "
+        "never ends: use `curl -N` or an `EventSource`."
     ),
     "response_class": StreamingResponse,
     "responses": {

@@ -1,7 +1,17 @@
-"""The uvicorn server this service runs on, with its socket settings."""
+"""The uvicorn server this service runs on, with its socket settings.
+
+A response that ends before it completes (a stream dropped for not reading) leaves uvicorn closing
+a transport that waits to drain to a client that never reads: the descriptor and its buffers would
+stay for good. Each request's scope carries ABORT, to reset its connection at once; and the server
+aborts, as a fallback, every connection still closing with unsent data after DRAIN_GRACE seconds.
+"""
 
 import asyncio
+import contextlib
+import logging
 import socket
+import struct
+import time
 from typing import Any
 
 import uvicorn
@@ -13,6 +23,23 @@ SEND_BUFFER_BYTES = 256 * 1024
 # The request line and headers of one request, at most (nginx's default allows 4 x 8 KB): the
 # parser uvicorn uses here has no bound of its own, so a header flood would be held in memory.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
+# The scope's ASGI extension: a callable that resets the request's connection now.
+ABORT = "cryptomarket.abort"
+# A closed connection that has not drained its unsent data this long is aborted (seconds).
+DRAIN_GRACE = 30.0
+DRAIN_SWEEP_TICKS = 10  # uvicorn ticks every 0.1 s: the closing connections are checked each second
+
+logger = logging.getLogger("cryptomarket.server")
+
+
+def abort_connection(transport: asyncio.Transport) -> None:
+    """Reset the connection: the descriptor and every buffer go now (a plain close would wait
+    for the client to read what the kernel still holds), and the client sees an RST."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: abort() still drops the transport
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class RequestHeadTooLarge(Exception):
@@ -29,6 +56,11 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self.head_bytes = 0
         super().on_message_begin()
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[ABORT] = self.abort_connection
+
+    def abort_connection(self) -> None:
+        abort_connection(self.transport)
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -46,6 +78,38 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
             )
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also aborts closed connections that cannot drain (see above)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._closing_since: dict[Any, float] = {}
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % DRAIN_SWEEP_TICKS == 0:
+            self.abort_undrained(time.monotonic())
+        return await super().on_tick(counter)
+
+    def abort_undrained(self, now: float) -> None:
+        closing: dict[Any, float] = {}
+        for connection in self.server_state.connections:
+            transport = getattr(connection, "transport", None)
+            if transport is None or not transport.is_closing():
+                continue
+            if not transport.get_write_buffer_size():
+                continue  # closing with nothing left to send: it goes by itself
+            since = self._closing_since.get(connection, now)
+            if now - since >= DRAIN_GRACE:
+                logger.warning(
+                    "aborted a connection that did not read its last %d bytes",
+                    transport.get_write_buffer_size(),
+                )
+                abort_connection(transport)
+            else:
+                closing[connection] = since
+        self._closing_since = closing
+
+
 def make_server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -57,4 +121,4 @@ def make_server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Serve
         timeout_graceful_shutdown=10,
         **options,
     )
-    return uvicorn.Server(config)
+    return DrainingServer(config)

@@ -100,6 +100,7 @@ class ControlChannel:
         self._task: asyncio.Task[None] | None = None
         self.listening = False
         self.on_session_ended: OnSessionEnded | None = None  # replicas end those streams
+        self.on_listening: Callable[[], None] | None = None  # after each (re)subscription
 
     async def announce(self, change: SubscriptionChange) -> None:
         """Tell every other process; a failure is logged (the change is stored already)."""
@@ -149,6 +150,8 @@ class ControlChannel:
                 self.listening = True
                 self.outages.succeeded()
                 backoff.reset()
+                if self.on_listening is not None:
+                    self.on_listening()
                 if on_subscribed is not None:
                     await on_subscribed()
                 while True:

@@ -1,28 +1,39 @@
 """Backfill recorded gaps (table price_gaps) from Deribit's index history.
 
-Each gap is fetched from the smallest chart range that reaches back to it. The ticks found are
-stored (idempotently) and the gap is replaced by what Deribit could not cover, if anything. A gap
-whose history could not be fetched stays as it is for the next run.
+Each gap is fetched from the smallest chart range that reaches back to it. The ticks found at live
+resolution are stored (idempotently) and the gap is replaced by what they do not cover, if
+anything, with a reason saying history was checked. Such gaps are not looked at again: a window
+only gets older, and older history is never finer, so a retry could not fill more. A gap whose
+history could not be fetched stays as it is for the next run.
 """
 
 import logging
+import statistics
 import time
+from itertools import pairwise
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, select
 
 from cryptomarket.core.config import Settings
 from cryptomarket.core.tables import Tables
 from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.jobs.deribit import with_deribit
-from cryptomarket.prices.backfill import RANGES, chart_source, fill_window
-from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.backfill import (
+    FAILED_PREFIX,
+    HISTORY_CHECKED,
+    RANGES,
+    Filled,
+    chart_source,
+    fill_window,
+)
+from cryptomarket.prices.models import Gap
 from cryptomarket.prices.repository import insert_ticks, tick_rows, upsert_gap
 
 logger = logging.getLogger("cryptomarket.jobs.gaps")
 
 GAPS_PER_RUN = 50
+LIVE_SAMPLE = 20  # stored ticks read to learn a ticker's live spacing
 REACH_MS = RANGES[-2][1]  # older gaps than Deribit's yearly range are beyond repair
-FAILED_PREFIX = "backfill failed"
 
 
 def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
@@ -32,35 +43,52 @@ def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
     with engine.connect() as connection:
         rows = connection.execute(
             select(column.id, column.ticker, column.from_ts, column.to_ts, column.reason)
-            .where(column.to_ts > now - REACH_MS)
+            .where(column.to_ts > now - REACH_MS, column.reason.not_like(f"{HISTORY_CHECKED}%"))
             .order_by(column.to_ts.desc())
             .limit(GAPS_PER_RUN)
         ).all()
     if not rows:
         return 0
     gaps = [(row.id, Gap(row.ticker, row.from_ts, row.to_ts, row.reason)) for row in rows]
+    with engine.connect() as connection:
+        spacings = [live_spacing(connection, tables, gap.ticker, gap.from_ts) for _, gap in gaps]
 
-    async def fetch(pool: DeribitPool) -> list[tuple[int, list[Tick], Gap | None]]:
+    async def fetch(pool: DeribitPool) -> list[tuple[int, Filled]]:
         history = chart_source(pool.call)
         results = []
-        for gap_id, gap in gaps:
-            filled, rest = await fill_window(
-                history, gap.ticker, gap.from_ts - 1, gap.to_ts + 1, now=now
+        for (gap_id, gap), spacing in zip(gaps, spacings, strict=True):
+            window = (gap.from_ts - 1, gap.to_ts + 1)
+            filled = await fill_window(
+                history, gap.ticker, *window, now=now, live_spacing_ms=spacing
             )
-            results.append((gap_id, filled, rest))
+            results.append((gap_id, filled))
         return results
 
     stored = 0
     dialect = engine.dialect.name
-    for gap_id, filled, rest in with_deribit(settings, fetch):
-        if rest is not None and rest.reason.startswith(FAILED_PREFIX):
+    for gap_id, filled in with_deribit(settings, fetch):
+        if any(rest.reason.startswith(FAILED_PREFIX) for rest in filled.gaps):
             continue  # Deribit did not answer: try again next run
         with engine.begin() as connection:
-            if filled:
-                connection.execute(insert_ticks(tables, dialect), tick_rows(filled))
+            if filled.ticks:
+                connection.execute(insert_ticks(tables, dialect), tick_rows(filled.ticks))
             connection.execute(delete(tables.price_gaps).where(column.id == gap_id))
-            if rest is not None:
+            for rest in filled.gaps:
                 connection.execute(upsert_gap(tables, dialect, rest))
-        stored += len(filled)
+        stored += len(filled.ticks)
     logger.info("gap backfill: %d gap(s) looked at, %d tick(s) stored", len(gaps), stored)
     return stored
+
+
+def live_spacing(connection: Connection, tables: Tables, ticker: str, before: int) -> float | None:
+    """How far apart the ticker's stored ticks just before `before` are (the median), so history
+    much coarser than the live ticks is not taken for them."""
+    column = tables.price_tickers.c
+    stamps = connection.execute(
+        select(column.timestamp)
+        .where(column.ticker == ticker, column.timestamp < before)
+        .order_by(column.timestamp.desc())
+        .limit(LIVE_SAMPLE + 1)
+    ).scalars()
+    diffs = [newer - older for newer, older in pairwise(stamps)]
+    return statistics.median(diffs) if diffs else None

@@ -3,7 +3,12 @@
 Tracked tickers are always subscribed; any other ticker is subscribed while someone watches it
 (`acquire` / `release`), so Deribit sees one subscription per ticker, never one per user. After
 every (re)connect, and at start, the ticks missed while down are fetched from Deribit's history
-(`backfill.fill_window`) and what Deribit no longer has is recorded as a gap.
+(`backfill`) and what it cannot fill at live resolution is recorded as a gap.
+
+Each ticker's ticks are published in timestamp order, so a hub that only moves forward sees every
+one: while a ticker's backfill runs, its live ticks are held (at most `hold_timeout` seconds and
+`max_held` ticks), then the backfilled ticks, the gaps and the held ticks go out in order. Every
+tick is stamped (`received_at`) as it is published, strictly increasing per process.
 
 Embedded mode hands ticks to a writer (the store) and to the in-process bus. The ingest process of
 distributed mode has no writer: the Redis bus carries every tick, backfilled ones too, to the
@@ -17,13 +22,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
-from cryptomarket.prices.backfill import ChartSource, fill_window
-from cryptomarket.prices.models import CHANNEL_PREFIX, Gap, Tick, channel_of
+from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
+from cryptomarket.prices.models import CHANNEL_PREFIX, EPOCH, Gap, Tick, channel_of, publish_stamp
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import Event, upstream_status
@@ -31,9 +37,36 @@ from cryptomarket.users.repository import UserRepository
 
 logger = logging.getLogger("cryptomarket.prices.ingest")
 
+MAX_LIVE_SPACING_MS = 10_000  # longer between two live ticks is a pause, not their spacing
+
 
 class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
+
+
+@dataclass(eq=False)
+class _Catchup:
+    """A ticker's backfill after a (re)connect; its live ticks wait in `held` until it is done.
+
+    A drop during the backfill adds an outage: each starts at the newest tick received before
+    it and ends at the first tick received after it (or, none yet, at the latest connect)."""
+
+    starts: list[int]  # the newest tick received before each outage (exclusive)
+    until: int  # our clock at the latest connect
+    held: list[Tick] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def since(self) -> int:
+        return self.starts[0]
+
+    def windows(self) -> list[tuple[int, int]]:
+        ends = []
+        for start in self.starts:
+            after = [tick.timestamp for tick in self.held if tick.timestamp > start]
+            ends.append(min(after) if after else self.until)
+        return list(zip(self.starts, ends, strict=True))
 
 
 class Ingest:
@@ -47,6 +80,8 @@ class Ingest:
         history: ChartSource,
         tracked: Iterable[str] = (),
         stale_after: float = 10.0,
+        hold_timeout: float = 15.0,
+        max_held: int = 10_000,
     ) -> None:
         self.connection = connection
         self.writer = writer
@@ -55,13 +90,19 @@ class Ingest:
         self.history = history
         self.tracked = frozenset(tracked)
         self.stale_after = stale_after
+        self.hold_timeout = hold_timeout
+        self.max_held = max_held
         self.status = "connecting"
         self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
+        # How far apart each ticker's live ticks come (ms, a moving average): history spaced
+        # much wider is not live resolution, however fast the exchange ticks.
+        self.live_spacing: dict[str, float] = {}
         self.ticks_in = 0  # ticks received (for /metrics)
         self._refs: Counter[str] = Counter()  # stored subscribers per ticker, as last read
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._catchups: dict[str, _Catchup] = {}
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -73,11 +114,14 @@ class Ingest:
         return self.tracked | frozenset(self._refs)
 
     async def start(self) -> None:
-        """Learn where the store stops, subscribe the tracked tickers and connect."""
+        """Learn where the store stops, subscribe the tracked tickers and connect.
+
+        Every ingested ticker is looked up, the watched ones too (acquired or followed before
+        start), so a restart backfills what users subscribed, not only the tracked tickers."""
         try:
             async with self.database.reading() as connection:
                 repository = PriceRepository(connection, self.database.tables)
-                for ticker in self.tracked:
+                for ticker in sorted(self.tickers):
                     last = await repository.last_timestamp(ticker)
                     if last is not None:
                         self.last_seen[ticker] = max(last, self.last_seen.get(ticker, 0))
@@ -90,6 +134,8 @@ class Ingest:
     async def stop(self) -> None:
         for remove in self._removers:
             remove()
+        for ticker in list(self._catchups):  # held ticks are published, not lost
+            self._give_up(ticker, "stopped before it finished")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -167,47 +213,148 @@ class Ingest:
         if not math.isfinite(price) or timestamp <= 0:
             logger.warning("ignored an impossible tick on %s", channel)
             return
-        tick = Tick(ticker, price, timestamp)
         self.ticks_in += 1
-        self.last_seen[ticker] = max(timestamp, self.last_seen.get(ticker, 0))
+        previous = self.last_seen.get(ticker, 0)
+        self.last_seen[ticker] = max(timestamp, previous)
         self._last_tick_at = time.monotonic()
         if self.status == "stale":
             self._set_status("connected")
+        catchup = self._catchups.get(ticker)
+        if catchup is None:
+            if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
+                average = self.live_spacing.get(ticker, timestamp - previous)
+                self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - previous)
+            self._publish(Tick(ticker, price, timestamp, publish_stamp()))
+            return
+        catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
+        self._arm(ticker, catchup)
+        if len(catchup.held) >= self.max_held:
+            self._give_up(ticker, f"{self.max_held} live ticks held")
+
+    def _publish(self, tick: Tick) -> None:
+        """One tick, stamped already, to the store (embedded) and the bus."""
         if self.writer is not None:
             self.writer.add(tick)
         self.bus.publish(tick)
+
+    def _publish_gap(self, gap: Gap) -> None:
+        if self.writer is not None:
+            self.writer.add_gap(gap)
+        self.bus.publish(gap)
 
     def _on_state(self, state: ConnectionState) -> None:
         if state is ConnectionState.CONNECTED:
             self._last_tick_at = time.monotonic()
             self._set_status("connected")
             until = int(time.time() * 1000)
-            for ticker in sorted(self.tickers):
-                since = self.last_seen.get(ticker)
-                if since is not None:
-                    self._spawn(self._backfill(ticker, since, until))
+            for ticker in sorted(self.tickers | set(self._catchups)):  # released ones end too
+                self._catch_up(ticker, until)
         elif state in (ConnectionState.CONNECTING, ConnectionState.RECONNECTING):
             self._set_status(state.value)
+            # Hold from now: a fresh socket's first ticks can come in before it reports
+            # CONNECTED, and publishing them would hide the window before them.
+            for ticker in sorted(self.tickers):
+                self._hold(ticker)
 
-    async def _backfill(self, ticker: str, since: int, until: int) -> None:
+    def _hold(self, ticker: str) -> None:
+        """The upstream is down: hold the ticker's live ticks from now until it is caught up
+        (a ticker never seen cannot have missed anything)."""
+        newest = self.last_seen.get(ticker)
+        if newest is None:
+            return
+        catchup = self._catchups.get(ticker)
+        if catchup is None:
+            self._catchups[ticker] = _Catchup([newest], until=newest)
+        elif newest > catchup.starts[-1]:
+            catchup.starts.append(newest)  # dropped again, after ticks of its own
+
+    def _arm(self, ticker: str, catchup: _Catchup) -> None:
+        """Live ticks wait at most `hold_timeout`, counted from the first one held (or the
+        connect), whatever reconnects happen meanwhile."""
+        if catchup.deadline is None:
+            why = f"timed out after {self.hold_timeout:g} s"
+            loop = asyncio.get_running_loop()
+            catchup.deadline = loop.call_later(self.hold_timeout, self._give_up, ticker, why)
+
+    def _catch_up(self, ticker: str, until: int) -> None:
+        """Backfill what the outages missed, its live ticks held meanwhile. A reconnect during
+        a backfill starts it again over every outage, keeping what is held."""
+        catchup = self._catchups.get(ticker)
+        if catchup is None:
+            return
+        self._arm(ticker, catchup)
+        if catchup.task is not None:
+            catchup.task.cancel()
+        catchup.until = until
+        catchup.task = self._spawn(self._backfill(ticker, catchup))
+
+    async def _backfill(self, ticker: str, catchup: _Catchup) -> None:
         try:
-            filled, gap = await fill_window(self.history, ticker, since, until)
+            now = int(time.time() * 1000)
+            points, range_name = await fetch_points(self.history, ticker, now - catchup.since)
+        except (DeribitError, DeribitTransportError) as error:
+            logger.warning("%s: history unavailable for backfill: %s", ticker, error)
+            result = self._failed(ticker, catchup, str(error))
         except Exception as error:  # must not vanish with its task: say so, and record the gap
-            logger.exception("%s: backfill of %d..%d failed", ticker, since, until)
-            reason = f"backfill failed: {type(error).__name__}"
-            filled, gap = [], Gap(ticker, since + 1, until - 1, reason)
-        for tick in filled:
-            if self.writer is not None:
-                self.writer.add(tick)
-            else:
-                self.bus.publish(tick)  # the stream takes it to the store
-        if gap is not None:
-            if self.writer is not None:
-                self.writer.add_gap(gap)
-            self.bus.publish(gap)
-        if filled or gap:
+            logger.exception("%s: backfill after %d failed", ticker, catchup.since)
+            result = self._failed(ticker, catchup, type(error).__name__)
+        else:
+            spacing = self.live_spacing.get(ticker)
+            result = merge(
+                [
+                    cover(ticker, points, *window, range_name, live_spacing_ms=spacing)
+                    for window in catchup.windows()
+                ]
+            )
+        self._finish(ticker, catchup, result)
+
+    @staticmethod
+    def _failed(ticker: str, catchup: _Catchup, why: str) -> Filled:
+        return merge([failed(ticker, *window, why) for window in catchup.windows()])
+
+    def _give_up(self, ticker: str, why: str) -> None:
+        """Stop waiting for the backfill: the window is a gap (retried by the gap job)."""
+        catchup = self._catchups.get(ticker)
+        if catchup is None:
+            return
+        if catchup.task is not None:
+            catchup.task.cancel()
+        if catchup.task is not None or catchup.held:
+            logger.warning(
+                "%s: backfill %s; releasing %d held tick(s)", ticker, why, len(catchup.held)
+            )
+        self._finish(ticker, catchup, self._failed(ticker, catchup, why))
+
+    def _finish(self, ticker: str, catchup: _Catchup, result: Filled) -> None:
+        """Publish, in timestamp order, the backfilled ticks, the gaps and the held ticks."""
+        if self._catchups.get(ticker) is not catchup:
+            return  # given up or superseded meanwhile
+        del self._catchups[ticker]
+        if catchup.deadline is not None:
+            catchup.deadline.cancel()
+        events: list[tuple[int, int, Tick | Gap]] = [
+            *((tick.timestamp, 0, tick) for tick in result.ticks),
+            *((gap.from_ts, 1, gap) for gap in result.gaps),
+            *((tick.timestamp, 2, tick) for tick in catchup.held),
+        ]
+        events.sort(key=lambda event: event[:2])
+        published: set[int] = set()
+        for _, _, event in events:
+            if isinstance(event, Gap):
+                self._publish_gap(event)
+            elif event.timestamp not in published:  # a held tick the history had too
+                published.add(event.timestamp)
+                self._publish(Tick(ticker, event.price, event.timestamp, publish_stamp()))
+        if published:
+            self.last_seen[ticker] = max(*published, self.last_seen.get(ticker, 0))
+        if result.ticks or result.gaps:
             logger.info(
-                "%s: backfilled %d tick(s)%s", ticker, len(filled), ", gap recorded" if gap else ""
+                "%s: backfilled %d tick(s), %d gap(s), %d coarse point(s) not used%s",
+                ticker,
+                len(result.ticks),
+                len(result.gaps),
+                result.coarse,
+                f"; then {len(catchup.held)} held" if catchup.held else "",
             )
 
     async def _watch_staleness(self) -> None:
@@ -224,11 +371,12 @@ class Ingest:
             logger.info("upstream %s", status)
             self.bus.publish(upstream_status(status))
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
+        return task
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

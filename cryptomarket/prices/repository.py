@@ -50,6 +50,15 @@ def upsert_gap(tables: Tables, dialect: str, gap: Gap) -> Executable:
     )
 
 
+def aware(moment: datetime) -> datetime:
+    """SQLite hands stored UTC moments back without their zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _tick(row: Row[Any]) -> Tick:
+    return Tick(row.ticker, row.price, row.timestamp, aware(row.received_at))
+
+
 class PriceRepository:
     def __init__(self, connection: AsyncConnection, tables: Tables) -> None:
         self.connection = connection
@@ -117,6 +126,38 @@ class PriceRepository:
             .limit(limit)
         )
         return list(reversed(result.all()))
+
+    async def received_at_of(self, ticker: str, timestamp: int) -> datetime | None:
+        """The publish stamp of one stored tick (a primary-key lookup)."""
+        result = await self.connection.execute(
+            select(self.ticks.c.received_at).where(
+                self.ticks.c.ticker == ticker, self.ticks.c.timestamp == timestamp
+            )
+        )
+        value = result.scalar()
+        return None if value is None else aware(value)
+
+    async def published_after(self, ticker: str, stamp: datetime, *, limit: int) -> list[Tick]:
+        """The newest `limit` ticks published after `stamp`, in publish order (Last-Event-ID
+        replay; the index on (ticker, received_at) serves it)."""
+        result = await self.connection.execute(
+            select(self.ticks)
+            .where(self.ticks.c.ticker == ticker, self.ticks.c.received_at > stamp)
+            .order_by(self.ticks.c.received_at.desc())
+            .limit(limit)
+        )
+        return [_tick(row) for row in reversed(result.all())]
+
+    async def first_published_after(self, ticker: str, stamp: datetime) -> Tick | None:
+        """The first tick published after `stamp`."""
+        result = await self.connection.execute(
+            select(self.ticks)
+            .where(self.ticks.c.ticker == ticker, self.ticks.c.received_at > stamp)
+            .order_by(self.ticks.c.received_at)
+            .limit(1)
+        )
+        row = result.first()
+        return None if row is None else _tick(row)
 
     async def last_timestamp(self, ticker: str) -> int | None:
         """The newest stored timestamp of a ticker (an index lookup, not a scan)."""

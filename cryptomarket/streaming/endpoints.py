@@ -10,6 +10,7 @@ declares the same route, with the same parameters, for /docs and /redoc.
 import logging
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -23,17 +24,22 @@ from cryptomarket.core.openapi_docs import SSE_ROUTE_DOCS
 from cryptomarket.core.request_id import id_header, take_request_id
 from cryptomarket.core.routing import get_and_post
 from cryptomarket.core.security_headers import secure_start
-from cryptomarket.prices.models import Tick
-from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
-from cryptomarket.streaming.hub import Stream
-from cryptomarket.streaming.response import STREAM_RAW_HEADERS, EventStreamResponse, write_events
+from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.streaming.replay import Missed
+from cryptomarket.streaming.replay import fetch as fetch_missed
+from cryptomarket.streaming.replay import frames as replay_frames
+from cryptomarket.streaming.response import (
+    STREAM_RAW_HEADERS,
+    EventStreamResponse,
+    connection_abort,
+    write_events,
+)
 from cryptomarket.subscriptions.schemas import MAX_TIMER
 from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
 
 PATH = "/api/v2/sse/connection"
-REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
 MAX_TOKEN = 256
 MAX_EVENT_ID = 100
 
@@ -94,7 +100,10 @@ class ServeEventStream:
             start = secure_start(
                 {"type": "http.response.start", "status": 200, "headers": headers}, scope
             )
-            await write_events(runtime.hub, stream, opening, start, receive=receive, send=send)
+            abort = connection_abort(scope, send)
+            await write_events(
+                runtime.hub, stream, opening, start, receive=receive, send=send, abort=abort
+            )
             return
         await self.answer_error(scope, receive, send)
 
@@ -143,16 +152,20 @@ async def open_event_stream(
     hub = runtime.hub
     # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
     # cancel) reaches this stream through the hub and wins over the stored state read here.
-    stream = hub.open(caller.user_id, timer, caller.token)
+    stream = hub.open(caller.user_id, timer, caller.token, caller.client_id)
     try:
         subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))
-        replay = await _replay(runtime, stream, subscriptions, last_event_id)
+        missed = await _missed(runtime, stream, subscriptions, last_event_id)
+        # From here on no await: the hub's recent ticks and the live ones meet without overlap.
         changed_meanwhile = set(stream.changed_while_opening or ())
         stream.changed_while_opening = None
-        for ticker, own_timer in subscriptions.items():
+        replay = [] if missed is None else replay_frames(hub, stream, missed, changed_meanwhile)
+        # Latest prices go out in publish order: a client resuming from the last one it got
+        # had every other one before it (streaming/replay.py).
+        for ticker in sorted(subscriptions, key=lambda ticker: _published(hub, ticker)):
             if ticker not in changed_meanwhile:
-                hub.subscribe(stream, ticker, own_timer)
+                hub.subscribe(stream, ticker, subscriptions[ticker])
     except BaseException:
         hub.close(stream)
         raise
@@ -162,8 +175,10 @@ async def open_event_stream(
             "user_id": caller.user_id,
             "token": stream.id,
             "timer": stream.default_timer,
-            "subscriptions": [
-                {"ticker": ticker, "timer": seconds} for ticker, seconds in stream.timers.items()
+            "subscriptions": [  # in the stored order, then those subscribed meanwhile
+                {"ticker": ticker, "timer": stream.timers[ticker]}
+                for ticker in dict.fromkeys([*subscriptions, *stream.timers])
+                if ticker in stream.timers
             ],
         },
     )
@@ -172,16 +187,24 @@ async def open_event_stream(
     return stream, opening
 
 
-async def _replay(
+def _published(hub: StreamHub, ticker: str) -> datetime:
+    latest = hub.latest.get(ticker)
+    return latest[0].received_at if latest is not None else NEVER
+
+
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+async def _missed(
     runtime: Runtime,
     stream: Stream,
     subscriptions: dict[str, int | None],
     last_event_id: str | None,
-) -> list[bytes]:
-    """The ticks a reconnecting client missed, for its every-tick subscriptions, in order."""
+) -> Missed | None:
+    """What the store holds of the ticks a reconnecting client missed (streaming/replay.py)."""
     resume = events.parse_last_event_id(last_event_id)
     if resume is None:
-        return []
+        return None
     resumed_ticker, since = resume
     if resumed_ticker in subscriptions:
         stream.last_sent[resumed_ticker] = since
@@ -190,20 +213,4 @@ async def _replay(
         for ticker, own in subscriptions.items()
         if (stream.default_timer if own is None else own) == 0
     ]
-    # The store has the older ticks; the hub's recent ones cover what is not written yet.
-    missed: dict[tuple[str, int], Tick] = {}
-    database = runtime.database
-    async with database.reading() as connection:
-        repository = PriceRepository(connection, database.tables)
-        for ticker in every_tick:
-            rows = await repository.newest_after(ticker, since, limit=REPLAY_LIMIT)
-            for row in rows:
-                missed[ticker, row.timestamp] = Tick(row.ticker, row.price, row.timestamp)
-            for tick in runtime.hub.recent.get(ticker, ()):
-                if tick.timestamp > since:
-                    missed[ticker, tick.timestamp] = tick
-    ordered = sorted(missed.values(), key=lambda tick: (tick.timestamp, tick.ticker))
-    ordered = ordered[-REPLAY_LIMIT * max(1, len(every_tick)) :]
-    for tick in ordered:
-        stream.last_sent[tick.ticker] = max(tick.timestamp, stream.last_sent.get(tick.ticker, 0))
-    return [events.price_frame(tick) for tick in ordered]
+    return await fetch_missed(runtime.hub, runtime.database, every_tick, resume)

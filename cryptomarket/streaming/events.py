@@ -49,6 +49,11 @@ def gap_frame(gap: Gap) -> bytes:
     return frame("gap", {"ticker": gap.ticker, "from": gap.from_ts, "to": gap.to_ts})
 
 
+def session_ended_frame(reason: str) -> bytes:
+    """The stream's session expired or was signed out (or its key changed): the stream ends."""
+    return frame("session_ended", {"reason": reason})
+
+
 def status_frame(upstream: str, at: datetime) -> bytes:
     return frame("status", {"upstream": upstream, "at": at.isoformat().replace("+00:00", "Z")})
 

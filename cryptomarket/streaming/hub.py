@@ -20,13 +20,15 @@ from cryptomarket.core.errors import TooMany, Unavailable
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
+from cryptomarket.streaming.sessions import SIGNED_OUT, SessionRecheck
 
 logger = logging.getLogger("cryptomarket.streaming")
 
 DEFAULT_TIMER = 60
 PING_INTERVAL = 15.0  # an idle stream gets a `: ping` at least this often
 PING_SWEEPS = 3  # idle streams are found by this many sweeps per interval, not a timer each
-RECENT_TICKS = 600  # per ticker, for Last-Event-ID replay of what the store may not have yet
+# Per ticker, in publish order: Last-Event-ID replay of what the store may not have yet.
+RECENT_TICKS = 600
 
 
 class Stream:
@@ -44,6 +46,7 @@ class Stream:
         "default_timer",
         "dropped",
         "id",
+        "key_id",
         "last_sent",
         "max_buffered",
         "on_drop",
@@ -63,10 +66,12 @@ class Stream:
         on_drop: Callable[["Stream"], None] | None = None,
         *,
         token: str | None = None,
+        key_id: str | None = None,
     ) -> None:
         self.id = id
         self.user_id = user_id
         self.token = token  # the session it was opened with (None: the key headers)
+        self.key_id = key_id  # the client id of the key headers it was opened with
         self.default_timer = default_timer
         self.max_buffered = max_buffered  # a client this far behind is dropped
         # Called when the stream is dropped: unregister it and abort the response writing to it.
@@ -152,7 +157,8 @@ class StreamHub:
         self.client_buffer = client_buffer
         self._ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
-        self.recent: dict[str, deque[Tick]] = {}
+        self.recent: dict[str, deque[Tick]] = {}  # ticker -> its newest ticks, as published
+        self.recent_size = RECENT_TICKS
         self.upstream = events.status_frame("connecting", _now())
         self.upstream_state = "connecting"
         self._by_user: dict[str, set[Stream]] = {}
@@ -164,6 +170,8 @@ class StreamHub:
         self._ids = itertools.count(1)
         self._scheduler: asyncio.Task[None] | None = None
         self.streams_dropped = 0  # too slow to keep, since start
+        # Open streams' sessions and keys, re-checked against the store (streaming/sessions.py).
+        self.sessions = SessionRecheck(self._streams, self.end_stream, self._due_changed.set)
         self.events_sent = 0  # frames handed to streams, since start
 
     @property
@@ -197,6 +205,7 @@ class StreamHub:
 
     async def stop(self) -> None:
         self.close_all()
+        await self.sessions.stop()
         if self._scheduler is not None:
             self._scheduler.cancel()
             await asyncio.gather(self._scheduler, return_exceptions=True)
@@ -204,9 +213,16 @@ class StreamHub:
 
     # -- streams ----------------------------------------------------------------------------
 
-    def open(self, user_id: str, default_timer: int | None, token: str | None = None) -> Stream:
+    def open(
+        self,
+        user_id: str,
+        default_timer: int | None,
+        token: str | None = None,
+        key_id: str | None = None,
+    ) -> Stream:
         """Register a new stream, within the per-user and per-process bounds; `token` is the
-        session it was opened with, so signing out can end it."""
+        session it was opened with (else `key_id`, the client id of its key headers), so
+        signing out, or a new key, can end it."""
         if self.open_streams >= self.max_streams:
             raise Unavailable(
                 f"this server holds its maximum of {self.max_streams} streams; retry shortly",
@@ -227,6 +243,7 @@ class StreamHub:
             max_buffered=self.client_buffer,
             on_drop=self._drop,
             token=token,
+            key_id=key_id,
         )
         mine.add(stream)
         return stream
@@ -236,8 +253,13 @@ class StreamHub:
         (each writes what it has buffered and finishes its response). How many were open."""
         ended = [stream for stream in self._streams() if stream.token == token]
         for stream in ended:
-            stream.close()
+            self.end_stream(stream, SIGNED_OUT)
         return len(ended)
+
+    def end_stream(self, stream: Stream, reason: str) -> None:
+        """End a stream whose session ended: a `session_ended` event says why, then its end."""
+        stream.push(events.session_ended_frame(reason))
+        stream.close()
 
     def _drop(self, stream: Stream) -> None:
         """A stream too far behind: its state goes now, and its response is aborted (the
@@ -322,7 +344,10 @@ class StreamHub:
             return
         frame = frame or events.price_frame(tick)
         self.latest[tick.ticker] = (tick, frame)
-        self.recent.setdefault(tick.ticker, deque(maxlen=RECENT_TICKS)).append(tick)
+        recent = self.recent.get(tick.ticker)
+        if recent is None:
+            recent = self.recent[tick.ticker] = deque(maxlen=self.recent_size)
+        recent.append(tick)
         sent = 0
         for stream in tuple(self._every_tick.get(tick.ticker, ())):
             sent += stream.push_price(tick, frame)
@@ -386,6 +411,8 @@ class StreamHub:
                 last_sweep = now
                 next_sweep = now + self._ping_interval / PING_SWEEPS
             wake_at = min(self._due[0][0], next_sweep) if self._due else next_sweep
+            if (session_check := self.sessions.due(now)) is not None:
+                wake_at = min(wake_at, session_check)
             try:
                 async with asyncio.timeout(max(wake_at - now, 0.0)):
                     await self._due_changed.wait()

@@ -7,13 +7,14 @@ task watches for the client leaving, and pings come from the hub's sweep.
 """
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from cryptomarket.core.server import ABORT, abort_connection
 from cryptomarket.streaming.hub import Stream, StreamHub
 
 logger = logging.getLogger("cryptomarket.streaming")
@@ -48,13 +49,41 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        await write_events(self.hub, self.stream, self.opening, start, receive=receive, send=send)
+        await write_events(
+            self.hub,
+            self.stream,
+            self.opening,
+            start,
+            receive=receive,
+            send=send,
+            abort=connection_abort(scope, send),
+        )
+
+
+def connection_abort(scope: Scope, send: Send) -> Callable[[], None] | None:
+    """How to reset this request's connection: the extension our server adds (core/server.py);
+    else uvicorn's `send`, a method of its request cycle, which holds the transport; else none
+    (the server's sweep of closed connections that cannot drain frees it later)."""
+    abort: Callable[[], None] | None = scope.get("extensions", {}).get(ABORT)
+    if abort is None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if isinstance(transport, asyncio.Transport):
+            return lambda: abort_connection(transport)
+    return abort
 
 
 async def write_events(
-    hub: StreamHub, stream: Stream, opening: bytes, start: Message, *, receive: Receive, send: Send
+    hub: StreamHub,
+    stream: Stream,
+    opening: bytes,
+    start: Message,
+    *,
+    receive: Receive,
+    send: Send,
+    abort: Callable[[], None] | None = None,
 ) -> None:
-    """Send the response start, the opening, then every chunk the stream has, until it ends."""
+    """Send the response start, the opening, then every chunk the stream has, until it ends.
+    A dropped stream's connection is reset with `abort` (see `connection_abort`)."""
     stream.writer = asyncio.current_task()
     watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
     try:
@@ -66,21 +95,36 @@ async def write_events(
             chunk = await stream.next_chunk()
         if not stream.dropped:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            _dropped(abort)
     except asyncio.CancelledError:
         if not stream.dropped:
             raise
         # Dropped while its writer waited on a client that does not read: end the response
-        # here; the server closes the connection of a response that did not complete.
+        # here, and reset the connection (a close would wait for the client to drain it).
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        _dropped_here.set(True)
+        _dropped(abort)
     finally:
         hub.close(stream)
         stream.writer = None
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await _stop(watcher)
+
+
+def _dropped(abort: Callable[[], None] | None) -> None:
+    _dropped_here.set(True)
+    if abort is not None:
+        abort()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a child task and wait until it ends. asyncio.wait never raises the child's
+    cancellation, while a cancellation of the caller itself goes on up from here."""
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.warning("the disconnect watcher of a stream failed: %r", error)
 
 
 async def _close_on_disconnect(receive: Receive, stream: Stream) -> None:

@@ -2,16 +2,24 @@
 
 Every `{user_id}` route depends on `require_owner`: no credentials is 401, another user's id is 403.
 The SSE route also accepts `?token=`, because a cross-origin EventSource cannot send headers.
+Open streams are checked again later (`ended_streams`, run by the hub's session re-check).
 """
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
+from sqlalchemy import select
 
+from cryptomarket.core.db import Database
 from cryptomarket.core.errors import Forbidden, InvalidInput, NotAuthenticated
 from cryptomarket.runtime import Runtime, RuntimeDep
+from cryptomarket.streaming.hub import Stream
+from cryptomarket.streaming.sessions import EXPIRED, KEY_CHANGED, SIGNED_OUT
 from cryptomarket.users.schemas import USER_ID_PATTERN
+from cryptomarket.users.service import token_hash
 
 SESSION_COOKIE = "cm_session"
 
@@ -20,6 +28,7 @@ SESSION_COOKIE = "cm_session"
 class Caller:
     user_id: str
     token: str | None  # the session token, when the caller used one
+    client_id: str | None = None  # the key headers' client id, when the caller used them
 
 
 MAX_HEADER = 512
@@ -91,7 +100,7 @@ async def identify(runtime: Runtime, given: Presented, token: str | None) -> Cal
                 "X-User-id, X-Client-Id and X-Secret-key do not match a signed-in user",
                 code="invalid_credentials",
             )
-        return Caller(user_id, None)
+        return Caller(user_id, None, client_id)
     raise NotAuthenticated(
         "sign in first: POST /api/v1/sessions, then send the token as a Bearer header or cookie"
     )
@@ -127,3 +136,59 @@ async def require_owner(user_id: UserIdPath, caller: CallerDep) -> Caller:
 
 
 OwnerDep = Annotated[Caller, Depends(require_owner)]
+
+
+CHECK_BATCH = 500  # ids per query of a re-check
+
+
+async def ended_streams(database: Database, streams: Sequence[Stream]) -> dict[Stream, str]:
+    """The open streams whose session expired or was signed out, or whose key headers no
+    longer match the stored key's client id (or whose user is gone), with why: a few queries
+    of at most CHECK_BATCH ids for all of them."""
+    by_session: dict[str, list[Stream]] = {}
+    by_user: dict[str, list[Stream]] = {}
+    for stream in streams:
+        if stream.token is not None:
+            by_session.setdefault(token_hash(stream.token), []).append(stream)
+        elif stream.key_id is not None:
+            by_user.setdefault(stream.user_id, []).append(stream)
+    now = datetime.now(UTC)
+    ended: dict[Stream, str] = {}
+    sessions, person = database.tables.sessions, database.tables.person
+    async with database.reading() as connection:
+        live: dict[str, str | None] = {}  # session -> why it ended (None: it goes on)
+        for batch in _batches(list(by_session)):
+            rows = await connection.execute(
+                select(sessions.c.token_hash, sessions.c.expires_at, sessions.c.revoked_at).where(
+                    sessions.c.token_hash.in_(batch)
+                )
+            )
+            for row in rows:
+                expires_at = _aware(row.expires_at)
+                why = SIGNED_OUT if row.revoked_at is not None else None
+                live[row.token_hash] = why or (EXPIRED if expires_at <= now else None)
+        for session, opened in by_session.items():
+            why = live.get(session, EXPIRED)  # gone: purged once it expired or was signed out
+            if why is not None:
+                ended.update((stream, why) for stream in opened)
+        keys: dict[str, str] = {}
+        for batch in _batches(list(by_user)):
+            rows = await connection.execute(
+                select(person.c.user_id, person.c.client_id).where(person.c.user_id.in_(batch))
+            )
+            keys.update((row.user_id, row.client_id) for row in rows)
+        for user_id, opened in by_user.items():
+            ended.update(
+                (stream, KEY_CHANGED) for stream in opened if keys.get(user_id) != stream.key_id
+            )
+    return ended
+
+
+def _batches(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), CHECK_BATCH):
+        yield ids[start : start + CHECK_BATCH]
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands stored UTC moments back without their zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

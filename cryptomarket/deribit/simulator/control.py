@@ -13,6 +13,7 @@ from cryptomarket.deribit.errors import (
     TooManyRequests,
 )
 from cryptomarket.deribit.simulator import rpc
+from cryptomarket.deribit.simulator.market import check_chart_spacing
 from cryptomarket.deribit.simulator.methods import index_name
 from cryptomarket.deribit.simulator.state import Call, Handler, InjectedError
 
@@ -116,7 +117,39 @@ def fail_requests(call: Call) -> str:
     return "ok"
 
 
+def set_chart_spacing(call: Call) -> str:
+    """Seconds between the points of the `1h` chart; 0 serves every live tick."""
+    seconds = _seconds(call)
+    try:
+        check_chart_spacing(round(seconds * 1000))
+    except ValueError:
+        raise rpc.invalid_params("must be 0 or at least 1", "seconds") from None
+    call.state.market.chart_spacing_ms = round(seconds * 1000)
+    log.info("sim: 1h chart points every %gs", seconds)
+    return "ok"
+
+
+def _timestamp(call: Call, name: str) -> int | None:
+    value = call.params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise rpc.invalid_params("must be an integer timestamp in ms", name)
+    return value
+
+
+def produced(call: Call) -> dict[str, object]:
+    """Ground truth: every tick produced for the index with since < timestamp <= until, whether
+    or not anyone was subscribed; `complete` is false when part of that span is forgotten."""
+    name = index_name(call)
+    since, until = _timestamp(call, "since"), _timestamp(call, "until")
+    ticks, complete = call.state.market.produced(name, since, until)
+    return {"index_name": name, "ticks": ticks, "complete": complete}
+
+
 CONTROL_METHODS: dict[str, Handler] = {
+    "sim/produced": produced,
+    "sim/set_chart_spacing": set_chart_spacing,
     "sim/fail_requests": fail_requests,
     "sim/set_price": set_price,
     "sim/pause_ticks": pause_ticks,

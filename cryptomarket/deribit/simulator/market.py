@@ -1,74 +1,24 @@
-"""Simulated index prices: a seeded random walk per index, its recent ticks and its chart history.
+"""Simulated index prices: a seeded random walk per index, its produced ticks and its chart history.
 
-Live ticks are kept for the last hour (every one of them, so a client can backfill missed ticks
-exactly) and folded into minute, hour and day averages for the longer chart ranges. Time before the
-simulator started is filled by a deterministic synthetic series that ends exactly at the first
-live price, so every chart range is full from the first second.
+Each index ticks on its own clock, as Deribit's do: the gap to its next tick is drawn around the
+mean tick interval, from a seeded generator of its own, so prices and spacing are repeatable. Every
+tick is kept for `record_hours` (and at least the hour the `1h` chart needs) and folded into minute,
+hour and day averages for the longer chart ranges. Time before an index's first tick is filled by a
+deterministic synthetic series that ends exactly at its starting price, so every chart range is
+full from the first second.
+
+Chart spacing per range (Deribit's own is undocumented, reference §15): `1h` one point per
+`chart_spacing_ms` (default a minute; 0 serves every live tick), `1d` and `2d` a minute, `1m` an
+hour, `1y` and `all` a day. Each point sits on a multiple of its spacing and is the average of the
+ticks from there to the next point; the newest one moves until its bucket ends.
 """
 
 import math
 import random
-from collections import deque
 from dataclasses import dataclass, field
 
-# Reference §5.2: the documented enum (47 names), with rough real-world price levels.
-BASE_PRICES: dict[str, float] = {
-    "btc_usd": 95_000.0,
-    "eth_usd": 3_500.0,
-    "ada_usdc": 0.7,
-    "algo_usdc": 0.2,
-    "avax_usdc": 25.0,
-    "bch_usdc": 450.0,
-    "bnb_usdc": 650.0,
-    "btc_usdc": 95_000.0,
-    "btcdvol_usdc": 50.0,
-    "buidl_usdc": 1.0,
-    "doge_usdc": 0.2,
-    "dot_usdc": 5.0,
-    "eurr_usdc": 1.08,
-    "eth_usdc": 3_500.0,
-    "ethdvol_usdc": 65.0,
-    "link_usdc": 15.0,
-    "ltc_usdc": 90.0,
-    "near_usdc": 3.0,
-    "paxg_usdc": 2_600.0,
-    "shib_usdc": 0.00002,
-    "sol_usdc": 180.0,
-    "steth_usdc": 3_500.0,
-    "ton_usdc": 3.0,
-    "trump_usdc": 10.0,
-    "trx_usdc": 0.25,
-    "uni_usdc": 8.0,
-    "usde_usdc": 1.0,
-    "usyc_usdc": 1.1,
-    "xrp_usdc": 2.2,
-    "btc_usdt": 95_000.0,
-    "eth_usdt": 3_500.0,
-    "eurr_usdt": 1.08,
-    "sol_usdt": 180.0,
-    "steth_usdt": 3_500.0,
-    "usdc_usdt": 1.0,
-    "usde_usdt": 1.0,
-    "btc_eurr": 88_000.0,
-    "btc_usde": 95_000.0,
-    "btc_usyc": 86_000.0,
-    "eth_btc": 0.037,
-    "eth_eurr": 3_240.0,
-    "eth_usde": 3_500.0,
-    "eth_usyc": 3_180.0,
-    "steth_eth": 1.0,
-    "paxg_btc": 0.027,
-    "drbfix-btc_usdc": 95_000.0,
-    "drbfix-eth_usdc": 3_500.0,
-}
-INDEX_NAMES: tuple[str, ...] = tuple(BASE_PRICES)
-# Stablecoin and wrapped-asset pairs barely move.
-PEGGED = frozenset(
-    {"buidl_usdc", "eurr_usdc", "eurr_usdt", "usde_usdc", "usde_usdt", "usyc_usdc", "usdc_usdt"}
-    | {"steth_eth"}
-)
-# Indices with futures and options, for get_index_price_names(extended=true).
-COMBO_ENABLED = frozenset({"btc_usd", "eth_usd", "btc_usdc", "eth_usdc"})
+from cryptomarket.deribit.simulator.indexes import BASE_PRICES, PEGGED, decimals_for
+from cryptomarket.deribit.simulator.record import TickRecord
 
 VOLATILITY = 4e-4  # per sqrt(second): roughly BTC's intraday volatility
 PEGGED_VOLATILITY = 2e-5
@@ -76,60 +26,75 @@ PEGGED_VOLATILITY = 2e-5
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-# range -> (point spacing, window); spacing 0 means every live tick.
+# range -> (point spacing, window); the 1h spacing is the market's `chart_spacing_ms`.
 CHART_RANGES: dict[str, tuple[int, int]] = {
-    "1h": (0, HOUR_MS),
+    "1h": (MINUTE_MS, HOUR_MS),
     "1d": (MINUTE_MS, DAY_MS),
     "2d": (MINUTE_MS, 2 * DAY_MS),
     "1m": (HOUR_MS, 30 * DAY_MS),
     "1y": (DAY_MS, 365 * DAY_MS),
 }
+MIN_CHART_SPACING_MS = 1_000  # finer than this, only 0 (every tick)
 ALL_SINCE_MS = 1_546_300_800_000  # 2019-01-01: start of the `all` range
 # Synthetic history: (period, relative amplitude) of the slow waves under the noise.
 _WAVES = ((DAY_MS, 0.01), (7 * DAY_MS, 0.03), (60 * DAY_MS, 0.1), (365 * DAY_MS, 0.25))
 _NOISE = 5e-4
 
 
-def decimals_for(price: float) -> int:
-    """Quote precision: cents above 1, about five significant digits below."""
-    return 2 if price >= 1 else 4 - math.floor(math.log10(price))
-
-
 @dataclass
 class _Series:
-    """One index: its walk, its last hour of ticks and its averaged buckets."""
+    """One index: its walk, its clock, its produced ticks and its averaged buckets."""
 
     name: str
     level: float  # where the walk is, unrounded
     quote: float  # the last published price
     decimals: int
-    sigma: float
-    rng: random.Random
+    volatility: float  # per sqrt(second)
+    rng: random.Random  # the walk
+    timing: random.Random  # the gaps between ticks, apart so set_price leaves them alone
     waves: list[tuple[int, float, float]]  # (period, amplitude, phase)
     noise_key: int
+    ticks: TickRecord
+    first_ts: int | None = None  # before it, the chart is synthetic
     last_ts: int = 0
     pending: float | None = None  # set by sim/set_price, carried by the next tick
-    ticks: deque[tuple[int, float]] = field(default_factory=deque)
     # bucket spacing -> bucket start -> [sum, count]
     buckets: dict[int, dict[int, list[float]]] = field(
         default_factory=lambda: {MINUTE_MS: {}, HOUR_MS: {}, DAY_MS: {}}
     )
 
 
-class Market:
-    """Every index's price; `tick()` moves them all and returns the new ticks."""
+def check_chart_spacing(spacing_ms: int) -> None:
+    # Finer spacings would make the synthetic part of a chart millions of points long.
+    if spacing_ms != 0 and spacing_ms < MIN_CHART_SPACING_MS:
+        raise ValueError(
+            f"chart spacing must be 0 (every tick) or at least 1 s, not {spacing_ms} ms"
+        )
 
-    def __init__(self, *, seed: int | None, tick_interval: float, started_ms: int) -> None:
+
+class Market:
+    """Every index's price; `tick(name, ...)` moves one index and returns its new tick."""
+
+    def __init__(
+        self,
+        *,
+        seed: int | None,
+        tick_interval: float,
+        started_ms: int,
+        record_hours: float = 2.0,
+        chart_spacing_ms: int = MINUTE_MS,
+    ) -> None:
+        check_chart_spacing(chart_spacing_ms)
         self.seed = seed if seed is not None else random.randrange(2**32)
-        self.first_tick_ms: int | None = None  # before it, the chart is synthetic
-        self._series = {
-            name: self._new_series(name, base, tick_interval) for name, base in BASE_PRICES.items()
-        }
+        self.tick_interval = tick_interval
+        self.chart_spacing_ms = chart_spacing_ms  # of the 1h range; sim/set_chart_spacing
+        # The 1h chart is served from the record too, so it keeps at least an hour.
+        self._keep_ms = max(HOUR_MS, int(record_hours * HOUR_MS))
+        self._series = {name: self._new_series(name, base) for name, base in BASE_PRICES.items()}
         # The synthetic past ends exactly at the starting price.
         self._offsets = {name: self._shape(s, started_ms) for name, s in self._series.items()}
 
-    def _new_series(self, name: str, base: float, tick_interval: float) -> _Series:
-        volatility = PEGGED_VOLATILITY if name in PEGGED else VOLATILITY
+    def _new_series(self, name: str, base: float) -> _Series:
         # String seeds hash deterministically, so each index walks independently of the others.
         shape_rng = random.Random(f"{self.seed}:{name}:history")
         return _Series(
@@ -137,17 +102,23 @@ class Market:
             level=base,
             quote=base,
             decimals=decimals_for(base),
-            sigma=volatility * math.sqrt(tick_interval),
+            volatility=PEGGED_VOLATILITY if name in PEGGED else VOLATILITY,
             rng=random.Random(f"{self.seed}:{name}"),
+            timing=random.Random(f"{self.seed}:{name}:timing"),
             waves=[
                 (period, amplitude * (0.1 if name in PEGGED else 1.0), shape_rng.uniform(0, 6.3))
                 for period, amplitude in _WAVES
             ],
             noise_key=shape_rng.getrandbits(64),
+            ticks=TickRecord(self._keep_ms),
         )
 
     def __contains__(self, index_name: object) -> bool:
         return index_name in self._series
+
+    @property
+    def index_names(self) -> list[str]:
+        return list(self._series)
 
     def price(self, index_name: str) -> float:
         """The price of the last tick (the starting price before the first tick)."""
@@ -157,39 +128,58 @@ class Market:
         self._series[index_name].pending = price
 
     def history(self, index_name: str) -> list[tuple[int, float]]:
-        return list(self._series[index_name].ticks)
+        """The ticks of the last hour, oldest first."""
+        record = self._series[index_name].ticks
+        last = record.last()
+        return record.pairs(since=last[0] - HOUR_MS - 1) if last else []
 
-    def tick(self, now_ms: int) -> list[tuple[str, int, float]]:
-        """Move every index one step; returns (index_name, timestamp_ms, price) per index."""
-        out = []
-        for s in self._series.values():
-            if s.pending is not None:
-                s.level = s.quote = s.pending  # exactly as set, unrounded
-                s.pending = None
-            else:
-                s.level *= math.exp(s.rng.gauss(0.0, s.sigma))
-                s.quote = self._quote(s, s.level)
-            s.last_ts = max(now_ms, s.last_ts + 1)  # strictly increasing per index
-            self._record(s, s.last_ts, s.quote)
-            out.append((s.name, s.last_ts, s.quote))
-        if self.first_tick_ms is None and out:
-            self.first_tick_ms = out[0][1]
-        return out
+    def produced(
+        self, index_name: str, since: int | None = None, until: int | None = None
+    ) -> tuple[list[list[float]], bool]:
+        """`sim/produced`: the ticks with since < timestamp <= until, and whether none of that
+        span was forgotten yet."""
+        record = self._series[index_name].ticks
+        return record.between(since, until), record.complete(since)
 
-    def _quote(self, s: _Series, price: float) -> float:
-        return round(price, s.decimals)
+    def first_delay(self, index_name: str) -> float:
+        """Seconds before the index's first tick: anywhere in one interval, so they spread."""
+        return self.tick_interval * self._series[index_name].timing.random()
+
+    def next_interval(self, index_name: str) -> float:
+        """Seconds to the index's next tick: 0.5 to 1.5 times the mean interval."""
+        return self.tick_interval * (0.5 + self._series[index_name].timing.random())
+
+    def tick(self, index_name: str, now_ms: int, elapsed: float) -> tuple[int, float]:
+        """Move one index a step of `elapsed` seconds; returns its tick (timestamp_ms, price)."""
+        s = self._series[index_name]
+        if s.pending is not None:
+            s.level = s.quote = s.pending  # exactly as set, unrounded
+            s.pending = None
+        else:
+            s.level *= math.exp(s.rng.gauss(0.0, s.volatility * math.sqrt(elapsed)))
+            s.quote = round(s.level, s.decimals)
+        s.last_ts = max(now_ms, s.last_ts + 1)  # strictly increasing per index
+        if s.first_ts is None:
+            s.first_ts = s.last_ts
+        self._record(s, s.last_ts, s.quote)
+        return s.last_ts, s.quote
 
     def _record(self, s: _Series, ts: int, price: float) -> None:
-        s.ticks.append((ts, price))
-        while s.ticks[0][0] < ts - HOUR_MS:
-            s.ticks.popleft()
+        s.ticks.append(ts, price)
         for spacing, buckets in s.buckets.items():
-            bucket = buckets.setdefault(ts - ts % spacing, [0.0, 0])
-            bucket[0] += price
-            bucket[1] += 1
+            bucket = buckets.get(ts - ts % spacing)
+            if bucket is None:
+                buckets[ts - ts % spacing] = [price, 1]
+                self._trim(spacing, buckets, ts)
+            else:
+                bucket[0] += price
+                bucket[1] += 1
+
+    @staticmethod
+    def _trim(spacing: int, buckets: dict[int, list[float]], ts: int) -> None:
         # Minute buckets serve at most 2 days, hour buckets 30 days (dicts keep insertion order).
-        for spacing, keep in ((MINUTE_MS, 2 * DAY_MS + MINUTE_MS), (HOUR_MS, 31 * DAY_MS)):
-            buckets = s.buckets[spacing]
+        keep = {MINUTE_MS: 2 * DAY_MS + MINUTE_MS, HOUR_MS: 31 * DAY_MS}.get(spacing)
+        if keep is not None:
             oldest = next(iter(buckets))
             if oldest < ts - keep:
                 del buckets[oldest]
@@ -197,28 +187,39 @@ class Market:
     def chart(self, index_name: str, chart_range: str, now_ms: int) -> list[list[float]]:
         """`public/get_index_chart_data`: chronological [timestamp_ms, price] points."""
         s = self._series[index_name]
-        if chart_range == "1h":
-            return [[ts, price] for ts, price in s.ticks if ts >= now_ms - HOUR_MS]
         if chart_range == "all":
             spacing, since = DAY_MS, ALL_SINCE_MS
         else:
             spacing, window = CHART_RANGES[chart_range]
             since = now_ms - window
-        buckets = s.buckets[spacing]
+        if chart_range == "1h":
+            spacing = self.chart_spacing_ms
+            if spacing == 0:
+                return s.ticks.between(since=since - 1)
+        buckets = s.buckets.get(spacing) or self._averages(s, spacing, since)
         points: list[list[float]] = []
         for start in range(-(-since // spacing) * spacing, now_ms + 1, spacing):
             if start in buckets:
                 total, count = buckets[start]
-                points.append([start, self._quote(s, total / count)])
-            elif self.first_tick_ms is None or start < self.first_tick_ms:
+                points.append([start, round(total / count, s.decimals)])
+            elif s.first_ts is None or start < s.first_ts:
                 points.append([start, self._synthetic(s, start)])
             # Later buckets without ticks were paused: no point, like a real gap.
         return points
 
+    @staticmethod
+    def _averages(s: _Series, spacing: int, since: int) -> dict[int, list[float]]:
+        """Buckets of another spacing, summed from the record on demand."""
+        buckets: dict[int, list[float]] = {}
+        for ts, price in s.ticks.pairs(since=since - since % spacing - 1):
+            bucket = buckets.setdefault(ts - ts % spacing, [0.0, 0])
+            bucket[0] += price
+            bucket[1] += 1
+        return buckets
+
     def _synthetic(self, s: _Series, ts: int) -> float:
-        return self._quote(
-            s, BASE_PRICES[s.name] * math.exp(self._shape(s, ts) - self._offsets[s.name])
-        )
+        shape = self._shape(s, ts) - self._offsets[s.name]
+        return round(BASE_PRICES[s.name] * math.exp(shape), s.decimals)
 
     def _shape(self, s: _Series, ts: int) -> float:
         """Log-price shape of the synthetic past: slow waves plus per-minute noise."""

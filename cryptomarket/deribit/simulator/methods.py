@@ -5,7 +5,8 @@ from typing import Any
 from cryptomarket.deribit.errors import InternalServerError
 from cryptomarket.deribit.simulator import rpc, summary
 from cryptomarket.deribit.simulator.auth_methods import private_grant
-from cryptomarket.deribit.simulator.market import CHART_RANGES, COMBO_ENABLED, INDEX_NAMES
+from cryptomarket.deribit.simulator.indexes import COMBO_ENABLED, INDEX_NAMES
+from cryptomarket.deribit.simulator.market import CHART_RANGES
 from cryptomarket.deribit.simulator.state import Call, Handler, now_ms
 
 VERSION = "1.2.26"

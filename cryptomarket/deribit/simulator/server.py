@@ -2,8 +2,11 @@
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
+import random
+import time
 from collections import Counter
 from http import HTTPStatus
 from types import TracebackType
@@ -24,6 +27,9 @@ from cryptomarket.deribit.simulator.state import SimState
 log = logging.getLogger("cryptomarket.simulator")
 
 PATH = "/ws/api/v2"
+# The ticker sleeps at least a twentieth of the interval (within these bounds) between rounds,
+# so ticks due close together leave in one wakeup; each keeps its own due time as its stamp.
+MIN_SLEEP, MAX_SLEEP = 0.005, 0.05
 
 
 class Simulator:
@@ -65,6 +71,13 @@ class Simulator:
     def history(self, index_name: str) -> list[tuple[int, float]]:
         """The ticks generated in the last hour, chronological (timestamp_ms, price)."""
         return self._state.market.history(index_name)
+
+    def produced(
+        self, index_name: str, since: int | None = None, until: int | None = None
+    ) -> list[tuple[int, float]]:
+        """What `sim/produced` answers: the ticks with since < timestamp <= until."""
+        ticks, _ = self._state.market.produced(index_name, since, until)
+        return [(int(ts), price) for ts, price in ticks]
 
     async def start(self) -> None:
         if self._server is not None:
@@ -145,31 +158,46 @@ class Simulator:
             log.info("connection %d closed (code %s)", session.id, ws.close_code)
 
     async def _tick_loop(self) -> None:
+        """One timer for every index: a heap of (due, index, step), each index on its own
+        jittered clock, stamped with its own due time."""
         loop = asyncio.get_running_loop()
+        state, market = self._state, self._state.market
         interval = self.config.tick_interval
-        next_at = loop.time()
+        least = min(max(interval / 20, MIN_SLEEP), MAX_SLEEP)
+        start = loop.time()
+        queue = [(start + market.first_delay(name), name, interval) for name in market.index_names]
+        heapq.heapify(queue)
         while True:
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            if loop.time() - next_at > interval:
-                next_at = loop.time()  # fell behind (suspended host): skip, never burst
-            if loop.time() < self._state.paused_until:
-                continue
-            try:
-                self._broadcast()
-            except Exception:  # a bug must not stop the prices
-                log.exception("tick failed")
+            await asyncio.sleep(max(queue[0][0] - loop.time(), least))
+            now = loop.time()
+            wall_ms = time.time_ns() / 1e6
+            while queue[0][0] <= now:
+                due, name, step = heapq.heappop(queue)
+                if now < state.paused_until:
+                    # Resume spread over one interval; the walk's own draws stay untouched.
+                    resume = state.paused_until + random.random() * interval
+                    heapq.heappush(queue, (resume, name, step))
+                    continue
+                if now - due > interval:
+                    due = now  # fell behind (suspended host): tick now, never burst
+                try:
+                    self._produce(name, int(wall_ms - (now - due) * 1000), step)
+                except Exception:  # a bug must not stop the prices
+                    log.exception("tick of %s failed", name)
+                following = market.next_interval(name)
+                heapq.heappush(queue, (due + following, name, following))
 
-    def _broadcast(self) -> None:
-        ticks = self._state.market.tick(rpc.now_us() // 1000)
-        frames: dict[str, str] = {}
-        for name, timestamp, price in ticks:
-            channel = CHANNEL_PREFIX + name
-            data = {"index_name": name, "price": price, "timestamp": timestamp}
-            frames[channel] = rpc.subscription(channel, data)
-        for session in list(self._state.sessions.values()):
-            for channel in session.subscriptions:
-                session.send(frames[channel])
+    def _produce(self, name: str, now_ms: int, step: float) -> None:
+        """One tick of one index, to every connection subscribed to its channel."""
+        timestamp, price = self._state.market.tick(name, now_ms, step)
+        channel = CHANNEL_PREFIX + name
+        frame = None
+        for session in tuple(self._state.sessions.values()):
+            if channel in session.subscriptions:
+                if frame is None:
+                    data = {"index_name": name, "price": price, "timestamp": timestamp}
+                    frame = rpc.subscription(channel, data)
+                session.send(frame)
 
 
 def _remote_ip(connection: ServerConnection) -> str:

@@ -39,7 +39,11 @@ class SimState:
         self.config = config
         self.accounts = {account.client_id: account for account in config.accounts}
         self.market = Market(
-            seed=config.seed, tick_interval=config.tick_interval, started_ms=now_ms()
+            seed=config.seed,
+            tick_interval=config.tick_interval,
+            started_ms=now_ms(),
+            record_hours=config.record_hours,
+            chart_spacing_ms=round(config.chart_spacing * 1000),
         )
         self.tokens = TokenStore()
         self.nonces = NonceRegistry()

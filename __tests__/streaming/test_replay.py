@@ -1,0 +1,272 @@
+"""Last-Event-ID replay across tickers, from the hub, from the store after a restart and beyond the
+hub's recent ticks, on SQLite and PostgreSQL.
+
+Ticks are built with explicit publish stamps (`received_at`), as ingest hands them to the bus:
+two tickers stamped a few ms apart, published in either order.
+"""
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from __tests__.databases import fresh_database_url
+from __tests__.helpers import eventually
+from __tests__.service import running_service
+from __tests__.sse import Event, SSEParser, open_stream
+from cryptomarket.core.db import Database, urls_for
+from cryptomarket.core.migrate import upgrade
+from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.prices.models import Tick
+from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.streaming import replay
+from cryptomarket.streaming.endpoints import open_event_stream
+from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.users.auth import Caller
+
+START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database_url(request, request.param, tmp_path) as url:
+        upgrade(urls_for(url).sync_url)
+        yield url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.dispose()
+
+
+@dataclass
+class StoredSubscriptions:
+    """The subscription service as the stream sees it: the user's stored subscriptions."""
+
+    stored: dict[str, int | None]
+
+    async def subscriptions(self, user_id: str) -> dict[str, int | None]:
+        return dict(self.stored)
+
+    async def load_latest(self, tickers: list[str]) -> None:
+        return None
+
+
+@dataclass
+class Serving:
+    """One serving process: its hub (new after a restart) over the shared store."""
+
+    database: Database
+    subscriptions: StoredSubscriptions
+    hub: StreamHub = field(default_factory=lambda: StreamHub(max_streams=10, max_per_user=10))
+
+    async def publish(self, *ticks: Tick) -> None:
+        """As ingest does: the writer stores each tick, the bus hands it to the hub."""
+        async with self.database.transaction() as connection:
+            await PriceRepository(connection, self.database.tables).add_ticks(list(ticks))
+        for tick in ticks:
+            self.hub.publish(tick)
+
+    async def reconnect(self, last_event_id: str | None) -> list[Event]:
+        """Open a stream resuming from `last_event_id`: what goes out first on it."""
+        stream, opening = await open_event_stream(
+            self,  # type: ignore[arg-type]  # the parts of a Runtime a stream uses
+            Caller("alice", None),
+            0,
+            last_event_id,
+        )
+        self.hub.close(stream)
+        return SSEParser().feed(opening.decode())
+
+
+def tick(ticker: str, timestamp: int, published_ms: float) -> Tick:
+    return Tick(ticker, float(timestamp), timestamp, START + timedelta(milliseconds=published_ms))
+
+
+def sent(events: list[Event]) -> list[str]:
+    return [e.id or "" for e in events if e.event == "price"]
+
+
+def gaps(events: list[Event]) -> list[tuple[str, int, int]]:
+    return [(e.data["ticker"], e.data["from"], e.data["to"]) for e in events if e.event == "gap"]
+
+
+# Published in this order, each against the order of the timestamps: btc stamped 2 ms after eth
+# but published first (the client had it before the eth tick it resumes from), and the reverse.
+BTC_STAMPED_LATER = [("btc_usd", 1_002), ("eth_usd", 1_000), ("btc_usd", 2_002), ("eth_usd", 2_000)]
+BTC_STAMPED_EARLIER = [
+    ("eth_usd", 1_002),
+    ("btc_usd", 1_000),
+    ("eth_usd", 2_002),
+    ("btc_usd", 2_000),
+]
+
+
+@pytest.mark.parametrize("published", [BTC_STAMPED_LATER, BTC_STAMPED_EARLIER])
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "after-restart"])
+async def test_replay_across_two_tickers_sends_each_missed_tick_once_in_order(
+    database: Database, published: list[tuple[str, int]], restarted: bool
+) -> None:
+    subscriptions = StoredSubscriptions({"btc_usd": 0, "eth_usd": 0})
+    serving = Serving(database, subscriptions)
+    ticks = [tick(ticker, ts, index) for index, (ticker, ts) in enumerate(published)]
+    await serving.publish(*ticks)
+    if restarted:  # a new process: nothing in its hub, everything in the store
+        serving = Serving(database, subscriptions)
+    for got in range(len(ticks)):  # the client had ticks[: got + 1]
+        resumed = await serving.reconnect(f"{ticks[got].ticker}:{ticks[got].timestamp}")
+        expected = [f"{t.ticker}:{t.timestamp}" for t in ticks[got + 1 :]]
+        assert sent(resumed) == expected, f"resumed after {ticks[got]}"
+        assert gaps(resumed) == []
+
+
+async def test_replay_beyond_the_hubs_recent_ticks_comes_from_the_store(database: Database) -> None:
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    serving.hub.recent_size = 3  # the hub keeps the 3 newest ticks of each ticker
+    ticks = [tick(("btc_usd", "eth_usd")[n % 2], 1_000 + n, n) for n in range(20)]
+    await serving.publish(*ticks)
+    assert len(serving.hub.recent["btc_usd"]) == 3
+    resumed = await serving.reconnect("eth_usd:1003")
+    assert sent(resumed) == [f"{t.ticker}:{t.timestamp}" for t in ticks[4:]]
+    assert gaps(resumed) == []
+    # The resumed tick itself is only in the store: its publish stamp is found there.
+    resumed = await serving.reconnect("btc_usd:1000")
+    assert sent(resumed) == [f"{t.ticker}:{t.timestamp}" for t in ticks[1:]]
+
+
+async def test_a_bounded_replay_sends_a_gap_for_what_it_leaves_out(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay, "REPLAY_LIMIT", 5)
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    serving.hub.recent_size = 3
+    btc = [tick("btc_usd", 1_000 + n, 2 * n) for n in range(12)]
+    eth = [tick("eth_usd", 5_000 + n, 2 * n + 1) for n in range(3)]
+    await serving.publish(*sorted(btc + eth, key=lambda t: t.received_at))
+    resumed = await serving.reconnect("btc_usd:1000")
+    # btc: 11 missed (1001..1011), the newest 5 replayed; eth: all 3 missed, replayed.
+    assert gaps(resumed) == [("btc_usd", 1_001, 1_006)]
+    assert [e.event for e in resumed[:2]] == ["connected", "gap"]
+    newest_btc = {f"btc_usd:{ts}" for ts in range(1_007, 1_012)}
+    assert set(sent(resumed)) == newest_btc | {f"eth_usd:{5_000 + n}" for n in range(3)}
+
+
+async def test_an_unknown_resume_point_falls_back_to_timestamps_with_a_gap(
+    database: Database,
+) -> None:
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    stamps = [1_000, 4_000, 9_000, 20_000]
+    await serving.publish(
+        *[tick(name, ts, ts + n) for ts in stamps for n, name in enumerate(("btc_usd", "eth_usd"))]
+    )
+    resumed = await serving.reconnect("btc_usd:3000")  # never published: pruned, or made up
+    uncertain = ("eth_usd", 3_000 - replay.UNCERTAIN_MS, 3_000 + replay.UNCERTAIN_MS)
+    assert gaps(resumed) == [uncertain]
+    assert sent(resumed) == [
+        "btc_usd:4000",
+        "btc_usd:9000",
+        "eth_usd:9000",
+        "btc_usd:20000",
+        "eth_usd:20000",
+    ]
+
+
+async def test_live_ticks_follow_the_replay_without_overlap(database: Database) -> None:
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    await serving.publish(tick("btc_usd", 1_000, 0), tick("eth_usd", 1_001, 1))
+    stream, opening = await open_event_stream(
+        serving,  # type: ignore[arg-type]
+        Caller("alice", None),
+        0,
+        "btc_usd:1000",
+    )
+    assert sent(SSEParser().feed(opening.decode())) == ["eth_usd:1001"]
+    assert stream._buffer == []  # the latest prices are not sent again on connect
+    serving.hub.publish(tick("btc_usd", 2_000, 2))
+    assert b"id: btc_usd:2000" in b"".join(stream._buffer)
+    serving.hub.close(stream)
+
+
+async def test_replay_after_a_server_restart_sends_what_the_first_server_stored(
+    simulator: Simulator, database_url: str
+) -> None:
+    tickers = ("btc_usd", "eth_usd")
+    async with running_service(simulator, database_url) as first:
+        token = await first.sign_in("alice")
+        async with first.client_for(token) as client:
+            for ticker in tickers:
+                created = await client.get(f"/api/v1/market/alice/create_order/{ticker}?timer=0")
+                assert created.status_code in (200, 201), created.text
+            async with open_stream(client) as stream:
+                seen = [await stream.until("price") for _ in range(10)]
+        resumed_from = seen[-1]
+        await eventually(  # ticks the client misses, stored by this server only
+            lambda: simulator.history("btc_usd")[-1][0] > resumed_from.data["timestamp"] + 500,
+            what="half a second of missed ticks",
+        )
+    database = Database(database_url)
+    async with database.reading() as connection:
+        stored_until = {
+            ticker: await PriceRepository(connection, database.tables).last_timestamp(ticker)
+            for ticker in tickers
+        }
+    await database.dispose()
+    async with (
+        running_service(simulator, database_url) as second,
+        second.client_for(token) as client,
+        open_stream(client, headers={"Last-Event-ID": resumed_from.id or ""}) as stream,
+    ):
+        await stream.until("connected")
+        replayed = [await stream.until("price") for _ in range(10)]
+        replayed += await stream.events_for(0.5)
+    got = [e for e in seen + replayed if e.event == "price"]
+    ids = [e.id for e in got]
+    assert len(ids) == len(set(ids)), "a tick came twice"
+    for ticker in tickers:
+        stamps = [e.data["timestamp"] for e in got if e.data["ticker"] == ticker]
+        until = stored_until[ticker]
+        assert until is not None
+        stamps = [ts for ts in stamps if ts <= until]  # after: live, or the restart's backfill
+        produced = [ts for ts, _ in simulator.history(ticker) if stamps[0] <= ts <= until]
+        assert stamps == produced, f"{ticker}: the replay is not what the first server stored"
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "after-restart"])
+async def test_resuming_from_a_timer_price_names_the_uncertain_ticks_in_a_gap(
+    database: Database, restarted: bool
+) -> None:
+    """btc comes by a timer: its price went out after it was published, before btc's next
+    tick was; the eth ticks published in between may or may not have gone out before it."""
+    subscriptions = StoredSubscriptions({"btc_usd": 5, "eth_usd": 0})
+    serving = Serving(database, subscriptions)
+    published = [("btc_usd", 1_000), ("eth_usd", 1_001), ("eth_usd", 1_002), ("btc_usd", 1_003)]
+    ticks = [tick(ticker, ts, index) for index, (ticker, ts) in enumerate(published)]
+    await serving.publish(*ticks, tick("eth_usd", 1_004, 4))
+    if restarted:
+        serving = Serving(database, subscriptions)
+    resumed = await serving.reconnect("btc_usd:1000")
+    assert gaps(resumed) == [("eth_usd", 1_001, 1_002)]
+    assert sent(resumed) == ["eth_usd:1004"]
+    resumed = await serving.reconnect("btc_usd:1003")  # no btc tick after it yet
+    assert gaps(resumed) == [("eth_usd", 1_004, 1_004)]
+    assert sent(resumed) == []
+
+
+async def test_the_latest_prices_on_connect_go_out_in_publish_order(database: Database) -> None:
+    """So resuming from the last of them repeats none: eth's latest was published first."""
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    await serving.publish(tick("eth_usd", 1_000, 0), tick("btc_usd", 1_001, 1))
+    stream, _ = await open_event_stream(
+        serving,  # type: ignore[arg-type]
+        Caller("alice", None),
+        0,
+        None,
+    )
+    first = sent(SSEParser().feed(b"".join(stream._buffer).decode()))
+    serving.hub.close(stream)
+    assert first == ["eth_usd:1000", "btc_usd:1001"]
+    assert sent(await serving.reconnect(first[-1])) == []

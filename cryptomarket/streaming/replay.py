@@ -1,0 +1,189 @@
+"""Last-Event-ID replay: the ticks a reconnecting client missed, in publish order, each once.
+
+Every tick carries its publish stamp (`Tick.received_at`: strictly increasing in publish order,
+and every hub receives ticks in that order; the price table stores it). Resuming from `X:T` means
+the client had every tick published up to and including X:T, for all its tickers. It gets, for its
+every-tick subscriptions, exactly the ticks published after X:T: from the store (after a restart,
+or beyond the hub's recent ticks) and from the hub (what the store may not have yet), in publish
+order. Per ticker at most REPLAY_LIMIT, the newest; what the bound leaves out is a `gap` event.
+
+X not one of the stream's every-tick tickers (its last price came from a timer, or X is no longer
+subscribed): that frame went out some time after X:T was published, before X's next tick was. The
+other tickers' ticks published in between may or may not have been sent: a `gap` event names them,
+and the replay goes on from X's next tick (everything after X:T is uncertain while there is none).
+
+X:T not found (neither in the hub nor in the store, e.g. pruned): the resumed ticker X goes on after
+T, each other ticker after T + UNCERTAIN_MS, and those get a `gap` event for the span around T in
+which the client may or may not have had their ticks. Rows stored before publish stamps existed
+carry the moment they were written instead: close to publish order, not exact.
+
+The store is read first (`fetch`, which awaits); the hub's recent ticks are merged in by `frames`,
+in the same step of the event loop as the stream's subscriptions start, so a tick published in
+between is in one or the other, never in both or in neither.
+"""
+
+import bisect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptomarket.core.db import Database
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.streaming import events
+from cryptomarket.streaming.hub import Stream, StreamHub
+
+REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
+UNCERTAIN_MS = 5_000  # without a publish stamp: how far another ticker's ticks may be out of step
+LEFT_OUT = "not replayed: more were missed than a reconnect replays"
+UNCERTAIN = "not replayed: the resumed event is unknown, these may or may not have been sent"
+
+
+@dataclass
+class Missed:
+    """What the store holds of a reconnecting client's missed ticks, per ticker."""
+
+    ticker: str  # of the event resumed from
+    timestamp: int
+    stamp: datetime | None  # its publish stamp; None: not found
+    tickers: list[str]  # the stream's every-tick subscriptions
+    stored: dict[str, list[Tick]] = field(default_factory=dict)
+    first_stored: dict[str, int] = field(default_factory=dict)  # when the store's answer was cut
+    # X:T sent by a timer: the publish stamp of X's next tick, from which the replay is certain.
+    certain_from: datetime | None = None
+
+    @property
+    def out_of_order(self) -> bool:
+        """The resumed event went out by a timer, not in publish order."""
+        return self.stamp is not None and self.ticker not in self.tickers
+
+    def floor(self, ticker: str) -> int:
+        """Without a publish stamp: the timestamp after which this ticker is replayed."""
+        return self.timestamp if ticker == self.ticker else self.timestamp + UNCERTAIN_MS
+
+
+async def fetch(
+    hub: StreamHub, database: Database, tickers: list[str], resume: tuple[str, int]
+) -> Missed:
+    ticker, timestamp = resume
+    missed = Missed(ticker, timestamp, publish_stamp(hub, ticker, timestamp), tickers)
+    if not tickers:
+        return missed
+    async with database.reading() as connection:
+        repository = PriceRepository(connection, database.tables)
+        if missed.stamp is None:
+            missed.stamp = await repository.received_at_of(ticker, timestamp)
+        if missed.stamp is not None and missed.out_of_order:
+            following = await repository.first_published_after(ticker, missed.stamp)
+            missed.certain_from = None if following is None else following.received_at
+        for each in tickers:
+            if missed.stamp is not None:
+                ticks = await repository.published_after(each, missed.stamp, limit=REPLAY_LIMIT + 1)
+                cut = len(ticks) > REPLAY_LIMIT
+                following = (
+                    await repository.first_published_after(each, missed.stamp) if cut else None
+                )
+                first = None if following is None else following.timestamp
+            else:
+                floor = missed.floor(each)
+                rows = await repository.newest_after(each, floor, limit=REPLAY_LIMIT + 1)
+                ticks = [Tick(row.ticker, row.price, row.timestamp) for row in rows]
+                cut = len(ticks) > REPLAY_LIMIT
+                oldest = (
+                    await repository.between(each, floor + 1, 2**62, after=None, limit=1)
+                    if cut
+                    else []
+                )
+                first = oldest[0].timestamp if oldest else None
+            missed.stored[each] = ticks
+            if first is not None:
+                missed.first_stored[each] = first
+    return missed
+
+
+def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] = ()) -> list[bytes]:
+    """The replay's frames (gaps first, then the ticks), with the hub's recent ticks merged in;
+    the stream then takes each ticker's live ticks after what it has. `skip`: tickers changed
+    while the stream opened, whose live delivery has begun already."""
+    skipped = set(skip)
+    gaps: list[Gap] = []
+    replayed: list[Tick] = []
+    certain_from = _certain_from(hub, missed)
+    for ticker in missed.tickers:
+        if ticker in skipped:
+            continue
+        ticks = _merged(missed.stored.get(ticker, ()), _recent(hub, missed, ticker))
+        if missed.out_of_order:
+            uncertain = [t for t in ticks if certain_from is None or t.received_at < certain_from]
+            if uncertain:
+                ticks = [t for t in ticks if certain_from and t.received_at >= certain_from]
+                gaps.append(Gap(ticker, uncertain[0].timestamp, uncertain[-1].timestamp, UNCERTAIN))
+        if len(ticks) > REPLAY_LIMIT:
+            left_out = ticks[:-REPLAY_LIMIT]
+            ticks = ticks[-REPLAY_LIMIT:]
+            oldest = min(left_out[0].timestamp, missed.first_stored.get(ticker, math.inf))
+            gaps.append(Gap(ticker, int(oldest), left_out[-1].timestamp, LEFT_OUT))
+        if missed.stamp is None and ticker != missed.ticker:
+            start, end = missed.timestamp - UNCERTAIN_MS, missed.floor(ticker)
+            gaps.append(Gap(ticker, start, end, UNCERTAIN))
+        replayed.extend(ticks)
+        newest = ticks[-1].timestamp if ticks else 0
+        if (latest := hub.latest.get(ticker)) is not None:
+            newest = max(newest, latest[0].timestamp)  # had before, or replayed now
+        if newest:
+            stream.last_sent[ticker] = max(newest, stream.last_sent.get(ticker, 0))
+    if missed.stamp is not None:
+        replayed.sort(key=lambda tick: (tick.received_at, tick.ticker, tick.timestamp))
+    else:
+        replayed.sort(key=lambda tick: (tick.timestamp, tick.ticker))
+    gaps.sort(key=lambda gap: (gap.from_ts, gap.ticker))
+    return [events.gap_frame(gap) for gap in gaps] + [events.price_frame(t) for t in replayed]
+
+
+def _certain_from(hub: StreamHub, missed: Missed) -> datetime | None:
+    """For a resumed event sent by a timer: when X's next tick was published (the store's
+    answer, else the hub's, which may have one by now)."""
+    if not missed.out_of_order or missed.certain_from is not None or missed.stamp is None:
+        return missed.certain_from
+    following = recent_after(hub, missed.ticker, missed.stamp)
+    return following[0].received_at if following else None
+
+
+def _recent(hub: StreamHub, missed: Missed, ticker: str) -> list[Tick]:
+    if missed.stamp is not None:
+        return recent_after(hub, ticker, missed.stamp)
+    floor = missed.floor(ticker)
+    return [tick for tick in hub.recent.get(ticker, ()) if tick.timestamp > floor]
+
+
+def _merged(stored: Iterable[Tick], recent: Iterable[Tick]) -> list[Tick]:
+    """One tick per timestamp (the store and the hub overlap), oldest first: a ticker's ticks
+    are published in timestamp order."""
+    by_timestamp = {tick.timestamp: tick for tick in stored}
+    by_timestamp.update((tick.timestamp, tick) for tick in recent)
+    return [by_timestamp[timestamp] for timestamp in sorted(by_timestamp)]
+
+
+def publish_stamp(hub: StreamHub, ticker: str, timestamp: int) -> datetime | None:
+    """The publish stamp of one of the hub's recent ticks (a ticker's come in timestamp order)."""
+    recent = hub.recent.get(ticker, ())
+    at = bisect.bisect_left(recent, timestamp, key=_timestamp)
+    if at < len(recent) and recent[at].timestamp == timestamp:
+        return recent[at].received_at
+    return None
+
+
+def recent_after(hub: StreamHub, ticker: str, stamp: datetime) -> list[Tick]:
+    """The hub's recent ticks of a ticker published after `stamp`, in publish order."""
+    recent = hub.recent.get(ticker, ())
+    at = bisect.bisect_right(recent, stamp, key=_received_at)
+    return [recent[index] for index in range(at, len(recent))]
+
+
+def _timestamp(tick: Tick) -> int:
+    return tick.timestamp
+
+
+def _received_at(tick: Tick) -> datetime:
+    return tick.received_at
