@@ -115,6 +115,26 @@ async def test_two_replicas_share_one_budget_per_address(
     await eventually(lambda: b.runtime.redis_bus.connected, timeout=15, what="bus back")
 
 
+async def test_replicas_racing_for_the_last_attempts_never_hand_out_more(
+    replicas: tuple[Service, Service],
+) -> None:
+    """The shared bucket is spent atomically in Redis: 12 attempts at once over two replicas
+    from one address get exactly the burst of 4 through, not 4 per replica."""
+    a, b = replicas
+    racer = {"X-Forwarded-For": "198.51.100.23"}
+    statuses = await asyncio.gather(
+        *(
+            sign_in(
+                (a, b)[n % 2].client,
+                {"user_id": "racer", "client_id": f"race-{n}", "client_secret": "x"},
+                **racer,
+            )
+            for n in range(12)
+        )
+    )
+    assert sorted(statuses) == [401] * 4 + [429] * 8
+
+
 async def person_rows(service: Service) -> int:
     database = service.runtime.database
     async with database.reading() as connection:
