@@ -228,6 +228,9 @@ def distributed_env(bench: Bench, found: Backends) -> dict[str, str]:
         TRACKED_TICKERS=TICKER,
         SSE_MAX_STREAMS="20000",
         SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
+        # Every bench user signs in with the one simulator key: its account holds every stream.
+        SSE_MAX_STREAMS_PER_ACCOUNT="20000",
+        MAX_USER_IDS_PER_ACCOUNT="1000",
         LOG_LEVEL="WARNING",
     )
     if bench.args.heartbeat < 10:

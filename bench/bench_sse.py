@@ -268,6 +268,9 @@ def start_product(bench: Bench, n: int, tag: str, gc_log: Path | None) -> Server
         TRACKED_TICKERS=TICKER,
         SSE_MAX_STREAMS="20000",
         SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
+        # Every bench user signs in with the one simulator key: its account holds every stream.
+        SSE_MAX_STREAMS_PER_ACCOUNT="20000",
+        MAX_USER_IDS_PER_ACCOUNT="1000",
         LOG_LEVEL="WARNING",
     )
     if bench.args.heartbeat < 10:

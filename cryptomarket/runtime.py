@@ -93,6 +93,7 @@ class Runtime:
         hub = StreamHub(
             max_streams=settings.SSE_MAX_STREAMS,
             max_per_user=settings.SSE_MAX_STREAMS_PER_USER,
+            max_per_account=settings.SSE_MAX_STREAMS_PER_ACCOUNT,
             client_buffer=settings.SSE_CLIENT_BUFFER,
         )
         runtime = cls(

@@ -27,6 +27,7 @@ def test_defaults_follow_the_spec() -> None:
     assert settings.DERIBIT_POOL_SIZE == 10
     assert settings.TRACKED_TICKERS == ["btc_usd", "eth_usd"]
     assert settings.SSE_MAX_STREAMS_PER_USER == 5
+    assert settings.SSE_MAX_STREAMS_PER_ACCOUNT == 10
     assert settings.SSE_MAX_STREAMS == 10_000
     assert timedelta(hours=27) == settings.SESSION_TTL
     assert settings.HISTORY_RETENTION_DAYS is None

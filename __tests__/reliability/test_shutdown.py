@@ -98,6 +98,7 @@ async def test_sigterm_with_a_thousand_open_streams(
         "DERIBIT_HEARTBEAT_INTERVAL": "1",
         "TRACKED_TICKERS": "btc_usd",
         "SSE_MAX_STREAMS_PER_USER": str(STREAMS // len(USERS)),
+        "SSE_MAX_STREAMS_PER_ACCOUNT": str(STREAMS // len(USERS)),  # one account per user
         "LOG_LEVEL": "WARNING",
     }
     with (tmp_path / "serve.log").open("wb") as log:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     ENCRYPTION_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     CORS_ORIGINS: CommaList = Field(default_factory=list)
     SSE_MAX_STREAMS_PER_USER: int = Field(5, ge=1, le=1000)
+    # Across every user id of one Deribit account (it may claim MAX_USER_IDS_PER_ACCOUNT), per
+    # process: exact here, per replica in distributed mode.
+    SSE_MAX_STREAMS_PER_ACCOUNT: int = Field(10, ge=1, le=1_000_000)
     SSE_MAX_STREAMS: int = Field(10_000, ge=1, le=1_000_000)
     # Frames a stream may have waiting; a client further behind is dropped.
     SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)

@@ -123,7 +123,8 @@ SSE_ROUTE_DOCS: dict[str, Any] = {
             "timer: must be a whole number of seconds from 0 to 86400",
         ),
         429: error(
-            "The user already holds SSE_MAX_STREAMS_PER_USER streams.",
+            "The user already holds SSE_MAX_STREAMS_PER_USER streams, or its Deribit account"
+            " SSE_MAX_STREAMS_PER_ACCOUNT across its user ids.",
             "too_many_streams",
             "user 'alice' already has 5 open streams; close one first",
         ),

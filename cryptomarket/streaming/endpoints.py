@@ -152,7 +152,9 @@ async def open_event_stream(
     hub = runtime.hub
     # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
     # cancel) reaches this stream through the hub and wins over the stored state read here.
-    stream = hub.open(caller.user_id, timer, caller.token, caller.client_id)
+    stream = hub.open(
+        caller.user_id, timer, caller.token, caller.client_id, account_id=caller.account_id
+    )
     try:
         subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))

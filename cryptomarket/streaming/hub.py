@@ -41,6 +41,7 @@ class Stream:
     __slots__ = (
         "_buffer",
         "_waiter",
+        "account_id",
         "changed_while_opening",
         "closed",
         "default_timer",
@@ -67,9 +68,11 @@ class Stream:
         *,
         token: str | None = None,
         key_id: str | None = None,
+        account_id: int | None = None,
     ) -> None:
         self.id = id
         self.user_id = user_id
+        self.account_id = account_id  # the Deribit account owning user_id, if known
         self.token = token  # the session it was opened with (None: the key headers)
         self.key_id = key_id  # the client id of the key headers it was opened with
         self.default_timer = default_timer
@@ -151,9 +154,17 @@ class Stream:
 
 
 class StreamHub:
-    def __init__(self, *, max_streams: int, max_per_user: int, client_buffer: int = 2_000) -> None:
+    def __init__(
+        self,
+        *,
+        max_streams: int,
+        max_per_user: int,
+        max_per_account: int | None = None,
+        client_buffer: int = 2_000,
+    ) -> None:
         self.max_streams = max_streams
         self.max_per_user = max_per_user
+        self.max_per_account = max_per_account  # None: no bound per Deribit account
         self.client_buffer = client_buffer
         self._ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
@@ -162,6 +173,8 @@ class StreamHub:
         self.upstream = events.status_frame("connecting", _now())
         self.upstream_state = "connecting"
         self._by_user: dict[str, set[Stream]] = {}
+        # Deribit account -> its open streams here, across its user ids; only accounts with one.
+        self._by_account: dict[int, int] = {}
         self._every_tick: dict[str, set[Stream]] = {}  # ticker -> streams with timer 0
         self._due: list[tuple[float, int, Stream, str, int]] = []
         self._order = itertools.count()
@@ -219,21 +232,30 @@ class StreamHub:
         default_timer: int | None,
         token: str | None = None,
         key_id: str | None = None,
+        account_id: int | None = None,
     ) -> Stream:
-        """Register a new stream, within the per-user and per-process bounds; `token` is the
-        session it was opened with (else `key_id`, the client id of its key headers), so
-        signing out, or a new key, can end it."""
+        """Register a new stream, within the per-user, per-account and per-process bounds;
+        `token` is the session it was opened with (else `key_id`, the client id of its key
+        headers), so signing out, or a new key, can end it; `account_id` is the Deribit account
+        owning `user_id` (one account may claim several user ids)."""
         if self.open_streams >= self.max_streams:
             raise Unavailable(
                 f"this server holds its maximum of {self.max_streams} streams; retry shortly",
                 code="too_many_streams",
             )
-        mine = self._by_user.setdefault(user_id, set())
-        if len(mine) >= self.max_per_user:
-            if not mine:
-                del self._by_user[user_id]
+        # Nothing is stored until every bound passed: a refused open leaves no entry behind.
+        if len(self._by_user.get(user_id, ())) >= self.max_per_user:
             raise TooMany(
                 f"user {user_id!r} already has {self.max_per_user} open streams; close one first",
+                code="too_many_streams",
+            )
+        held = 0 if account_id is None else self._by_account.get(account_id, 0)
+        limit = self.max_per_account
+        if account_id is not None and limit is not None and held >= limit:
+            raise TooMany(
+                f"the Deribit account of user {user_id!r} already has {held} open streams "
+                "across its user ids, the most allowed per Deribit account "
+                f"(SSE_MAX_STREAMS_PER_ACCOUNT={limit}); close one first",
                 code="too_many_streams",
             )
         stream = Stream(
@@ -244,8 +266,11 @@ class StreamHub:
             on_drop=self._drop,
             token=token,
             key_id=key_id,
+            account_id=account_id,
         )
-        mine.add(stream)
+        self._by_user.setdefault(user_id, set()).add(stream)
+        if account_id is not None:
+            self._by_account[account_id] = held + 1
         return stream
 
     def end_session(self, token: str) -> int:
@@ -278,10 +303,26 @@ class StreamHub:
             mine.discard(stream)
             if not mine:
                 del self._by_user[stream.user_id]
+            self._release_account(stream)
         for ticker in list(stream.timers):
             self._leave(stream, ticker)
         stream.forget()  # its timer entries, now stale, hold an empty shell until compacted
         self._compact_if_stale()
+
+    def _release_account(self, stream: Stream) -> None:
+        """Free the stream's slot of its account; an account with none left is forgotten."""
+        account_id = stream.account_id
+        if account_id is None:
+            return
+        held = self._by_account.get(account_id, 0) - 1
+        if held > 0:
+            self._by_account[account_id] = held
+        else:
+            del self._by_account[account_id]
+
+    def streams_per_account(self) -> dict[int, int]:
+        """Open streams here per Deribit account, for the accounts holding any."""
+        return dict(self._by_account)
 
     def subscribe(self, stream: Stream, ticker: str, timer: int | None) -> None:
         """(Re)subscribe a stream to a ticker; the latest price goes out at once."""

@@ -29,6 +29,9 @@ class Caller:
     user_id: str
     token: str | None  # the session token, when the caller used one
     client_id: str | None = None  # the key headers' client id, when the caller used them
+    # The Deribit account owning the user id (None: stored before accounts were): streams are
+    # limited per account too, since one account may claim several user ids.
+    account_id: int | None = None
 
 
 MAX_HEADER = 512
@@ -84,23 +87,24 @@ async def identify(runtime: Runtime, given: Presented, token: str | None) -> Cal
     bearer = credentials.strip() if scheme.lower() == "bearer" else None
     for candidate in (bearer, given.session_cookie, token):
         if candidate:
-            user_id = await users.user_of_token(candidate)
-            if user_id is None:
+            owner = await users.user_of_token(candidate)
+            if owner is None:
                 raise NotAuthenticated(
                     "the session is unknown, expired or ended; sign in again",
                     code="invalid_session",
                 )
-            return Caller(user_id, candidate)
+            return Caller(owner.user_id, candidate, account_id=owner.account_id)
     user_id, client_id, secret = given.user_id, given.client_id, given.secret_key
     if user_id or client_id or secret:
         if not (user_id and client_id and secret):
             raise NotAuthenticated("X-User-id, X-Client-Id and X-Secret-key must be sent together")
-        if not await users.user_of_key(user_id, client_id, secret):
+        owner = await users.user_of_key(user_id, client_id, secret)
+        if owner is None:
             raise NotAuthenticated(
                 "X-User-id, X-Client-Id and X-Secret-key do not match a signed-in user",
                 code="invalid_credentials",
             )
-        return Caller(user_id, None, client_id)
+        return Caller(user_id, None, client_id, owner.account_id)
     raise NotAuthenticated(
         "sign in first: POST /api/v1/sessions, then send the token as a Bearer header or cookie"
     )

@@ -2,7 +2,7 @@
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Executable, Row, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,6 +17,14 @@ class Claimed(enum.Enum):
     NEW = "new"  # the user id was free and is now the account's
     AGAIN = "again"  # the account already owned it
     TAKEN = "taken"  # another Deribit account owns it
+
+
+class Owner(NamedTuple):
+    """Who a session or key belongs to: the user id and its Deribit account (None: a row from
+    before accounts were stored), read in the same query so a stream open costs no extra one."""
+
+    user_id: str
+    account_id: int | None
 
 
 def purge_sessions_statement(tables: Tables, now: datetime) -> Executable:
@@ -123,16 +131,20 @@ class UserRepository:
             )
         )
 
-    async def session_user(self, token_hash: str, now: datetime) -> str | None:
-        """The user of a live session (not revoked, not expired)."""
+    async def session_owner(self, token_hash: str, now: datetime) -> Owner | None:
+        """The user of a live session (not revoked, not expired), with its Deribit account."""
+        sessions, person = self.sessions, self.person
         result = await self.connection.execute(
-            select(self.sessions.c.user_id).where(
-                self.sessions.c.token_hash == token_hash,
-                self.sessions.c.revoked_at.is_(None),
-                self.sessions.c.expires_at > now,
+            select(sessions.c.user_id, person.c.deribit_account_id)
+            .join(person, person.c.user_id == sessions.c.user_id)
+            .where(
+                sessions.c.token_hash == token_hash,
+                sessions.c.revoked_at.is_(None),
+                sessions.c.expires_at > now,
             )
         )
-        return result.scalar()
+        row = result.first()
+        return None if row is None else Owner(row.user_id, row.deribit_account_id)
 
     async def revoke_session(self, token_hash: str, now: datetime) -> None:
         await self.connection.execute(

@@ -29,7 +29,7 @@ from cryptomarket.deribit.errors import (
 )
 from cryptomarket.deribit.errors import Forbidden as DeribitForbidden
 from cryptomarket.deribit.pool import DeribitPool
-from cryptomarket.users.repository import Claimed, UserRepository
+from cryptomarket.users.repository import Claimed, Owner, UserRepository
 from cryptomarket.users.schemas import Profile, SessionCreated, UserOut
 from cryptomarket.users.secrets import SecretBox, SecretUnreadable
 
@@ -131,27 +131,28 @@ class UserService:
                 token_hash(token), datetime.now(UTC)
             )
 
-    async def user_of_token(self, token: str) -> str | None:
-        """The user of a live session token, or None."""
+    async def user_of_token(self, token: str) -> Owner | None:
+        """The user (and Deribit account) of a live session token, or None."""
         if not token or len(token) > 256:
             return None
         async with self.database.reading() as connection:
-            return await UserRepository(connection, self.database.tables).session_user(
+            return await UserRepository(connection, self.database.tables).session_owner(
                 token_hash(token), datetime.now(UTC)
             )
 
-    async def user_of_key(self, user_id: str, client_id: str, client_secret: str) -> bool:
-        """The seed's headers: does this key match the one stored for the user?"""
+    async def user_of_key(self, user_id: str, client_id: str, client_secret: str) -> Owner | None:
+        """The seed's headers: the user (and Deribit account) if this key matches the one
+        stored for the user, else None."""
         async with self.database.reading() as connection:
             person = await UserRepository(connection, self.database.tables).get(user_id)
         if person is None or not hmac.compare_digest(person.client_id.encode(), client_id.encode()):
-            return False
+            return None
         try:
             stored = self.box.decrypt(person.client_secret_encrypted)
         except SecretUnreadable:
-            return False
+            return None
         if not hmac.compare_digest(stored.encode(), client_secret.encode()):
-            return False
+            return None
         if self.box.needs_rotation(person.client_secret_encrypted):
             async with self.database.transaction() as connection:
                 await UserRepository(connection, self.database.tables).replace_secret(
@@ -159,7 +160,7 @@ class UserService:
                     person.client_secret_encrypted,
                     self.box.rotate(person.client_secret_encrypted),
                 )
-        return True
+        return Owner(user_id, person.deribit_account_id)
 
     async def user(self, user_id: str) -> UserOut:
         """The user's Deribit data: from the cache or the store while fresh, refreshed when it
