@@ -175,6 +175,7 @@ class StreamHub:
         self._by_user: dict[str, set[Stream]] = {}
         # Deribit account -> its open streams here, across its user ids; only accounts with one.
         self._by_account: dict[int, int] = {}
+        self._open = 0  # streams in _by_user, kept as a count: open() checks it every time
         self._every_tick: dict[str, set[Stream]] = {}  # ticker -> streams with timer 0
         self._due: list[tuple[float, int, Stream, str, int]] = []
         self._order = itertools.count()
@@ -198,7 +199,7 @@ class StreamHub:
 
     @property
     def open_streams(self) -> int:
-        return sum(len(streams) for streams in self._by_user.values())
+        return self._open
 
     def user_ids(self) -> list[str]:
         """The users with an open stream here."""
@@ -269,6 +270,7 @@ class StreamHub:
             account_id=account_id,
         )
         self._by_user.setdefault(user_id, set()).add(stream)
+        self._open += 1
         if account_id is not None:
             self._by_account[account_id] = held + 1
         return stream
@@ -301,6 +303,7 @@ class StreamHub:
             if stream.dropped:
                 self.streams_dropped += 1
             mine.discard(stream)
+            self._open -= 1
             if not mine:
                 del self._by_user[stream.user_id]
             self._release_account(stream)
