@@ -162,6 +162,7 @@ async def steady_client(
     token: str,
     resume: bool,
     stop: asyncio.Event,
+    gates: dict[str, asyncio.Event],
     timer_query: str = "",
 ) -> None:
     """One user's stream for the whole run: reconnect (to the next replica) whenever it ends."""
@@ -170,6 +171,7 @@ async def steady_client(
     while not stop.is_set():
         replica = replicas[attempt % len(replicas)]
         attempt += 1
+        await gates[replica].wait()  # a restarting replica: its baseline is read first
         headers = {"Authorization": f"Bearer {token}"}
         if resume and last_id:
             headers["Last-Event-ID"] = last_id
@@ -182,7 +184,11 @@ async def steady_client(
 
 
 async def churn(
-    recorder: Recorder, rng: random.Random, replicas: list[str], tokens: dict[str, str], count: int
+    recorder: Recorder,
+    rng: random.Random,
+    replicas: list[str],
+    tokens: dict[str, str],
+    count: int,
 ) -> None:
     """`count` short timer=0 connections at once, each held 1-4 s, each checked on its own."""
 

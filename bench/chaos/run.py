@@ -16,7 +16,7 @@ from bench.chaos import ledger
 from bench.chaos.clients import Api, Recorder, now_ms, steady_client
 from bench.chaos.faults import Fault, Injector, schedule
 from bench.chaos.simctl import SimControl
-from bench.chaos.topology import TIMER_USER, Distributed, Embedded, Plan, Topology
+from bench.chaos.topology import TIMER_USER, Distributed, Embedded, Plan, Topology, Usage
 from cryptomarket.deribit.simulator.market import INDEX_NAMES
 
 STARTUP_TIMEOUT = 60.0
@@ -24,7 +24,7 @@ SETTLE_TIMEOUT = 60.0  # for the database to catch up and the channel set to set
 EDGE_MS = 10_000  # a stream's first and last 10 s: ticks may still be on their way
 FAILOVER_BOUND_MS = 3_500  # README: a standby takes over within about 3.5 s
 FAILOVER_ALLOWANCE_MS = 4_000  # scheduling on a loaded 2-core machine, stated in the report
-FDS_SLACK = 5  # the Deribit pool and database connections may differ by a few
+FDS_SLACK = 5  # Deribit pool and database sockets may differ by a few
 RSS_SLACK = 64 * 2**20  # Python keeps freed arenas: back near the baseline, not to the byte
 SAMPLE_INTERVAL = 1.0
 BLAME_AHEAD_MS = 3_000  # a fault starting this soon after a lost tick is named as well
@@ -35,7 +35,7 @@ class Sample:
     at_ms: int
     redis_used: int | None
     upstream: list[list[str]]  # channels of each upstream connection that has any
-    serves: list[tuple[int, int] | None]
+    serves: list[Usage | None]
 
 
 @dataclass
@@ -46,8 +46,8 @@ class Outcome:
     samples: list[Sample]
     window: tuple[int, int]
     maxmemory: int | None
-    baseline: list[tuple[int, int] | None]
-    final_usage: list[tuple[int, int] | None]
+    baseline: list[Usage | None]
+    final_usage: list[Usage | None]
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -129,8 +129,8 @@ class Run:
         self.sampling: asyncio.Task[None] | None = None
         self.notes: list[str] = []
 
-    async def set_up(self) -> list[tuple[int, int] | None]:
-        """Topology, users, subscriptions, streams; returns the serve baseline before streams."""
+    async def set_up(self) -> None:
+        """Topology, users, subscriptions, streams (the serve baselines are read before them)."""
         plan, topology = self.plan, self.topology
         await topology.start()
         self.say(f"{plan.mode}: topology up in {self.directory}")
@@ -151,7 +151,7 @@ class Run:
             return ledger.channels(await self.sim.channels(), expected).holds
 
         await _until("upstream subscribed", subscribed, STARTUP_TIMEOUT)
-        baseline = topology.serve_usage()
+        topology.open_gates()
         self.sampling = asyncio.create_task(self.sampler.run())
         timer_token = self.tokens.pop(TIMER_USER)
         for i, user in enumerate(plan.users):
@@ -165,6 +165,7 @@ class Run:
                     token=self.tokens[user],
                     resume=resume,
                     stop=self.stop,
+                    gates=topology.ready,
                 )
             )
         self._client(
@@ -175,13 +176,13 @@ class Run:
                 token=timer_token,
                 resume=False,
                 stop=self.stop,
+                gates=topology.ready,
             )
         )
         tickers = plan.ledger_tickers
         await _until(
             "first prices", lambda: all(self.recorder.newest_after(t, 0) for t in tickers), 60
         )
-        return baseline
 
     def _client(self, coroutine: Coroutine[Any, Any, None]) -> None:
         self.clients.append(asyncio.create_task(coroutine))
@@ -246,7 +247,7 @@ async def execute(
 ) -> Outcome:
     run = Run(plan, directory, say)
     try:
-        baseline = await run.set_up()
+        await run.set_up()
         start_ms = now_ms()
         tickers = len(plan.ledger_tickers)
         say(f"streaming {tickers} tickers; faults for {seconds:.0f}s, seed {plan.seed}")
@@ -259,8 +260,9 @@ async def execute(
         timer = ", ".join(f"{t} {n}" for t, n in sorted(run.recorder.timer_events.items()))
         run.notes.append(f"timer=2 client's price events: {timer or 'none'}")
         checks = await _checks(run, faults, window)
+        baseline = run.topology.baselines
         final = await _settled_usage(run.topology, baseline)
-        checks.append(_resources(baseline, final))
+        checks.append(_resources(run.topology, baseline, final))
         if run.sampling is not None:
             run.sampling.cancel()
         topology = run.topology
@@ -304,7 +306,7 @@ async def _checks(run: Run, faults: list[Fault], window: tuple[int, int]) -> lis
         return ledger.channels(found, expected).holds
 
     with contextlib.suppress(AssertionError):
-        await _until("channels settled", settled, 20)
+        await _until("channels settled", settled, 10)
     checks.append(ledger.channels(found, expected))
     checks.append(_lease(sampler.samples))
     checks.append(_failover(faults))
@@ -361,37 +363,43 @@ def _redis_memory(samples: list[Sample], maxmemory: int) -> ledger.Check:
     return ledger.Check("Redis memory below maxmemory", peak < maxmemory, counts, details)
 
 
-async def _settled_usage(
-    topology: Topology, baseline: list[tuple[int, int] | None]
-) -> list[tuple[int, int] | None]:
+async def _settled_usage(topology: Topology, baseline: list[Usage | None]) -> list[Usage | None]:
     usage = topology.serve_usage()
 
     def back() -> bool:
         nonlocal usage
         usage = topology.serve_usage()
-        return all(
-            b is None or (u is not None and u[1] <= b[1] + FDS_SLACK and u[0] <= b[0] + RSS_SLACK)
-            for b, u in zip(baseline, usage, strict=True)
-        )
+        return all(b is None or _back(b, u) for b, u in zip(baseline, usage, strict=True))
 
     with contextlib.suppress(AssertionError):
-        await _until("serve resources back to baseline", back, 30)
+        await _until("serve resources back to baseline", back, 15)
     return usage
 
 
+def _back(baseline: Usage, now: Usage | None) -> bool:
+    return (
+        now is not None
+        and now.sockets <= baseline.sockets + FDS_SLACK
+        and now.rss <= baseline.rss + RSS_SLACK
+    )
+
+
 def _resources(
-    baseline: list[tuple[int, int] | None], final: list[tuple[int, int] | None]
+    topology: Topology, baseline: list[Usage | None], final: list[Usage | None]
 ) -> ledger.Check:
     details, over = [], 0
     for i, (b, u) in enumerate(zip(baseline, final, strict=True)):
         if b is None or u is None:
             continue
-        line = f"serve {i}: fds {b[1]} -> {u[1]}, RSS {b[0] / 2**20:.0f} -> {u[0] / 2**20:.0f} MiB"
-        if u[1] > b[1] + FDS_SLACK or u[0] > b[0] + RSS_SLACK:
+        line = (
+            f"serve {i}: sockets {b.sockets} -> {u.sockets}, other fds {b.other_fds} -> "
+            f"{u.other_fds}, RSS {b.rss / 2**20:.0f} -> {u.rss / 2**20:.0f} MiB"
+        )
+        if not _back(b, u):
             over += 1
-            details.append(line + " (not back)")
+            details.append(f"{line} (not back; TCP: {topology.sockets(i)})")
         else:
             details.append(line)
     counts = {"serves": len(final), "not_back": over}
-    name = f"serve memory (+{RSS_SLACK // 2**20} MiB) and fds (+{FDS_SLACK}) back to baseline"
+    name = f"serve RSS (+{RSS_SLACK // 2**20} MiB) and sockets (+{FDS_SLACK}) back to baseline"
     return ledger.Check(name, over == 0, counts, details)

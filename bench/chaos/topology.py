@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psutil
@@ -55,6 +56,15 @@ def memory_bytes(value: str) -> int:
         if lowered.endswith(unit) and lowered[: -len(unit)].isdigit():
             return int(lowered[: -len(unit)]) * factor
     return int(lowered)
+
+
+class Usage(NamedTuple):
+    """A serve process's footprint. Sockets are what a leaked stream holds; the other
+    descriptors (database files of a grown connection pool, pipes) are reported beside."""
+
+    rss: int
+    sockets: int
+    other_fds: int
 
 
 class ComposeRedis(RedisServer):
@@ -120,6 +130,10 @@ class Topology:
         self.sim_url = f"ws://127.0.0.1:{self.sim_port}/ws/api/v2"
         self.serve_ports: list[int] = []
         self.serves: list[Process] = []
+        # Per replica URL: set while it serves. A restarted replica's baseline is read before
+        # clients come back to it (they wait on this), so "back to baseline" compares like to like.
+        self.ready: dict[str, asyncio.Event] = {}
+        self.baselines: list[Usage | None] = []
         self._restarts = 0
         self.database_url = ""
 
@@ -187,16 +201,33 @@ class Topology:
                 await asyncio.sleep(0.2)  # nothing to await: the process has no readiness event
         raise AssertionError(f"serve {index} not healthy within {HEALTH_TIMEOUT}s")
 
-    def serve_usage(self) -> list[tuple[int, int] | None]:
-        """(RSS bytes, open descriptors) of each serve process, None when it is not running."""
-        usage: list[tuple[int, int] | None] = []
+    def serve_usage(self) -> list[Usage | None]:
+        """RSS and descriptors of each serve process, None when it is not running."""
+        usage: list[Usage | None] = []
         for process in self.serves:
             try:
-                ps = psutil.Process(process.popen.pid)
-                usage.append((ps.memory_info().rss, ps.num_fds()))
-            except psutil.Error:
+                rss = psutil.Process(process.popen.pid).memory_info().rss
+                links = [os.readlink(fd) for fd in Path(f"/proc/{process.popen.pid}/fd").iterdir()]
+            except (psutil.Error, OSError):
                 usage.append(None)
+                continue
+            sockets = sum(link.startswith("socket:") for link in links)
+            usage.append(Usage(rss, sockets, len(links) - sockets))
         return usage
+
+    def sockets(self, index: int) -> str:
+        """A serve process's TCP sockets by local port and state: what a leak is made of."""
+        try:
+            connections = psutil.Process(self.serves[index].popen.pid).net_connections("tcp")
+        except psutil.Error:
+            return "not running"
+        port = self.serve_ports[index]
+        kinds: dict[str, int] = {}
+        for c in connections:
+            side = "served" if c.laddr and c.laddr.port == port else "outgoing"
+            key = f"{side} {c.status}"
+            kinds[key] = kinds.get(key, 0) + 1
+        return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
 
     def logs(self) -> dict[str, str]:
         return {p.name: p.log() for p in self.processes.started}
@@ -204,10 +235,20 @@ class Topology:
     # Faults on processes (what each mode supports is in `faults`).
 
     async def kill_serve(self, index: int, down_seconds: float) -> None:
+        gate = self.ready[self.replicas[index]]
+        gate.clear()
         self.serves[index].kill()
         await asyncio.sleep(down_seconds)  # the outage itself is the fault
         self.start_serve(index)
         await self.healthy(index)
+        self.baselines[index] = self.serve_usage()[index]
+        gate.set()
+
+    def open_gates(self) -> None:
+        """Every replica serves; the baselines are read now, before any stream opens."""
+        self.baselines = self.serve_usage()
+        for url in self.replicas:
+            self.ready.setdefault(url, asyncio.Event()).set()
 
     # The database, read at the end.
 
