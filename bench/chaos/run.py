@@ -24,7 +24,6 @@ SETTLE_TIMEOUT = 60.0  # for the database to catch up and the channel set to set
 EDGE_MS = 10_000  # a stream's first and last 10 s: ticks may still be on their way
 FAILOVER_BOUND_MS = 3_500  # README: a standby takes over within about 3.5 s
 FAILOVER_ALLOWANCE_MS = 4_000  # scheduling on a loaded 2-core machine, stated in the report
-FDS_SLACK = 5  # Deribit pool and database sockets may differ by a few
 RSS_SLACK = 64 * 2**20  # Python keeps freed arenas: back near the baseline, not to the byte
 SAMPLE_INTERVAL = 1.0
 BLAME_AHEAD_MS = 3_000  # a fault starting this soon after a lost tick is named as well
@@ -379,7 +378,7 @@ async def _settled_usage(topology: Topology, baseline: list[Usage | None]) -> li
 def _back(baseline: Usage, now: Usage | None) -> bool:
     return (
         now is not None
-        and now.sockets <= baseline.sockets + FDS_SLACK
+        and now.served == 0  # every client left, the harness's own HTTP clients too
         and now.rss <= baseline.rss + RSS_SLACK
     )
 
@@ -392,8 +391,9 @@ def _resources(
         if b is None or u is None:
             continue
         line = (
-            f"serve {i}: sockets {b.sockets} -> {u.sockets}, other fds {b.other_fds} -> "
-            f"{u.other_fds}, RSS {b.rss / 2**20:.0f} -> {u.rss / 2**20:.0f} MiB"
+            f"serve {i}: client sockets {b.served} -> {u.served}, outgoing {b.outgoing} -> "
+            f"{u.outgoing}, other fds {b.other_fds} -> {u.other_fds}, "
+            f"RSS {b.rss / 2**20:.0f} -> {u.rss / 2**20:.0f} MiB"
         )
         if not _back(b, u):
             over += 1
@@ -401,5 +401,5 @@ def _resources(
         else:
             details.append(line)
     counts = {"serves": len(final), "not_back": over}
-    name = f"serve RSS (+{RSS_SLACK // 2**20} MiB) and sockets (+{FDS_SLACK}) back to baseline"
+    name = f"serve RSS back to baseline (+{RSS_SLACK // 2**20} MiB), no client socket left"
     return ledger.Check(name, over == 0, counts, details)

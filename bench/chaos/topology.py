@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
@@ -59,11 +58,13 @@ def memory_bytes(value: str) -> int:
 
 
 class Usage(NamedTuple):
-    """A serve process's footprint. Sockets are what a leaked stream holds; the other
-    descriptors (database files of a grown connection pool, pipes) are reported beside."""
+    """A serve process's footprint. Served sockets (clients' connections) are what a leaked
+    stream holds: none may remain once every client left. Outgoing ones (database, Redis and
+    Deribit pools) and other descriptors are bounded by the pools, and reported beside."""
 
     rss: int
-    sockets: int
+    served: int
+    outgoing: int
     other_fds: int
 
 
@@ -205,14 +206,17 @@ class Topology:
         """RSS and descriptors of each serve process, None when it is not running."""
         usage: list[Usage | None] = []
         for process in self.serves:
+            port = self.serve_ports[len(usage)]
             try:
-                rss = psutil.Process(process.popen.pid).memory_info().rss
-                links = [os.readlink(fd) for fd in Path(f"/proc/{process.popen.pid}/fd").iterdir()]
-            except (psutil.Error, OSError):
+                ps = psutil.Process(process.popen.pid)
+                rss, fds = ps.memory_info().rss, ps.num_fds()
+                tcp = [c for c in ps.net_connections("tcp") if c.status != psutil.CONN_LISTEN]
+            except psutil.Error:
                 usage.append(None)
                 continue
-            sockets = sum(link.startswith("socket:") for link in links)
-            usage.append(Usage(rss, sockets, len(links) - sockets))
+            served = sum(1 for c in tcp if c.laddr and c.laddr.port == port)
+            outgoing = len(tcp) - served
+            usage.append(Usage(rss, served, outgoing, max(0, fds - len(tcp))))
         return usage
 
     def sockets(self, index: int) -> str:
@@ -222,12 +226,18 @@ class Topology:
         except psutil.Error:
             return "not running"
         port = self.serve_ports[index]
+        peers = {self.sim_port: "deribit", **self._peers()}
         kinds: dict[str, int] = {}
         for c in connections:
-            side = "served" if c.laddr and c.laddr.port == port else "outgoing"
-            key = f"{side} {c.status}"
+            if c.laddr and c.laddr.port == port:
+                key = f"served {c.status}"
+            else:
+                key = f"to {peers.get(c.raddr.port, '?') if c.raddr else '?'} {c.status}"
             kinds[key] = kinds.get(key, 0) + 1
         return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+
+    def _peers(self) -> dict[int, str]:
+        return {}
 
     def logs(self) -> dict[str, str]:
         return {p.name: p.log() for p in self.processes.started}
@@ -422,6 +432,9 @@ class Distributed(Topology):
             self.worker.kill()
         await asyncio.sleep(down_seconds)
         self.start_worker()
+
+    def _peers(self) -> dict[int, str]:
+        return {self.redis.port: "redis", self.postgres.port: "postgres"}
 
     async def restart_redis(self) -> None:
         await asyncio.to_thread(self.redis.restart)
