@@ -111,10 +111,12 @@ async def stream_once(
                     return
                 reading = asyncio.ensure_future(_read(recorder, connection, parser, response))
                 stopping = asyncio.ensure_future(stop.wait())
-                done, _ = await asyncio.wait({reading, stopping}, return_when="FIRST_COMPLETED")
-                for task in (reading, stopping):
-                    task.cancel()
-                await asyncio.gather(reading, stopping, return_exceptions=True)
+                try:
+                    done, _ = await asyncio.wait({reading, stopping}, return_when="FIRST_COMPLETED")
+                finally:  # cancelled from outside too: the reader must not outlive its stream
+                    for task in (reading, stopping):
+                        task.cancel()
+                    await asyncio.gather(reading, stopping, return_exceptions=True)
                 if reading in done and reading.exception() is not None:
                     connection.ended_by = type(reading.exception()).__name__
                 else:

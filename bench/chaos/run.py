@@ -60,9 +60,9 @@ def make_plan(mode: str, seed: int, tickers: int, tick_interval: float) -> Plan:
     names = rng.sample([n for n in INDEX_NAMES if "-" not in n], k=tickers)
     tracked, held = names[: tickers // 3], names[tickers // 3 :]
     users = {}
-    for i in range(4):  # each held ticker by at least one user, most by two
+    for i in range(4):  # each ticker on at least one timer=0 stream, most on two or more
         mine = {held[i % len(held)], *rng.sample(held, k=min(4, len(held)))}
-        users[f"steady{i}"] = sorted(mine | {tracked[i % len(tracked)]})
+        users[f"steady{i}"] = sorted(mine | set(tracked[i::4]))
     for ticker in held:
         if not any(ticker in t for t in users.values()):
             users["steady0"].append(ticker)
@@ -127,6 +127,7 @@ class Run:
         self.sampler = Sampler(self.topology, self.sim)
         self.sampling: asyncio.Task[None] | None = None
         self.notes: list[str] = []
+        self.waiting_for: list[str] = []
 
     async def set_up(self) -> None:
         """Topology, users, subscriptions, streams (the serve baselines are read before them)."""
@@ -179,9 +180,16 @@ class Run:
             )
         )
         tickers = plan.ledger_tickers
-        await _until(
-            "first prices", lambda: all(self.recorder.newest_after(t, 0) for t in tickers), 60
-        )
+
+        def first_prices() -> bool:
+            waiting = [t for t in tickers if not self.recorder.newest_after(t, 0)]
+            self.waiting_for = waiting
+            return not waiting
+
+        try:
+            await _until("first prices", first_prices, STARTUP_TIMEOUT)
+        except AssertionError as error:
+            raise AssertionError(f"{error}: none yet of {self.waiting_for}") from None
 
     def _client(self, coroutine: Coroutine[Any, Any, None]) -> None:
         self.clients.append(asyncio.create_task(coroutine))
