@@ -17,7 +17,11 @@ from bench.chaos.clients import Api, Recorder, now_ms, steady_client
 from bench.chaos.faults import Fault, Injector, schedule
 from bench.chaos.simctl import SimControl
 from bench.chaos.topology import TIMER_USER, Distributed, Embedded, Plan, Topology, Usage
-from cryptomarket.deribit.simulator.market import INDEX_NAMES
+
+try:  # helper sim's branch moves the index list to its own module
+    from cryptomarket.deribit.simulator.indexes import INDEX_NAMES
+except ImportError:
+    from cryptomarket.deribit.simulator.market import INDEX_NAMES
 
 STARTUP_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 60.0  # for the database to catch up and the channel set to settle at the end
