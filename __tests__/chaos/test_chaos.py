@@ -10,21 +10,27 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos.plan import make_plan
 from bench.chaos.report import summary
-from bench.chaos.run import execute, make_plan
+from bench.chaos.run import execute
 
 SEED = 20261202
 TICKERS = 12
 TICK_INTERVAL = 0.2  # 60 ticks/s through the gateway: heavy enough, and safe on 2 loaded cores
+EVERY_MODE = {"drop", "silence", "refusal", "latency", "e10028", "e11051", "kill_serve"} | {
+    "churn",
+    "storm",
+}
+DISTRIBUTED_ONLY = {"kill_ingest", "kill_worker", "redis_restart", "postgres_restart"}
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize(("mode", "seconds"), [("distributed", 65), ("embedded", 28)])
+@pytest.mark.timeout(300)  # the run itself ends in about half that; a loaded machine stretches it
+@pytest.mark.parametrize(("mode", "seconds"), [("distributed", 60), ("embedded", 25)])
 async def test_chaos_run_keeps_every_invariant(mode: str, seconds: float, tmp_path: Path) -> None:
     plan = make_plan(mode, SEED, TICKERS, TICK_INTERVAL)
     outcome = await execute(plan, seconds, tmp_path)
-    met = {fault.kind for fault in outcome.faults}
     assert outcome.checks[0].counts["produced"] > 0, summary(outcome)
-    assert len(met) >= 8, f"only {sorted(met)} in {seconds}s:\n{summary(outcome)}"
+    expected = EVERY_MODE | (DISTRIBUTED_ONLY if mode == "distributed" else set())
+    assert {fault.kind for fault in outcome.faults} == expected, summary(outcome)
     if not outcome.holds:  # the summary, not the dataclass's repr
         pytest.fail(f"{summary(outcome)}\nlogs: {tmp_path}", pytrace=False)

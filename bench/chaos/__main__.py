@@ -13,8 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.chaos.plan import make_plan
 from bench.chaos.report import new_report, summary, write
-from bench.chaos.run import Outcome, execute, make_plan
+from bench.chaos.run import Outcome, execute
 from bench.common import RESULTS_DIR, exit_on_sigterm
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from __tests__.sse import SSEParser
-from bench.chaos.topology import PASSWORD_OF
+from bench.chaos.plan import PASSWORD_OF
 
 RECONNECT_DELAY = 0.5  # what an EventSource waits is the server's retry; sooner is harsher
 STREAM_PATH = "/api/v2/sse/connection"

@@ -11,10 +11,8 @@ suite's own (`__tests__/distributed/processes.py`, `__tests__/servers.py`).
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +24,7 @@ from sqlalchemy import create_engine, text
 
 from __tests__.distributed.processes import Process, Processes
 from __tests__.servers import PostgresServer, RedisServer, free_port
+from bench.chaos.plan import Plan, write_accounts
 from bench.common import ROOT
 from cryptomarket.core.db import urls_for
 from cryptomarket.core.migrate import upgrade
@@ -34,8 +33,6 @@ LEADING = "leading: this process now holds the upstream connection"
 LOST = "lost the lease"
 WAITING = "another ingest process leads"
 HEALTH_TIMEOUT = 60.0
-PASSWORD_OF = "chaos-secret-"  # noqa: S105 (the simulator accounts' made-up secrets)
-TIMER_USER = "timer0"  # the timer>0 client's user
 
 
 def compose_redis_settings(compose: Path = ROOT / "docker-compose.yml") -> dict[str, str]:
@@ -78,44 +75,6 @@ class ComposeRedis(RedisServer):
 
     def _command(self) -> list[str]:
         return [*super()._command(), *(arg for pair in self.settings.items() for arg in pair)]
-
-
-@dataclass
-class Plan:
-    """What the run looks like: mode, tickers and load (everything but the faults)."""
-
-    mode: str  # "distributed" or "embedded"
-    seed: int
-    tick_interval: float
-    tracked: list[str]
-    users: dict[str, list[str]]  # steady user -> its timer=0 tickers
-    storm_users: list[str]
-    storm_tickers: list[str]
-    accounts_file: Path = field(default=Path())
-
-    @property
-    def ledger_tickers(self) -> list[str]:
-        """Ingested for the whole run: tracked, or held by a steady user from before the start."""
-        held = {ticker for tickers in self.users.values() for ticker in tickers}
-        return sorted(set(self.tracked) | held)
-
-
-def write_accounts(plan: Plan, directory: Path) -> None:
-    """One simulator account per user: a user id belongs to the Deribit account that claimed it."""
-    names = [*plan.users, *plan.storm_users, TIMER_USER]
-    accounts = [
-        {
-            "client_id": f"chaos-{name}",
-            "client_secret": PASSWORD_OF + name,
-            "id": 5000 + i,
-            "username": name,
-            "email": f"{name}@example.com",
-            "type": "main",
-        }
-        for i, name in enumerate(names)
-    ]
-    plan.accounts_file = directory / "accounts.json"
-    plan.accounts_file.write_text(json.dumps(accounts))
 
 
 class Topology:
