@@ -120,6 +120,7 @@ class Topology:
             "DERIBIT_POOL_SIZE": "2",
             "TRACKED_TICKERS": ",".join(self.plan.tracked),
             "SSE_MAX_STREAMS_PER_USER": "20",
+            "SSE_MAX_STREAMS_PER_ACCOUNT": "40",  # each user has its own account
             "JOBS_PERSIST_INTERVAL": "0.5",
             "JOBS_GAP_INTERVAL": "5",
         }
