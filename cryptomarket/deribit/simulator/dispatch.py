@@ -16,13 +16,14 @@ from cryptomarket.deribit.errors import (
 from cryptomarket.deribit.simulator import rpc
 from cryptomarket.deribit.simulator.auth_methods import AUTH_METHODS
 from cryptomarket.deribit.simulator.control import CONTROL_METHODS
+from cryptomarket.deribit.simulator.inspect import INSPECT_METHODS
 from cryptomarket.deribit.simulator.methods import METHODS
 from cryptomarket.deribit.simulator.session import Session
 from cryptomarket.deribit.simulator.state import NO_REPLY, Call, Handler, SimState
 
 log = logging.getLogger("cryptomarket.simulator")
 
-HANDLERS: dict[str, Handler] = {**AUTH_METHODS, **METHODS, **CONTROL_METHODS}
+HANDLERS: dict[str, Handler] = {**AUTH_METHODS, **METHODS, **CONTROL_METHODS, **INSPECT_METHODS}
 MAX_FRAME_BYTES = 32 * 1024  # reference §2
 # Deribit terminates the session after 10028; its close code is UNVERIFIED (reference §9).
 TOO_MANY_REQUESTS_CLOSE = (1008, "too_many_requests")

@@ -1,0 +1,1 @@
+"""The ledger-checked chaos harness (`make chaos`, `python -m bench.chaos`)."""
