@@ -7,10 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:  # helper sim's branch moves the index list to its own module
-    from cryptomarket.deribit.simulator.indexes import INDEX_NAMES
-except ImportError:
-    from cryptomarket.deribit.simulator.market import INDEX_NAMES
+from cryptomarket.deribit.simulator.indexes import INDEX_NAMES
 
 PASSWORD_OF = "chaos-secret-"  # noqa: S105 (the simulator accounts' made-up secrets)
 TIMER_USER = "timer0"  # the timer>0 client's user
