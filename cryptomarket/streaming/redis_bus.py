@@ -322,7 +322,10 @@ class RedisBus:
             self._delivered_status = event
         elif isinstance(event, Tick):
             newest = self._delivered_newest.get(event.ticker, 0)
-            self._delivered_newest[event.ticker] = max(newest, event.timestamp)
+            if event.timestamp <= newest:
+                return  # a duplicate: ingest publishes each ticker in timestamp order, and a
+                # tick the catch-up read from the stream may come again by pub/sub
+            self._delivered_newest[event.ticker] = event.timestamp
         for listener in tuple(self._listeners):
             try:
                 listener(event, frame)
