@@ -237,7 +237,14 @@ def check(run: PressureRun, engine: Engine, tables: Tables) -> list[str]:
     problems = []
     if run.publish_failures:
         problems.append(f"{run.publish_failures} publish round trip(s) failed")
-    problems += run.lease_failures + run.persist_failures
+    if run.lease_failures:
+        problems.append(
+            f"{len(run.lease_failures)} lease failure(s), first: {run.lease_failures[0]}"
+        )
+    if run.persist_failures:
+        problems.append(
+            f"{len(run.persist_failures)} persist run(s) failed: {run.persist_failures[0]}"
+        )
     if not run.max_used < run.limit:
         problems.append(f"Redis used {run.max_used} bytes, its maxmemory is {run.limit}")
     stored, gaps = _stored(engine, tables)
