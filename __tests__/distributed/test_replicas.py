@@ -232,3 +232,27 @@ async def test_signing_out_on_a_ends_the_sessions_stream_on_b(
             await signed_out.until("price", timeout=5)
         assert len(b.runtime.hub.streams_of("bob")) == 1  # the other session's stream stays
         await kept.until("status")
+
+
+async def test_health_and_metrics_say_when_redis_nears_its_memory_limit(
+    replicas: tuple[Service, Service], redis_server: RedisServer
+) -> None:
+    a, _ = replicas
+    client = Redis.from_url(redis_server.url)
+    try:
+        health = (await a.client.get("/health")).json()
+        assert health["cache"] == "ok", health
+        used = (await client.info("memory"))["used_memory"]
+        await client.config_set("maxmemory", str(int(used / 0.9)))  # 90 % full
+        health = (await a.client.get("/health")).json()
+        assert health["status"] == "degraded"
+        assert health["cache"].startswith("near its memory limit: "), health
+        metrics = (await a.client.get("/metrics")).text.splitlines()
+        assert "cryptomarket_redis_memory_near_limit 1.0" in metrics
+        assert any(line.startswith("cryptomarket_redis_memory_used_bytes ") for line in metrics)
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.aclose()
+    metrics = (await a.client.get("/metrics")).text.splitlines()
+    assert "cryptomarket_redis_memory_near_limit 0.0" in metrics
+    assert "cryptomarket_redis_memory_limit_bytes 0.0" in metrics
