@@ -261,10 +261,10 @@ class RedisBus:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(EVENTS_CHANNEL)
+                await self._read_status()  # before `connected`: a stream opened then has it
                 self.connected = True
                 backoff.reset()
                 logger.info("receiving market events from Redis")
-                await self._read_status()
                 if not first:
                     await self._catch_up()
                 first = False
