@@ -103,3 +103,22 @@ async def test_trimming_by_age_keeps_what_the_persist_job_has_not_stored(client:
     # Entry ids are the publisher's clock, a minute apart as published.
     stamps = [parse_id(entry_id)[0] for entry_id in left]
     assert {later - earlier for earlier, later in itertools.pairwise(stamps)} == {60_000}
+
+
+async def test_memory_used_elsewhere_never_costs_the_unstored_ticks(client: Redis) -> None:
+    for second in range(10):
+        await client.xadd(TICKS_STREAM, {"event": b"x"}, id=f"{1_000 + second}-0")
+    await client.xgroup_create(TICKS_STREAM, GROUP, id="0")
+    read = await client.xreadgroup(GROUP, CONSUMER, {TICKS_STREAM: ">"}, count=4)
+    await client.xack(TICKS_STREAM, GROUP, *[entry_id for entry_id, _ in read[0][1]])
+    await client.set("test:something-else", b"z" * 2_000_000)
+    try:
+        used = (await client.info("memory"))["used_memory"]
+        await client.config_set("maxmemory", str(int(used / 0.7)))  # 70 %, not from the stream
+        bounds = StreamBounds(client, lambda: 1.0)  # (nothing is old by age)
+        await bounds.enforce()
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.delete("test:something-else")
+    assert await client.xlen(TICKS_STREAM) == 6  # the stored four cut, the unstored six kept
+    assert bounds.trimmed == 4 and bounds.trimmed_unstored == 0

@@ -116,6 +116,19 @@ class StreamBounds:
         first = parse_id(info["first-entry"][0])
         last = parse_id(info["last-entry"][0])
         share = (memory.used - TRIM_TO * memory.limit) / stream_bytes
+        if share > 1.0:
+            # Even all of the stream would not be enough: the memory is used elsewhere (Celery's
+            # queues?). Cut what is stored, never the unstored ticks for so little.
+            removed = await self._trim_before(unstored)
+            self.trimmed += removed
+            logger.warning(
+                "Redis near its memory limit (%s), mostly not from the tick stream (%d bytes): "
+                "cut its %d stored entries",
+                memory.describe(),
+                stream_bytes,
+                removed,
+            )
+            return
         if share >= 1.0:
             cut = (last[0], last[1] + 1)  # all of it
         else:

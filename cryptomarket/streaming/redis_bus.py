@@ -216,7 +216,9 @@ class RedisBus:
         added = 0
         self._in_flight = len(batch)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            # One transaction: a connection lost midway publishes all of it or none of it, so a
+            # retry does not send part of it twice.
+            async with self.redis.pipeline(transaction=True) as pipe:
                 for event, message in batch:
                     if isinstance(event, Tick | Gap):
                         pipe.xadd(TICKS_STREAM, {"event": message}, id=f"{entry_ms}-*")
