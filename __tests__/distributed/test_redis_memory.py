@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 from sqlalchemy import Engine
 
 from __tests__.distributed.redis_pressure import (
@@ -23,6 +24,7 @@ from __tests__.distributed.redis_pressure import (
     sqlite_store,
 )
 from cryptomarket.core.tables import Tables
+from cryptomarket.distributed.leader import Lease
 from cryptomarket.distributed.stream_bounds import RETENTION_MS
 
 pytestmark = pytest.mark.timeout(240)
@@ -72,4 +74,22 @@ async def test_days_of_ticks_fit_the_compose_redis_with_nothing_lost_silently(
         # an hour of two tickers, plus what the bus still held when the clock stopped
         assert await client.xlen("cryptomarket:ticks") <= 2 * RETENTION_MS // 1000 + FLOW
     finally:
+        await client.aclose()
+
+
+async def test_the_lease_is_taken_renewed_and_released_even_when_redis_is_full(
+    limited_redis: LimitedRedis,
+) -> None:
+    client = Redis.from_url(limited_redis.url)
+    try:
+        await client.config_set("maxmemory", "1")  # over the limit: writes are refused
+        with pytest.raises(OutOfMemoryError):
+            await client.set("anything", "x")
+        lease = Lease(client, "test:lease", ttl=3.0)
+        assert await lease.acquire()
+        assert await lease.renew()
+        await lease.release()
+        assert await Lease(client, "test:lease", ttl=3.0).acquire()
+    finally:
+        await client.config_set("maxmemory", "32mb")
         await client.aclose()
