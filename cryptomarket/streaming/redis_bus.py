@@ -146,6 +146,7 @@ class RedisBus:
     def start(self, *, publishing: bool = True, receiving: bool = True) -> None:
         if publishing:
             self._tasks.append(asyncio.create_task(self._publish_loop(), name="redis-publish"))
+            self._tasks.append(asyncio.create_task(self._wake_up_loop(), name="redis-wake-up"))
         if receiving:
             self._tasks.append(asyncio.create_task(self._receive_loop(), name="redis-receive"))
 
@@ -158,9 +159,7 @@ class RedisBus:
     async def _publish_loop(self) -> None:
         backoff = self._backoff()
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(BOUNDS_EVERY_SECONDS):
-                    await self._pending.wait()
+            await self._pending.wait()  # an event, or the housekeeping clock's wake-up
             self._pending.clear()
             while self._may_publish():
                 self._report_overflow()
@@ -180,6 +179,14 @@ class RedisBus:
                 await self._housekeeping()
             if self._may_publish():
                 await self._housekeeping()
+
+    async def _wake_up_loop(self) -> None:
+        """Wake the publisher now and then, so its housekeeping runs when no event comes.
+        (Not a timeout around the wait: in Python 3.11 one that fires as the task is cancelled
+        can swallow the cancellation.)"""
+        while True:
+            await asyncio.sleep(BOUNDS_EVERY_SECONDS)
+            self._pending.set()
 
     async def _housekeeping(self) -> None:
         """Keep the stream in bounds and the upstream status fresh, when due."""
