@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.distributed.connect import cancel_for_sure, raise_if_cancelled
 from cryptomarket.distributed.stream_bounds import StreamBounds, parse_id
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming.bus import Event, UpstreamStatus
@@ -92,6 +93,7 @@ class RedisBus:
         self._published_newest: dict[str, int] = {}  # ticker -> newest timestamp published
         self._delivered_newest: dict[str, int] = {}  # ticker -> newest timestamp delivered
         self._delivered_status: UpstreamStatus | None = None
+        self._caught_up: set[tuple[str, int]] = set()  # (ticker, timestamp) the catch-up sent
         self._status_message: bytes | None = None  # the newest status published, to rewrite
         self._top_ms: int | None = None  # the stream's newest id's ms, once known
         self._since_bounds = 0  # stream entries added since the last check of its bounds
@@ -151,10 +153,8 @@ class RedisBus:
             self._tasks.append(asyncio.create_task(self._receive_loop(), name="redis-receive"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        tasks, self._tasks = self._tasks, []
+        await cancel_for_sure(tasks)
 
     async def _publish_loop(self) -> None:
         backoff = self._backoff()
@@ -168,6 +168,7 @@ class RedisBus:
                 try:
                     self._since_bounds += await self._publish_batch()
                 except (RedisError, OSError) as error:
+                    raise_if_cancelled()
                     self.failures += 1
                     self._top_ms = None  # learn it again: the stream may be new, or ahead
                     logger.warning(
@@ -201,6 +202,7 @@ class RedisBus:
                     UPSTREAM_STATUS_KEY, self._status_message, ex=STATUS_TTL_SECONDS
                 )
             except (RedisError, OSError) as error:
+                raise_if_cancelled()
                 logger.warning("could not rewrite the upstream status: %s", error)
 
     def _report_overflow(self) -> None:
@@ -260,6 +262,7 @@ class RedisBus:
         try:
             await self.bounds.enforce()
         except (RedisError, OSError) as error:
+            raise_if_cancelled()
             logger.warning("could not keep the tick stream in bounds: %s", error)
         self._top_ms = None  # gaps it recorded went to the end of the stream
 
@@ -279,9 +282,11 @@ class RedisBus:
                 first = False
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
+                    raise_if_cancelled()  # its own timeout may have eaten a cancellation
                     if message is not None and message["type"] == "message":
                         self._deliver(message["data"])
             except (RedisError, OSError) as error:
+                raise_if_cancelled()
                 if self.connected:
                     logger.warning("lost the Redis subscription, reconnecting: %s", error)
                 self.connected = False
@@ -294,6 +299,7 @@ class RedisBus:
     async def _catch_up(self) -> None:
         """After a lost subscription: the stream's ticks newer than the last delivered, in order."""
         entries = await self.redis.xrevrange(TICKS_STREAM, count=CATCH_UP)
+        self._caught_up.clear()  # (bounded: what one catch-up delivered)
         caught = 0
         for _entry_id, fields in reversed(entries or []):
             data = (fields or {}).get(b"event")
@@ -306,7 +312,7 @@ class RedisBus:
             if isinstance(tick, Tick) and tick.timestamp > self._delivered_newest.get(
                 tick.ticker, 0
             ):
-                self._deliver(data)
+                self._deliver(data, caught_up=True)
                 caught += 1
         if caught:
             logger.info("caught up on %d tick(s) from the Redis stream", caught)
@@ -318,7 +324,7 @@ class RedisBus:
         if isinstance(data, bytes):
             self._deliver(data)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes, *, caught_up: bool = False) -> None:
         try:
             event, frame = unpack(data)
         except (ValueError, KeyError, TypeError):
@@ -330,11 +336,14 @@ class RedisBus:
                 return  # read from the key and received on the channel: once, newest wins
             self._delivered_status = event
         elif isinstance(event, Tick):
+            key = (event.ticker, event.timestamp)
+            if caught_up:
+                self._caught_up.add(key)
+            elif key in self._caught_up:
+                self._caught_up.discard(key)
+                return  # the catch-up read it from the stream; pub/sub brings it again
             newest = self._delivered_newest.get(event.ticker, 0)
-            if event.timestamp <= newest:
-                return  # a duplicate: ingest publishes each ticker in timestamp order, and a
-                # tick the catch-up read from the stream may come again by pub/sub
-            self._delivered_newest[event.ticker] = event.timestamp
+            self._delivered_newest[event.ticker] = max(newest, event.timestamp)
         for listener in tuple(self._listeners):
             try:
                 listener(event, frame)
