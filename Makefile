@@ -9,7 +9,7 @@ TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install install-runtime run demo test lint bench soak chaos lock servers newman browser clean
+.PHONY: help install install-runtime run demo test lint bench soak chaos redis-week lock servers newman browser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench: install servers  ## benchmarks under bench/: print their figures, write b
 
 soak: install  ## 10 min of 2,000 streams with churn at 10 ticks/s: writes bench/results/soak.md and soak.png
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+redis-week: install servers  ## a week of two tickers (1.2M ticks) through the compose Redis settings
+	$(BIN)/python -m __tests__.distributed.redis_pressure --days 7 $(REDIS_WEEK_ARGS)
 
 MINUTES ?= 30
 SEED ?=

@@ -8,7 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryptomarket.distributed.job_counts import read_job_counts
+from cryptomarket.distributed.memory import RedisMemory, read_memory
 from cryptomarket.runtime import Runtime, RuntimeDep
+from cryptomarket.streaming.redis_bus import read_upstream_status
 
 router = APIRouter(tags=["operations"])
 
@@ -31,11 +33,13 @@ class Health(BaseModel):
     database: str = Field(description="ok, or down with the reason.")
     cache: str = Field(
         description="ok (in-process in embedded mode); with Redis: ok, ok (was down ... "
-        "until ...), or down since ... with the reason."
+        "until ...), down since ... with the reason, or near its memory limit (used memory "
+        "past 80 % of maxmemory)."
     )
     upstream: str = Field(
         description="Deribit market data: connected, connecting, reconnecting or stale; in "
-        "distributed mode, as the ingest process last reported it (via ingest)."
+        "distributed mode, as the ingest leader keeps it in Redis (via ingest), or no ingest "
+        "reporting when none has for 30 s."
     )
 
 
@@ -53,10 +57,7 @@ async def health(runtime: RuntimeDep) -> Health:
     if runtime.writer is not None and not runtime.writer.healthy and database == "ok":
         database = f"recovering: {runtime.writer.buffered} ticks waiting to be written"
     cache = await _cache(runtime)
-    if runtime.ingest is not None:
-        upstream = runtime.ingest.status
-    else:
-        upstream = f"{runtime.hub.upstream_state} (via ingest)"
+    upstream = await _upstream(runtime)
     healthy = database == "ok" and cache.startswith("ok") and upstream.startswith("connected")
     return Health(
         status="ok" if healthy else "degraded", database=database, cache=cache, upstream=upstream
@@ -98,6 +99,7 @@ async def metrics(request: Request) -> Response:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is not None and runtime.redis is not None:
         runtime.worker_job_counts = await read_job_counts(runtime.redis)
+        runtime.redis_memory = await _memory(runtime)
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -118,4 +120,35 @@ async def _cache(runtime: Runtime) -> str:
         outages.failed("market events or control channel not subscribed yet")
         return outages.describe()
     outages.succeeded()
+    memory = await _memory(runtime)
+    if memory is not None and memory.near_limit:
+        return f"near its memory limit: {memory.describe()}"
     return outages.describe()
+
+
+async def _memory(runtime: Runtime) -> RedisMemory | None:
+    """Redis's used memory against its limit; None when it does not answer in time."""
+    if runtime.redis is None:
+        return None
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            return await read_memory(runtime.redis)
+    except Exception:  # unknown is not an error of /health's; the ping says why
+        return None
+
+
+async def _upstream(runtime: Runtime) -> str:
+    """Embedded: the ingest's own state. Distributed: what the ingest leader keeps in Redis
+    (a replica started after the last change knows it too); the hub's when Redis is away."""
+    if runtime.ingest is not None:
+        return runtime.ingest.status
+    if runtime.redis is not None:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                status = await read_upstream_status(runtime.redis)
+        except Exception:  # Redis away: the last state the hub heard of
+            return f"{runtime.hub.upstream_state} (via ingest)"
+        if status is None:
+            return "no ingest reporting (via ingest)"
+        return f"{status.state} (via ingest)"
+    return f"{runtime.hub.upstream_state} (via ingest)"

@@ -25,6 +25,7 @@ from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.distributed.cache import RedisCache, shared_index_names
 from cryptomarket.distributed.connect import async_redis
 from cryptomarket.distributed.control import ControlChannel, SessionEnded
+from cryptomarket.distributed.memory import RedisMemory
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.distributed.rate_limit import RedisBuckets
 from cryptomarket.jobs.scheduler import EmbeddedScheduler
@@ -69,6 +70,7 @@ class Runtime:
     scheduler: EmbeddedScheduler | None = None
     # The Celery workers' job runs and failures, as last read from Redis for /metrics.
     worker_job_counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
+    redis_memory: RedisMemory | None = None  # as last read for /metrics
     loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
 
     @classmethod

@@ -8,8 +8,10 @@ import pytest
 from redis.asyncio import Redis
 
 from __tests__.distributed.processes import Processes
-from __tests__.helpers import eventually
+from __tests__.helpers import eventually, eventually_async
 from __tests__.servers import RedisServer
+from __tests__.service import running_service
+from __tests__.sse import open_stream
 from cryptomarket.core.db import urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.backoff import Backoff
@@ -17,7 +19,7 @@ from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.distributed.ingest_leader import LEADER_KEY
 from cryptomarket.prices.models import Tick
 from cryptomarket.streaming.bus import Event
-from cryptomarket.streaming.redis_bus import RedisBus
+from cryptomarket.streaming.redis_bus import UPSTREAM_STATUS_KEY, RedisBus
 
 LEADING = "leading: this process now holds the upstream connection"
 
@@ -81,11 +83,68 @@ async def test_the_standby_takes_over_within_seconds_of_the_leader_dying(
             timeout=5,
             what="live ticks from the new leader",
         )
-        # The ticks missed meanwhile were published too (backfilled from Deribit's history).
-        sent = {ts for ts, _ in simulator.history("btc_usd")}
+        # The ticks missed meanwhile are published too (backfilled from Deribit's history, which
+        # may come after the first live tick).
         got = {tick.timestamp for tick in received if tick.ticker == "btc_usd"}
-        newest = max(got)
-        missing = {ts for ts in sent if min(got) <= ts <= newest} - got
-        assert not missing, f"{len(missing)} tick(s) never published"
+        first, newest = min(got), max(got)
+        sent = {ts for ts, _ in simulator.history("btc_usd") if first <= ts <= newest}
+
+        def missing() -> set[int]:
+            return sent - {tick.timestamp for tick in received if tick.ticker == "btc_usd"}
+
+        await eventually(lambda: not missing(), timeout=5, what="the missed ticks backfilled")
+    finally:
+        processes.stop_all()
+
+
+async def test_a_replica_started_after_ingest_connected_knows_the_upstream_is_connected(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    redis_server: RedisServer,
+    received: list[Tick],
+    tmp_path: Path,
+) -> None:
+    simulator = await simulator_factory(tick_interval=0.2)
+    database_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    upgrade(urls_for(database_url).sync_url)
+    processes = Processes(
+        tmp_path,
+        {
+            "REDIS_URL": redis_server.url,
+            "DATABASE_URL": database_url,
+            "DERIBIT_WS_URL": simulator.url,
+            "PROJECT_MODE": "testing",
+            "DERIBIT_HEARTBEAT_INTERVAL": "1",
+            "TRACKED_TICKERS": "btc_usd",
+        },
+    )
+    try:
+        ingest = processes.start("ingest", "-m", "cryptomarket", "ingest")
+        await ingest.logged("upstream connected")
+        await eventually(lambda: len(received) >= 3, what="ticks from the leader")
+        # The change to `connected` was published before this replica existed.
+        async with running_service(simulator, database_url, REDIS_URL=redis_server.url) as late:
+            runtime = late.runtime
+            await eventually(lambda: runtime.redis_bus.connected, what="replica subscribed")
+            assert runtime.hub.upstream_state == "connected"
+            health = (await late.client.get("/health")).json()
+            assert health["upstream"] == "connected (via ingest)", health
+            token = await late.sign_in("alice")
+            async with open_stream(late.client_for(token)) as stream:
+                status = await stream.until("status")
+                assert status.data["upstream"] == "connected"
+
+            # Redis restarts: the status is gone from it, and the leader writes it again.
+            client = Redis.from_url(redis_server.url)
+            try:
+                await client.delete(UPSTREAM_STATUS_KEY)
+
+                async def rewritten() -> bool:
+                    return bool(await client.exists(UPSTREAM_STATUS_KEY))
+
+                await eventually_async(rewritten, timeout=10, what="the status written again")
+                # Kept only while a leader rewrites it: with none, it is gone within 30 s.
+                assert 0 < await client.ttl(UPSTREAM_STATUS_KEY) <= 30
+            finally:
+                await client.aclose()
     finally:
         processes.stop_all()

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from __tests__.helpers import eventually, eventually_async
 from __tests__.servers import RedisServer
 from __tests__.service import Service, running_service
-from __tests__.sse import open_stream
+from __tests__.sse import Event, Stream, open_stream
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Tick
@@ -67,11 +67,14 @@ async def test_a_subscription_made_on_a_reaches_the_stream_on_b_and_outlives_a_r
         a.client_for(token) as on_a,
         b.client_for(token) as on_b,
         open_stream(on_b, params={"timer": 0}) as stream,
+        open_stream(on_a, params={"timer": 0}) as stream_on_a,
     ):
         connected = await stream.until("connected")
         assert connected.data["subscriptions"] == []
-        response = await on_a.get("/api/v1/market/alice/create_order/eth_usd")
-        assert response.status_code == 201, response.text
+        await stream_on_a.until("connected")
+        for ticker in ("eth_usd", "btc_usd"):
+            response = await on_a.get(f"/api/v1/market/alice/create_order/{ticker}")
+            assert response.status_code == 201, response.text
 
         first = Tick("eth_usd", 3_210.5, now_ms())
         ingest_bus.publish(first)
@@ -79,7 +82,13 @@ async def test_a_subscription_made_on_a_reaches_the_stream_on_b_and_outlives_a_r
         assert price.data["price"] == 3_210.5
         assert price.id == f"eth_usd:{first.timestamp}"
 
-        await asyncio.to_thread(redis_server.restart)
+        # A tick published while Redis is down reaches B's stream once Redis is back.
+        await asyncio.to_thread(redis_server.stop)
+        during = Tick("eth_usd", 3_250.0, first.timestamp + 1)
+        ingest_bus.publish(during)
+        await asyncio.to_thread(redis_server.start)
+        held = await stream.until("price", ticker="eth_usd", timeout=20)
+        assert (held.id, held.data["price"]) == (f"eth_usd:{during.timestamp}", 3_250.0)
         runtime = b.runtime
         await eventually(
             lambda: runtime.redis_bus.connected and runtime.control.listening,
@@ -93,9 +102,41 @@ async def test_a_subscription_made_on_a_reaches_the_stream_on_b_and_outlives_a_r
         health = (await b.client.get("/health")).json()
         assert health["cache"].startswith("ok (was down"), health
 
-        # And an unsubscribe through B stops what A's stream would get (the other way round).
+        # An unsubscribe through B stops eth_usd on A's open stream (btc_usd goes on).
+        await eventually(
+            lambda: a.runtime.redis_bus.connected and a.runtime.control.listening,
+            timeout=15,
+            what="replica A subscribed again",
+        )
         response = await on_b.get("/api/v1/market/alice/cancel_order/eth_usd")
         assert response.status_code == 200
+        await eventually(
+            lambda: all("eth_usd" not in s.timers for s in a.runtime.hub.streams_of("alice")),
+            what="A heard of the unsubscribe",
+        )
+        dropped = Tick("eth_usd", 3_400.0, after.timestamp + 1)
+        marker = Tick("btc_usd", 95_000.0, now_ms() + 2)
+        ingest_bus.publish(dropped)
+        ingest_bus.publish(marker)  # published after it: once it is here, eth_usd had its turn
+        on_a_ids = [event.id for event in await prices_until(stream_on_a, marker)]
+        on_b_ids = [event.id for event in await prices_until(stream, marker)]
+        for ids in (on_a_ids, on_b_ids):
+            assert f"eth_usd:{dropped.timestamp}" not in ids, "eth_usd went on after cancelling"
+        # A's stream had eth_usd until then (the check above is not vacuous).
+        assert f"eth_usd:{after.timestamp}" in on_a_ids
+
+
+async def prices_until(stream: Stream, marker: Tick, timeout: float = 15.0) -> list[Event]:
+    """Every price event up to and including the marker tick's."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await stream.next_event(timeout)
+            if event.event != "price":
+                continue
+            seen.append(event)
+            if event.id == f"{marker.ticker}:{marker.timestamp}":
+                return seen
 
 
 async def test_a_change_on_b_reaches_a_stream_on_a_with_the_cached_latest_price(
@@ -191,3 +232,27 @@ async def test_signing_out_on_a_ends_the_sessions_stream_on_b(
             await signed_out.until("price", timeout=5)
         assert len(b.runtime.hub.streams_of("bob")) == 1  # the other session's stream stays
         await kept.until("status")
+
+
+async def test_health_and_metrics_say_when_redis_nears_its_memory_limit(
+    replicas: tuple[Service, Service], redis_server: RedisServer
+) -> None:
+    a, _ = replicas
+    client = Redis.from_url(redis_server.url)
+    try:
+        health = (await a.client.get("/health")).json()
+        assert health["cache"] == "ok", health
+        used = (await client.info("memory"))["used_memory"]
+        await client.config_set("maxmemory", str(int(used / 0.9)))  # 90 % full
+        health = (await a.client.get("/health")).json()
+        assert health["status"] == "degraded"
+        assert health["cache"].startswith("near its memory limit: "), health
+        metrics = (await a.client.get("/metrics")).text.splitlines()
+        assert "cryptomarket_redis_memory_near_limit 1.0" in metrics
+        assert any(line.startswith("cryptomarket_redis_memory_used_bytes ") for line in metrics)
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.aclose()
+    metrics = (await a.client.get("/metrics")).text.splitlines()
+    assert "cryptomarket_redis_memory_near_limit 0.0" in metrics
+    assert "cryptomarket_redis_memory_limit_bytes 0.0" in metrics

@@ -39,9 +39,9 @@ def engine(postgres_server: PostgresServer) -> Iterator[Engine]:
 @pytest.fixture
 def redis(redis_server: RedisServer) -> Iterator[Redis]:
     client = Redis.from_url(redis_server.url, socket_timeout=5)
-    client.delete(TICKS_STREAM, "cryptomarket:job-lock:persist")
+    client.delete(TICKS_STREAM, "cryptomarket:job-lock:persist", persist.NEW_STREAM_KEY)
     yield client
-    client.delete(TICKS_STREAM)
+    client.delete(TICKS_STREAM, persist.NEW_STREAM_KEY)
     client.close()
 
 
@@ -93,6 +93,35 @@ def test_a_lost_stream_becomes_a_gap_and_gaps_in_the_stream_are_recorded(
     # The lost span starts where the store stops: the gap recorded there is widened to it.
     assert recorded_gaps(engine) == [(1_000_001, 1_999_999)]
     assert stored(engine) == [("btc_usd", 1_000_000), ("btc_usd", 2_000_000)]
+
+
+def test_a_new_stream_met_empty_is_still_recorded_as_lost_once_ticks_come(
+    engine: Engine, redis: Redis
+) -> None:
+    add_to_stream(redis, Tick("btc_usd", 1.0, 1_000_000))
+    persist.persist_ticks(redis, engine, TABLES)
+    redis.delete(TICKS_STREAM)  # what a Redis restart does to it (and its group)
+    assert persist.persist_ticks(redis, engine, TABLES) == 0  # meets the new stream empty
+    add_to_stream(redis, Tick("btc_usd", 2.0, 2_000_000))
+    persist.persist_ticks(redis, engine, TABLES)
+    assert recorded_gaps(engine) == [(1_000_001, 1_999_999)]
+    add_to_stream(redis, Tick("btc_usd", 3.0, 3_000_000))
+    persist.persist_ticks(redis, engine, TABLES)  # the loss is recorded once, not again
+    assert recorded_gaps(engine) == [(1_000_001, 1_999_999)]
+
+
+def test_persist_stores_each_ticks_publish_stamp_as_its_received_at(
+    engine: Engine, redis: Redis
+) -> None:
+    stamps = [datetime(2026, 5, 1, 12, 0, 0, 123_456 + i, tzinfo=UTC) for i in range(3)]
+    add_to_stream(
+        redis, *(Tick("eth_usd", 1.0, 1_000 + i, stamp) for i, stamp in enumerate(stamps))
+    )
+    persist.persist_ticks(redis, engine, TABLES)
+    column = TABLES.price_tickers.c
+    with engine.connect() as connection:
+        rows = connection.execute(select(column.received_at).order_by(column.timestamp)).all()
+    assert [row.received_at for row in rows] == stamps  # to the microsecond
 
 
 def recorded_gaps(engine: Engine) -> list[tuple[int, int]]:

@@ -81,6 +81,7 @@ class RuntimeCollector(Collector):
         yield from _store(runtime)
         yield from _streams(runtime)
         yield from _deribit(runtime)
+        yield from _redis(runtime)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
@@ -197,6 +198,27 @@ def _deribit(runtime: "Runtime") -> Iterable[Metric]:
         "cryptomarket_deribit_pool_connections",
         "Open request/response connections to Deribit.",
         runtime.pool.open_connections,
+    )
+
+
+def _redis(runtime: "Runtime") -> Iterable[Metric]:
+    memory = runtime.redis_memory
+    if memory is None:  # embedded mode, or Redis did not answer the scrape's read
+        return
+    yield _gauge(
+        "cryptomarket_redis_memory_used_bytes",
+        "Memory Redis counts against its maxmemory.",
+        memory.used,
+    )
+    yield _gauge(
+        "cryptomarket_redis_memory_limit_bytes",
+        "Redis's maxmemory (0: no limit).",
+        memory.limit,
+    )
+    yield _gauge(
+        "cryptomarket_redis_memory_near_limit",
+        "1 while Redis's used memory is past 80 % of its maxmemory (/health says degraded).",
+        1.0 if memory.near_limit else 0.0,
     )
 
 

@@ -1,4 +1,12 @@
-"""One way to open Redis: bounded timeouts, so a dead server is noticed instead of waited on."""
+"""One way to open Redis: bounded timeouts, so a dead server is noticed instead of waited on.
+
+And two guards for the loops that read Redis forever: redis-py's own timeouts (Python 3.11's
+asyncio.timeout) can turn a cancellation into a Redis error or a timed-out read, and the loop
+would go on as if nothing had been asked of it.
+"""
+
+import asyncio
+from collections.abc import Sequence
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -26,3 +34,19 @@ def sync_redis(url: str) -> SyncRedis:
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL,
     )
+
+
+def raise_if_cancelled() -> None:
+    """Call where a loop has caught a Redis error or a read timed out."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_for_sure(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel and await the tasks, cancelling again any that swallowed it."""
+    while unfinished := [task for task in tasks if not task.done()]:
+        for task in unfinished:
+            task.cancel()
+        await asyncio.wait(unfinished, timeout=1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.distributed.connect import cancel_for_sure, raise_if_cancelled
 from cryptomarket.distributed.outages import OutageLog
 
 logger = logging.getLogger("cryptomarket.distributed.control")
@@ -137,8 +138,7 @@ class ControlChannel:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_for_sure([self._task])
             self._task = None
 
     async def _listen(self, on_change: OnChange, on_subscribed: OnSubscribed | None) -> None:
@@ -156,9 +156,11 @@ class ControlChannel:
                     await on_subscribed()
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
+                    raise_if_cancelled()
                     if message is not None and message["type"] == "message":
                         await self._handle(message["data"], on_change)
             except (RedisError, OSError) as error:
+                raise_if_cancelled()
                 if self.listening:
                     logger.warning("lost the control channel, reconnecting: %s", error)
                 self.outages.failed(error)

@@ -30,6 +30,7 @@ from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
 from cryptomarket.runtime import stale_after
+from cryptomarket.streaming.bus import upstream_status
 from cryptomarket.streaming.redis_bus import RedisBus, read_latest
 from cryptomarket.users.repository import UserRepository
 
@@ -112,6 +113,7 @@ async def _lead(settings: Settings, redis: Redis, database: Database, lease: Lea
         await _continue_from_published(redis, ingest, database)
         await recount.now()
         bus.start(publishing=True, receiving=False)
+        bus.publish(upstream_status(ingest.status))  # a new leader: what it has, kept in Redis
         recount.start()
         control.listen(recount.on_change, recount.on_subscribed)
         await ingest.start()

@@ -4,6 +4,11 @@
 (or takes it again if it vanished, as after a Redis restart, when nobody else took it meanwhile);
 another releases it only if it is ours. A holder that cannot renew within the TTL must behave as
 if it had lost the lease: `valid` turns false at the local deadline.
+
+Redis runs with `noeviction` (docker-compose.yml), so the key is never evicted; and the three
+scripts are flagged `allow-oom`, so even a Redis at its memory limit lets the lease be taken,
+renewed and released: the leader, which is what trims the tick stream, can never be locked out by
+the memory it is there to free.
 """
 
 import secrets
@@ -11,7 +16,14 @@ import time
 
 from redis.asyncio import Redis
 
-RENEW = """
+ACQUIRE = """#!lua flags=allow-oom
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+RENEW = """#!lua flags=allow-oom
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -23,7 +35,7 @@ end
 return 0
 """
 
-RELEASE = """
+RELEASE = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -49,7 +61,7 @@ class Lease:
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it."""
         started = time.monotonic()
-        taken = await self.redis.set(self.key, self.token, nx=True, px=self._ttl_ms)
+        taken = await self.redis.eval(ACQUIRE, 1, self.key, self.token, str(self._ttl_ms))
         if taken:
             self._valid_until = started + self.ttl
         return bool(taken)

@@ -8,6 +8,10 @@ cannot both take a new entry; a per-job lock makes an overlapping run skip altog
 When the group has to be created while the store already holds ticks, the stream is new: Redis
 restarted and lost what had not been stored yet. The span between the newest stored tick and the
 first one in the new stream is recorded as a gap, which the gap backfill then fills from Deribit.
+That the stream is new is kept in Redis (NEW_STREAM_KEY, set with the group in one script) until
+a batch with ticks has been stored, so a run that meets the new stream still empty, or dies
+before storing, does not forget it. Each tick is stored with its publish-order stamp (the
+header's `received_us`) as `received_at`.
 """
 
 import logging
@@ -15,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ResponseError
 from sqlalchemy import Engine, func, select
 
 from cryptomarket.core.tables import Tables
@@ -32,6 +35,21 @@ BATCH = 5_000
 MAX_BATCHES = 40  # per run; the next run goes on
 LOCK_TTL = 120.0
 LOST_STREAM_REASON = "Redis lost these ticks before they were stored"
+NEW_STREAM_KEY = "cryptomarket:persist:new-stream"
+
+# Create the group (and the stream) unless it exists; when it had to be created, mark the stream
+# new in the same step, so no run can see the group without the mark.
+ENSURE_GROUP = """
+local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(created) == 'table' and created.err then
+  if string.find(created.err, 'BUSYGROUP', 1, true) then
+    return 0
+  end
+  return redis.error_reply(created.err)
+end
+redis.call('SET', KEYS[2], '1')
+return 1
+"""
 
 
 @dataclass
@@ -48,7 +66,8 @@ def persist_ticks(redis: Redis, engine: Engine, tables: Tables) -> int:
         if not held:
             logger.info("another persist run is in progress; skipped")
             return 0
-        new_stream = _ensure_group(redis)
+        _ensure_group(redis)
+        new_stream = bool(redis.exists(NEW_STREAM_KEY))
         written = 0
         pending_first = True
         for _ in range(MAX_BATCHES):
@@ -58,24 +77,21 @@ def persist_ticks(redis: Redis, engine: Engine, tables: Tables) -> int:
                 continue
             if not batch.ids:
                 break
-            if new_stream:
+            checks_new_stream = new_stream and bool(batch.ticks)
+            if checks_new_stream:
                 batch.gaps.extend(_lost_before(engine, tables, batch.ticks))
-                new_stream = False
             _store(engine, tables, batch)
             redis.xack(TICKS_STREAM, GROUP, *batch.ids)
+            if checks_new_stream:
+                redis.delete(NEW_STREAM_KEY)  # its loss is recorded now
+                new_stream = False
             written += len(batch.ticks)
         return written
 
 
 def _ensure_group(redis: Redis) -> bool:
-    """Create the consumer group if missing; True when it had to be (a new stream)."""
-    try:
-        redis.xgroup_create(TICKS_STREAM, GROUP, id="0", mkstream=True)
-    except ResponseError as error:
-        if "BUSYGROUP" in str(error):
-            return False
-        raise
-    return True
+    """Create the consumer group if missing; True when it had to be (a new stream, marked)."""
+    return bool(redis.eval(ENSURE_GROUP, 2, TICKS_STREAM, NEW_STREAM_KEY, GROUP))
 
 
 def _read(redis: Redis, position: str) -> Batch:

@@ -1,90 +1,76 @@
 """The market-event bus across processes, on Redis (distributed mode).
 
 The ingest leader publishes every event once on a pub/sub channel; each API replica receives it and
-hands it to its own stream hub. A tick travels as a one-line JSON header followed by its SSE frame,
-encoded once by the publisher: replicas pass those very bytes on to their clients. Ticks also go to
-a capped Redis stream, from which `Last-Event-ID` replays and the persist job reads.
+hands it to its own stream hub (encoding: streaming/redis_codec.py). Ticks and gaps also go to the
+Redis stream, from which `Last-Event-ID` replays and the persist job reads. Its entry ids are the
+publisher's clock in ms, and it is kept within an hour and within Redis's memory by
+distributed/stream_bounds.py, which never trims what the persist job has not stored without
+recording it as a gap.
 
-Gaps go to the stream too (the persist job records them), and the publisher keeps the newest
-tick of each ticker under `latest_key(ticker)` for a day: a replica or a new ingest leader reads it
-when it has not seen that ticker itself.
+The publisher keeps the newest tick of each ticker under `latest_key(ticker)` for a day (a replica
+or a new ingest leader reads it when it has not seen that ticker itself), and the upstream status
+under UPSTREAM_STATUS_KEY, rewritten every STATUS_REFRESH seconds: a replica that starts later
+reads it instead of waiting for the next change.
 
-Redis may restart under us: publishing buffers a bounded backlog meanwhile, and the subscriber
-reconnects with backoff and subscribes again. Events published while a replica was disconnected
-are not delivered to it by pub/sub: once subscribed again, it reads the newest entries of the
-stream and delivers the ticks newer than the last it delivered per ticker (a catch-up).
+Redis may restart under us: publishing buffers a bounded backlog meanwhile (what overflows it is
+published as a gap once Redis is back), and the subscriber reconnects with backoff and subscribes
+again. Events published while a replica was disconnected are not delivered to it by pub/sub: once
+subscribed again, it reads the newest entries of the stream and delivers the ticks newer than the
+last it delivered per ticker (a catch-up).
 """
 
 import asyncio
 import contextlib
-import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.distributed.connect import cancel_for_sure, raise_if_cancelled
+from cryptomarket.distributed.stream_bounds import StreamBounds, parse_id
 from cryptomarket.prices.models import Gap, Tick
-from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
+from cryptomarket.streaming.redis_codec import (
+    EVENTS_CHANNEL,
+    LATEST_PREFIX,
+    TICKS_STREAM,
+    UPSTREAM_STATUS_KEY,
+    latest_key,
+    pack,
+    unpack,
+)
+
+__all__ = [
+    "EVENTS_CHANNEL",
+    "LATEST_PREFIX",
+    "TICKS_STREAM",
+    "UPSTREAM_STATUS_KEY",
+    "RedisBus",
+    "latest_key",
+    "pack",
+    "read_latest",
+    "read_upstream_status",
+    "unpack",
+]
 
 logger = logging.getLogger("cryptomarket.streaming.redis")
 
-EVENTS_CHANNEL = "cryptomarket:events"
-TICKS_STREAM = "cryptomarket:ticks"
-TICKS_STREAM_LENGTH = 200_000  # about a day of two tickers; trimmed approximately
-BACKLOG = 10_000  # events kept while Redis is away; older ones are dropped first
+BACKLOG = 10_000  # events kept while Redis is away; older ones are dropped first (as gaps)
+PUBLISH_BATCH = 200  # events per round trip
 CATCH_UP = 2_000  # stream entries a reconnected subscriber reads back
-LATEST_PREFIX = "cryptomarket:latest:"
 LATEST_TTL_SECONDS = 24 * 3600
-
-
-def latest_key(ticker: str) -> str:
-    return LATEST_PREFIX + ticker
-
+STATUS_REFRESH = 5.0  # seconds between rewrites of the upstream status by the leader
+STATUS_TTL_SECONDS = 30  # gone when no leader has rewritten it for this long
+BOUNDS_EVERY_ENTRIES = 500  # stream entries between two checks of its bounds...
+BOUNDS_EVERY_SECONDS = 1.0  # ...and at least this often
+OVERFLOW_REASON = "dropped from the publish backlog while Redis was unreachable"
 
 Received = Callable[[Event, bytes | None], None]
-
-
-def pack(event: Event) -> bytes:
-    """Header line + SSE frame for a tick; the header alone for other events."""
-    if isinstance(event, Tick):
-        header = {
-            "kind": "tick",
-            "ticker": event.ticker,
-            "price": event.price,
-            "timestamp": event.timestamp,
-        }
-        return json.dumps(header).encode() + b"\n" + events.price_frame(event)
-    if isinstance(event, Gap):
-        header = {
-            "kind": "gap",
-            "ticker": event.ticker,
-            "from": event.from_ts,
-            "to": event.to_ts,
-            "reason": event.reason,
-        }
-    else:
-        header = {"kind": "status", "state": event.state, "at": event.at.isoformat()}
-    return json.dumps(header).encode()
-
-
-def unpack(message: bytes) -> tuple[Event, bytes | None]:
-    """The event, and for a tick the SSE frame its publisher encoded."""
-    head, _, frame = message.partition(b"\n")
-    header: dict[str, Any] = json.loads(head)
-    kind = header["kind"]
-    if kind == "tick":
-        tick = Tick(header["ticker"], float(header["price"]), int(header["timestamp"]))
-        return tick, frame or None
-    if kind == "gap":
-        gap = Gap(header["ticker"], int(header["from"]), int(header["to"]), header["reason"])
-        return gap, None
-    return UpstreamStatus(header["state"], datetime.fromisoformat(header["at"])), None
 
 
 class RedisBus:
@@ -94,18 +80,36 @@ class RedisBus:
         *,
         backoff: Callable[[], Backoff] = Backoff,
         may_publish: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self._backoff = backoff
         self._may_publish = may_publish  # False: hold everything (an ingest not leading)
+        self._clock = clock  # the stream's entry ids: what trimming by age goes by
         self._listeners: list[Received] = []
-        self._backlog: deque[tuple[Event, bytes]] = deque(maxlen=BACKLOG)
+        self._backlog: deque[tuple[Event, bytes]] = deque()
+        self._in_flight = 0  # events at the backlog's head being published now
+        self._overflowed: dict[str, list[int]] = {}  # ticker -> [from, to] dropped, unreported
         self._published_newest: dict[str, int] = {}  # ticker -> newest timestamp published
         self._delivered_newest: dict[str, int] = {}  # ticker -> newest timestamp delivered
+        self._delivered_status: UpstreamStatus | None = None
+        self._caught_up: set[tuple[str, int]] = set()  # (ticker, timestamp) the catch-up sent
+        self._status_message: bytes | None = None  # the newest status published, to rewrite
+        self._top_ms: int | None = None  # the stream's newest id's ms, once known
+        self._since_bounds = 0  # stream entries added since the last check of its bounds
+        self._next_bounds = 0.0  # monotonic time of the next check, at the latest
+        self._next_status = 0.0  # of the next rewrite of the upstream status
         self._pending = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.bounds = StreamBounds(redis, clock)
         self.connected = False  # the subscriber holds a live subscription
-        self.dropped = 0
+        self.dropped = 0  # events dropped from a full backlog (ticks reported as gaps)
+        self.failures = 0  # publish round trips Redis refused or did not answer
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting to be published."""
+        return len(self._backlog)
 
     def subscribe(self, listener: Received) -> Callable[[], None]:
         """Receive every event published by any process, with its frame when it has one."""
@@ -114,64 +118,153 @@ class RedisBus:
 
     def publish(self, event: Event) -> None:
         """Queue an event for every replica; never blocks (the ingest loop calls this)."""
-        if len(self._backlog) == self._backlog.maxlen:
-            self.dropped += 1
+        if len(self._backlog) >= BACKLOG and len(self._backlog) > self._in_flight:
+            oldest, _ = self._backlog[self._in_flight]
+            del self._backlog[self._in_flight]
+            self._overflow(oldest)
         self._backlog.append((event, pack(event)))
         self._pending.set()
 
+    def _overflow(self, event: Event) -> None:
+        """Remember what a full backlog dropped, to publish it as a gap once Redis is back."""
+        self.dropped += 1
+        if isinstance(event, Tick):
+            low, high = event.timestamp, event.timestamp
+        elif isinstance(event, Gap):
+            low, high = event.from_ts, event.to_ts
+        else:
+            return  # a status: the next one (or the rewrite) supersedes it
+        span = self._overflowed.setdefault(event.ticker, [low, high])
+        span[0], span[1] = min(span[0], low), max(span[1], high)
+
     def drop_backlog(self) -> int:
         """Forget what waits to be published (an ingest that lost its leadership); how many."""
-        count = len(self._backlog)
-        self._backlog.clear()
+        count = len(self._backlog) - self._in_flight
+        while len(self._backlog) > self._in_flight:
+            self._backlog.pop()
+        self._overflowed.clear()
         return count
 
     def start(self, *, publishing: bool = True, receiving: bool = True) -> None:
         if publishing:
             self._tasks.append(asyncio.create_task(self._publish_loop(), name="redis-publish"))
+            self._tasks.append(asyncio.create_task(self._wake_up_loop(), name="redis-wake-up"))
         if receiving:
             self._tasks.append(asyncio.create_task(self._receive_loop(), name="redis-receive"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        tasks, self._tasks = self._tasks, []
+        await cancel_for_sure(tasks)
 
     async def _publish_loop(self) -> None:
         backoff = self._backoff()
         while True:
-            await self._pending.wait()
+            await self._pending.wait()  # an event, or the housekeeping clock's wake-up
             self._pending.clear()
-            while self._backlog and self._may_publish():
-                head = self._backlog[0]
-                event, message = head
+            while self._may_publish():
+                self._report_overflow()
+                if not self._backlog:
+                    break
                 try:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        pipe.publish(EVENTS_CHANNEL, message)
-                        if isinstance(event, Tick | Gap):
-                            pipe.xadd(
-                                TICKS_STREAM,
-                                {"event": message},
-                                maxlen=TICKS_STREAM_LENGTH,
-                                approximate=True,
-                            )
-                        if isinstance(event, Tick) and event.timestamp > self._published_newest.get(
-                            event.ticker, 0
-                        ):
-                            pipe.set(latest_key(event.ticker), message, ex=LATEST_TTL_SECONDS)
-                        await pipe.execute()
+                    self._since_bounds += await self._publish_batch()
                 except (RedisError, OSError) as error:
+                    raise_if_cancelled()
+                    self.failures += 1
+                    self._top_ms = None  # learn it again: the stream may be new, or ahead
                     logger.warning(
                         "publishing to Redis failed, holding %d: %s", len(self._backlog), error
                     )
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 backoff.reset()
-                if isinstance(event, Tick):
-                    newest = self._published_newest.get(event.ticker, 0)
-                    self._published_newest[event.ticker] = max(newest, event.timestamp)
-                if self._backlog and self._backlog[0] is head:
-                    self._backlog.popleft()
+                await self._housekeeping()
+            if self._may_publish():
+                await self._housekeeping()
+
+    async def _wake_up_loop(self) -> None:
+        """Wake the publisher now and then, so its housekeeping runs when no event comes.
+        (Not a timeout around the wait: in Python 3.11 one that fires as the task is cancelled
+        can swallow the cancellation.)"""
+        while True:
+            await asyncio.sleep(BOUNDS_EVERY_SECONDS)
+            self._pending.set()
+
+    async def _housekeeping(self) -> None:
+        """Keep the stream in bounds and the upstream status fresh, when due."""
+        now = time.monotonic()
+        if self._since_bounds >= BOUNDS_EVERY_ENTRIES or now >= self._next_bounds:
+            self._since_bounds, self._next_bounds = 0, now + BOUNDS_EVERY_SECONDS
+            await self._keep_bounds()
+        if self._status_message is not None and now >= self._next_status:
+            self._next_status = now + STATUS_REFRESH
+            try:
+                await self.redis.set(
+                    UPSTREAM_STATUS_KEY, self._status_message, ex=STATUS_TTL_SECONDS
+                )
+            except (RedisError, OSError) as error:
+                raise_if_cancelled()
+                logger.warning("could not rewrite the upstream status: %s", error)
+
+    def _report_overflow(self) -> None:
+        """Ticks a full backlog dropped go out first, as gaps, older than what it still holds."""
+        if not self._overflowed or self._in_flight:
+            return
+        lost, self._overflowed = self._overflowed, {}
+        for ticker, (low, high) in sorted(lost.items(), reverse=True):
+            gap = Gap(ticker, low, high, OVERFLOW_REASON)
+            self._backlog.appendleft((gap, pack(gap)))
+        logger.warning("the publish backlog overflowed: published %d gap(s)", len(lost))
+
+    async def _publish_batch(self) -> int:
+        """Publish the backlog's head in one round trip; how many stream entries it added."""
+        batch = [self._backlog[i] for i in range(min(PUBLISH_BATCH, len(self._backlog)))]
+        if self._top_ms is None:
+            self._top_ms = await self._stream_top_ms()
+        entry_ms = max(int(self._clock() * 1000), self._top_ms)
+        newest = dict(self._published_newest)
+        added = 0
+        self._in_flight = len(batch)
+        try:
+            # One transaction: a connection lost midway publishes all of it or none of it, so a
+            # retry does not send part of it twice.
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for event, message in batch:
+                    if isinstance(event, Tick | Gap):
+                        pipe.xadd(TICKS_STREAM, {"event": message}, id=f"{entry_ms}-*")
+                        added += 1
+                    if isinstance(event, Tick) and event.timestamp > newest.get(event.ticker, 0):
+                        newest[event.ticker] = event.timestamp
+                        pipe.set(latest_key(event.ticker), message, ex=LATEST_TTL_SECONDS)
+                    if isinstance(event, UpstreamStatus):
+                        pipe.set(UPSTREAM_STATUS_KEY, message, ex=STATUS_TTL_SECONDS)
+                        self._status_message = message
+                        self._next_status = time.monotonic() + STATUS_REFRESH
+                    pipe.publish(EVENTS_CHANNEL, message)
+                await pipe.execute()
+        finally:
+            self._in_flight = 0
+        self._top_ms = entry_ms
+        self._published_newest = newest
+        for item in batch:
+            if self._backlog and self._backlog[0] is item:
+                self._backlog.popleft()
+        return added
+
+    async def _stream_top_ms(self) -> int:
+        """The ms of the stream's newest id: new entries never go before it."""
+        try:
+            info = await self.redis.xinfo_stream(TICKS_STREAM)
+        except ResponseError:  # no stream yet
+            return 0
+        return parse_id(info.get("last-generated-id") or b"0-0")[0]
+
+    async def _keep_bounds(self) -> None:
+        try:
+            await self.bounds.enforce()
+        except (RedisError, OSError) as error:
+            raise_if_cancelled()
+            logger.warning("could not keep the tick stream in bounds: %s", error)
+        self._top_ms = None  # gaps it recorded went to the end of the stream
 
     async def _receive_loop(self) -> None:
         backoff = self._backoff()
@@ -180,6 +273,7 @@ class RedisBus:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(EVENTS_CHANNEL)
+                await self._read_status()  # before `connected`: a stream opened then has it
                 self.connected = True
                 backoff.reset()
                 logger.info("receiving market events from Redis")
@@ -188,9 +282,11 @@ class RedisBus:
                 first = False
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
+                    raise_if_cancelled()  # its own timeout may have eaten a cancellation
                     if message is not None and message["type"] == "message":
                         self._deliver(message["data"])
             except (RedisError, OSError) as error:
+                raise_if_cancelled()
                 if self.connected:
                     logger.warning("lost the Redis subscription, reconnecting: %s", error)
                 self.connected = False
@@ -203,6 +299,7 @@ class RedisBus:
     async def _catch_up(self) -> None:
         """After a lost subscription: the stream's ticks newer than the last delivered, in order."""
         entries = await self.redis.xrevrange(TICKS_STREAM, count=CATCH_UP)
+        self._caught_up.clear()  # (bounded: what one catch-up delivered)
         caught = 0
         for _entry_id, fields in reversed(entries or []):
             data = (fields or {}).get(b"event")
@@ -215,18 +312,36 @@ class RedisBus:
             if isinstance(tick, Tick) and tick.timestamp > self._delivered_newest.get(
                 tick.ticker, 0
             ):
-                self._deliver(data)
+                self._deliver(data, caught_up=True)
                 caught += 1
         if caught:
             logger.info("caught up on %d tick(s) from the Redis stream", caught)
 
-    def _deliver(self, data: bytes) -> None:
+    async def _read_status(self) -> None:
+        """The upstream status as the leader last wrote it: a replica that starts (or comes
+        back) after the last change learns it now, not at the next change."""
+        data = await self.redis.get(UPSTREAM_STATUS_KEY)
+        if isinstance(data, bytes):
+            self._deliver(data)
+
+    def _deliver(self, data: bytes, *, caught_up: bool = False) -> None:
         try:
             event, frame = unpack(data)
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed event from Redis")
             return
-        if isinstance(event, Tick):
+        if isinstance(event, UpstreamStatus):
+            known = self._delivered_status
+            if known is not None and (event == known or _aware(event.at) < _aware(known.at)):
+                return  # read from the key and received on the channel: once, newest wins
+            self._delivered_status = event
+        elif isinstance(event, Tick):
+            key = (event.ticker, event.timestamp)
+            if caught_up:
+                self._caught_up.add(key)
+            elif key in self._caught_up:
+                self._caught_up.discard(key)
+                return  # the catch-up read it from the stream; pub/sub brings it again
             newest = self._delivered_newest.get(event.ticker, 0)
             self._delivered_newest[event.ticker] = max(newest, event.timestamp)
         for listener in tuple(self._listeners):
@@ -234,6 +349,23 @@ class RedisBus:
                 listener(event, frame)
             except Exception:
                 logger.exception("a Redis bus listener failed")
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def read_upstream_status(redis: Redis) -> UpstreamStatus | None:
+    """The upstream status the ingest leader keeps in Redis; None when no leader has written
+    it for STATUS_TTL_SECONDS (no ingest leads) or Redis lost it."""
+    data = await redis.get(UPSTREAM_STATUS_KEY)
+    if not isinstance(data, bytes):
+        return None
+    try:
+        event, _ = unpack(data)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return event if isinstance(event, UpstreamStatus) else None
 
 
 async def read_latest(redis: Redis, tickers: list[str]) -> dict[str, Tick]:
