@@ -6,6 +6,7 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cryptomarket.distributed.job_counts import read_job_counts
 from cryptomarket.distributed.memory import RedisMemory, read_memory
@@ -110,7 +111,12 @@ async def _cache(runtime: Runtime) -> str:
         return "ok"  # in-process
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            await redis.ping()
+            try:
+                await redis.ping()
+            except RedisConnectionError:
+                # After a Redis restart every pooled connection fails once: the second ping
+                # opens a new one, so only a Redis still away is reported down.
+                await redis.ping()
     except Exception as error:  # any failure means down; say which
         outages.failed(error)
         return outages.describe()
