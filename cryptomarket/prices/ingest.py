@@ -38,6 +38,12 @@ from cryptomarket.users.repository import UserRepository
 logger = logging.getLogger("cryptomarket.prices.ingest")
 
 MAX_LIVE_SPACING_MS = 10_000  # longer between two live ticks is a pause, not their spacing
+# A live tick this much later than the ticker's previous one means the feed skipped ticks while
+# the socket stayed up (a stall shorter than the heartbeat watchdog): the window between them is
+# backfilled like a reconnect's. The simulator spaces ticks 0.5-1.5 x their mean; the floor keeps
+# very fast tickers from being judged on a few ms of jitter at the producer.
+HOLE_SPACINGS = 3
+HOLE_FLOOR_MS = 1_000
 
 
 class Publisher(Protocol):
@@ -188,6 +194,8 @@ class Ingest:
             await self._change(self.connection.subscribe, ticker)
         elif count == 0 and channel in self.connection.channels:
             await self._change(self.connection.unsubscribe, ticker)
+            # Unwatched, it is not ingested: its next tick after a re-watch is no hole.
+            self.live_spacing.pop(ticker, None)
 
     def _ticker_lock(self, ticker: str) -> asyncio.Lock:
         # One per ticker ever watched: bounded by Deribit's index list.
@@ -221,15 +229,32 @@ class Ingest:
             self._set_status("connected")
         catchup = self._catchups.get(ticker)
         if catchup is None:
-            if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
-                average = self.live_spacing.get(ticker, timestamp - previous)
-                self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - previous)
-            self._publish(Tick(ticker, price, timestamp, publish_stamp()))
-            return
+            if previous and self._is_hole(ticker, timestamp - previous):
+                # The socket stayed up but the feed skipped a stretch: a missed window like a
+                # reconnect's, caught up the same way, this tick held until it is.
+                logger.info("%s: no tick for %d ms while connected", ticker, timestamp - previous)
+                catchup = self._catchups[ticker] = _Catchup([previous], until=timestamp)
+                self._catch_up(ticker, timestamp)
+            else:
+                if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
+                    average = self.live_spacing.get(ticker, timestamp - previous)
+                    self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - previous)
+                self._publish(Tick(ticker, price, timestamp, publish_stamp()))
+                return
         catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
         self._arm(ticker, catchup)
         if len(catchup.held) >= self.max_held:
             self._give_up(ticker, f"{self.max_held} live ticks held")
+
+    def _is_hole(self, ticker: str, elapsed_ms: int) -> bool:
+        """A hole: more than HOLE_SPACINGS times the ticker's measured live spacing, and more
+        than HOLE_FLOOR_MS, between two of its ticks (Deribit timestamps, so our own stalls do
+        not count). A ticker whose spacing is not measured yet (or no longer: unwatched for a
+        while) is not judged."""
+        spacing = self.live_spacing.get(ticker)
+        if spacing is None or ticker not in self.tickers:
+            return False
+        return elapsed_ms > max(HOLE_FLOOR_MS, HOLE_SPACINGS * spacing)
 
     def _publish(self, tick: Tick) -> None:
         """One tick, stamped already, to the store (embedded) and the bus."""
