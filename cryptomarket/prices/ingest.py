@@ -109,6 +109,7 @@ class Ingest:
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catchups: dict[str, _Catchup] = {}
+        self._accounted_to: dict[str, int] = {}  # per ticker, the end of its last catch-up
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -229,11 +230,13 @@ class Ingest:
             self._set_status("connected")
         catchup = self._catchups.get(ticker)
         if catchup is None:
-            if previous and self._is_hole(ticker, timestamp - previous):
+            # A finished catch-up accounted for its window even without a tick at its end.
+            known = max(previous, self._accounted_to.get(ticker, 0))
+            if known and self._is_hole(ticker, timestamp - known):
                 # The socket stayed up but the feed skipped a stretch: a missed window like a
                 # reconnect's, caught up the same way, this tick held until it is.
-                logger.info("%s: no tick for %d ms while connected", ticker, timestamp - previous)
-                catchup = self._catchups[ticker] = _Catchup([previous], until=timestamp)
+                logger.info("%s: no tick for %d ms while connected", ticker, timestamp - known)
+                catchup = self._catchups[ticker] = _Catchup([known], until=timestamp)
                 self._catch_up(ticker, timestamp)
             else:
                 if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
@@ -355,6 +358,8 @@ class Ingest:
         if self._catchups.get(ticker) is not catchup:
             return  # given up or superseded meanwhile
         del self._catchups[ticker]
+        ends = [end for _, end in catchup.windows()]
+        self._accounted_to[ticker] = max(ends, default=0) - 1  # filled or a gap up to here
         if catchup.deadline is not None:
             catchup.deadline.cancel()
         events: list[tuple[int, int, Tick | Gap]] = [
