@@ -110,6 +110,7 @@ class Ingest:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catchups: dict[str, _Catchup] = {}
         self._accounted_to: dict[str, int] = {}  # per ticker, the end of its last catch-up
+        self._spacing_from: dict[str, int] = {}  # per ticker, the live tick before the next
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -197,6 +198,7 @@ class Ingest:
             await self._change(self.connection.unsubscribe, ticker)
             # Unwatched, it is not ingested: its next tick after a re-watch is no hole.
             self.live_spacing.pop(ticker, None)
+            self._spacing_from.pop(ticker, None)
 
     def _ticker_lock(self, ticker: str) -> asyncio.Lock:
         # One per ticker ever watched: bounded by Deribit's index list.
@@ -233,21 +235,31 @@ class Ingest:
             # A finished catch-up accounted for its window even without a tick at its end.
             known = max(previous, self._accounted_to.get(ticker, 0))
             if known and self._is_hole(ticker, timestamp - known):
+                self._spacing_from[ticker] = timestamp
                 # The socket stayed up but the feed skipped a stretch: a missed window like a
                 # reconnect's, caught up the same way, this tick held until it is.
                 logger.info("%s: no tick for %d ms while connected", ticker, timestamp - known)
                 catchup = self._catchups[ticker] = _Catchup([known], until=timestamp)
                 self._catch_up(ticker, timestamp)
             else:
-                if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
-                    average = self.live_spacing.get(ticker, timestamp - previous)
-                    self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - previous)
+                self._sample_spacing(ticker, timestamp)
                 self._publish(Tick(ticker, price, timestamp, publish_stamp()))
                 return
+        else:
+            self._sample_spacing(ticker, timestamp)
         catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
         self._arm(ticker, catchup)
         if len(catchup.held) >= self.max_held:
             self._give_up(ticker, f"{self.max_held} live ticks held")
+
+    def _sample_spacing(self, ticker: str, timestamp: int) -> None:
+        """Two ticks in a row of one live stream are a spacing sample; the first tick after
+        a start or an outage is not (its distance to the tick before says nothing)."""
+        base = self._spacing_from.get(ticker)
+        self._spacing_from[ticker] = max(timestamp, base or 0)
+        if base is not None and 0 < timestamp - base < MAX_LIVE_SPACING_MS:
+            average = self.live_spacing.get(ticker, timestamp - base)
+            self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - base)
 
     def _is_hole(self, ticker: str, elapsed_ms: int) -> bool:
         """A hole: more than HOLE_SPACINGS times the ticker's measured live spacing, and more
@@ -287,6 +299,7 @@ class Ingest:
     def _hold(self, ticker: str) -> None:
         """The upstream is down: hold the ticker's live ticks from now until it is caught up
         (a ticker never seen cannot have missed anything)."""
+        self._spacing_from.pop(ticker, None)  # no spacing sample across the outage
         newest = self.last_seen.get(ticker)
         if newest is None:
             return
