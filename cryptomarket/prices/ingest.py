@@ -38,6 +38,12 @@ from cryptomarket.users.repository import UserRepository
 logger = logging.getLogger("cryptomarket.prices.ingest")
 
 MAX_LIVE_SPACING_MS = 10_000  # longer between two live ticks is a pause, not their spacing
+# A live tick this much later than the ticker's previous one means the feed skipped ticks while
+# the socket stayed up (a stall shorter than the heartbeat watchdog): the window between them is
+# backfilled like a reconnect's. The simulator spaces ticks 0.5-1.5 x their mean; the floor keeps
+# very fast tickers from being judged on a few ms of jitter at the producer.
+HOLE_SPACINGS = 3
+HOLE_FLOOR_MS = 1_000
 
 
 class Publisher(Protocol):
@@ -103,6 +109,8 @@ class Ingest:
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catchups: dict[str, _Catchup] = {}
+        self._accounted_to: dict[str, int] = {}  # per ticker, the end of its last catch-up
+        self._spacing_from: dict[str, int] = {}  # per ticker, the live tick before the next
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -188,6 +196,9 @@ class Ingest:
             await self._change(self.connection.subscribe, ticker)
         elif count == 0 and channel in self.connection.channels:
             await self._change(self.connection.unsubscribe, ticker)
+            # Unwatched, it is not ingested: its next tick after a re-watch is no hole.
+            self.live_spacing.pop(ticker, None)
+            self._spacing_from.pop(ticker, None)
 
     def _ticker_lock(self, ticker: str) -> asyncio.Lock:
         # One per ticker ever watched: bounded by Deribit's index list.
@@ -221,15 +232,44 @@ class Ingest:
             self._set_status("connected")
         catchup = self._catchups.get(ticker)
         if catchup is None:
-            if 0 < timestamp - previous < MAX_LIVE_SPACING_MS:
-                average = self.live_spacing.get(ticker, timestamp - previous)
-                self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - previous)
-            self._publish(Tick(ticker, price, timestamp, publish_stamp()))
-            return
+            # A finished catch-up accounted for its window even without a tick at its end.
+            known = max(previous, self._accounted_to.get(ticker, 0))
+            if known and self._is_hole(ticker, timestamp - known):
+                self._spacing_from[ticker] = timestamp
+                # The socket stayed up but the feed skipped a stretch: a missed window like a
+                # reconnect's, caught up the same way, this tick held until it is.
+                logger.info("%s: no tick for %d ms while connected", ticker, timestamp - known)
+                catchup = self._catchups[ticker] = _Catchup([known], until=timestamp)
+                self._catch_up(ticker, timestamp)
+            else:
+                self._sample_spacing(ticker, timestamp)
+                self._publish(Tick(ticker, price, timestamp, publish_stamp()))
+                return
+        else:
+            self._sample_spacing(ticker, timestamp)
         catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
         self._arm(ticker, catchup)
         if len(catchup.held) >= self.max_held:
             self._give_up(ticker, f"{self.max_held} live ticks held")
+
+    def _sample_spacing(self, ticker: str, timestamp: int) -> None:
+        """Two ticks in a row of one live stream are a spacing sample; the first tick after
+        a start or an outage is not (its distance to the tick before says nothing)."""
+        base = self._spacing_from.get(ticker)
+        self._spacing_from[ticker] = max(timestamp, base or 0)
+        if base is not None and 0 < timestamp - base < MAX_LIVE_SPACING_MS:
+            average = self.live_spacing.get(ticker, timestamp - base)
+            self.live_spacing[ticker] = 0.9 * average + 0.1 * (timestamp - base)
+
+    def _is_hole(self, ticker: str, elapsed_ms: int) -> bool:
+        """A hole: more than HOLE_SPACINGS times the ticker's measured live spacing, and more
+        than HOLE_FLOOR_MS, between two of its ticks (Deribit timestamps, so our own stalls do
+        not count). A ticker whose spacing is not measured yet (or no longer: unwatched for a
+        while) is not judged."""
+        spacing = self.live_spacing.get(ticker)
+        if spacing is None or ticker not in self.tickers:
+            return False
+        return elapsed_ms > max(HOLE_FLOOR_MS, HOLE_SPACINGS * spacing)
 
     def _publish(self, tick: Tick) -> None:
         """One tick, stamped already, to the store (embedded) and the bus."""
@@ -259,6 +299,7 @@ class Ingest:
     def _hold(self, ticker: str) -> None:
         """The upstream is down: hold the ticker's live ticks from now until it is caught up
         (a ticker never seen cannot have missed anything)."""
+        self._spacing_from.pop(ticker, None)  # no spacing sample across the outage
         newest = self.last_seen.get(ticker)
         if newest is None:
             return
@@ -330,6 +371,8 @@ class Ingest:
         if self._catchups.get(ticker) is not catchup:
             return  # given up or superseded meanwhile
         del self._catchups[ticker]
+        ends = [end for _, end in catchup.windows()]
+        self._accounted_to[ticker] = max(ends, default=0) - 1  # filled or a gap up to here
         if catchup.deadline is not None:
             catchup.deadline.cancel()
         events: list[tuple[int, int, Tick | Gap]] = [
