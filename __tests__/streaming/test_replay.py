@@ -19,7 +19,7 @@ from __tests__.sse import Event, SSEParser, open_stream
 from cryptomarket.core.db import Database, urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.simulator import Simulator
-from cryptomarket.prices.models import Tick
+from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.streaming import replay
 from cryptomarket.streaming.endpoints import open_event_stream
@@ -270,3 +270,23 @@ async def test_the_latest_prices_on_connect_go_out_in_publish_order(database: Da
     serving.hub.close(stream)
     assert first == ["eth_usd:1000", "btc_usd:1001"]
     assert sent(await serving.reconnect(first[-1])) == []
+
+
+async def test_a_gap_recorded_while_the_client_was_away_is_replayed(database: Database) -> None:
+    # A restarted server records the outage's gap before its clients are back: the gap event
+    # went to no stream, so a client resuming from before it must get it in its replay.
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    before = [tick("btc_usd", 1_000, 0), tick("eth_usd", 1_001, 1)]
+    await serving.publish(*before)
+    async with database.transaction() as connection:
+        repository = PriceRepository(connection, database.tables)
+        await repository.add_gap(Gap("btc_usd", 1_001, 4_999, "the server was down"))
+        await repository.add_gap(Gap("eth_usd", 1_002, 4_999, "the server was down"))
+        # Before the resumed tick, of the resumed ticker: the client had seen it.
+        await repository.add_gap(Gap("eth_usd", 1, 500, "long before the client's last tick"))
+    serving = Serving(database, serving.subscriptions)  # the restarted process
+    after = [tick("btc_usd", 5_000, 10), tick("eth_usd", 5_001, 11)]
+    await serving.publish(*after)
+    resumed = await serving.reconnect("eth_usd:1001")
+    assert gaps(resumed) == [("btc_usd", 1_001, 4_999), ("eth_usd", 1_002, 4_999)]
+    assert sent(resumed) == ["btc_usd:5000", "eth_usd:5001"]

@@ -52,6 +52,9 @@ class Missed:
     first_stored: dict[str, int] = field(default_factory=dict)  # when the store's answer was cut
     # X:T sent by a timer: the publish stamp of X's next tick, from which the replay is certain.
     certain_from: datetime | None = None
+    # Gaps recorded since about where the client stopped: a gap published while it was away
+    # (e.g. a restarted server's backfill, before its clients were back) reaches it this way.
+    recorded_gaps: list[Gap] = field(default_factory=list)
 
     @property
     def out_of_order(self) -> bool:
@@ -99,6 +102,10 @@ async def fetch(
             missed.stored[each] = ticks
             if first is not None:
                 missed.first_stored[each] = first
+            # Another ticker's position is known only to within UNCERTAIN_MS of T: a gap it
+            # already got may come again, which says nothing new; a gap missed would be a loss.
+            since = timestamp if each == ticker else timestamp - UNCERTAIN_MS
+            missed.recorded_gaps.extend(await repository.gaps_between(each, since, 2**62))
     return missed
 
 
@@ -137,6 +144,7 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
         replayed.sort(key=lambda tick: (tick.received_at, tick.ticker, tick.timestamp))
     else:
         replayed.sort(key=lambda tick: (tick.timestamp, tick.ticker))
+    gaps.extend(gap for gap in missed.recorded_gaps if gap.ticker not in skipped)
     gaps.sort(key=lambda gap: (gap.from_ts, gap.ticker))
     return [events.gap_frame(gap) for gap in gaps] + [events.price_frame(t) for t in replayed]
 
