@@ -72,7 +72,7 @@ class TickWriter:
             self._batch_ready.set()
 
     def add_gap(self, gap: Gap) -> None:
-        """Queue a gap to record (written after the ticks buffered before it)."""
+        """Queue a gap to record (written with the next batch of ticks)."""
         self._gaps.append(gap)
         self._batch_ready.set()
 
@@ -131,7 +131,7 @@ class TickWriter:
                     break
 
     async def _write_once(self) -> None:
-        """Write the head of the buffer (or the gaps when it is empty) in one transaction."""
+        """Write the head of the buffer and the queued gaps in one transaction."""
         async with self._write_lock:  # `flush` and the loop may both be writing
             started = time.perf_counter()
             try:
@@ -145,8 +145,10 @@ class TickWriter:
 
     async def _write_head(self) -> None:
         batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
-        taken_gaps = 0 if batch else len(self._gaps)
-        gaps = [] if batch else [*self._gaps, *self._overflow.values()]
+        # Gaps go with every batch: written only into an empty buffer, they waited as long as
+        # ticks kept coming (for ever, at a steady tick rate) and were lost with the process.
+        taken_gaps = len(self._gaps)
+        gaps = [*self._gaps, *self._overflow.values()]
         async with self.database.transaction() as connection:
             repository = PriceRepository(connection, self.database.tables)
             await repository.add_ticks(batch)
