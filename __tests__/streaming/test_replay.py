@@ -290,3 +290,21 @@ async def test_a_gap_recorded_while_the_client_was_away_is_replayed(database: Da
     resumed = await serving.reconnect("eth_usd:1001")
     assert gaps(resumed) == [("btc_usd", 1_001, 4_999), ("eth_usd", 1_002, 4_999)]
     assert sent(resumed) == ["btc_usd:5000", "eth_usd:5001"]
+
+
+async def test_a_gap_published_while_a_stream_opens_reaches_it(database: Database) -> None:
+    # The stream is registered, its stored subscriptions are being read (an await), and the
+    # ingest publishes a gap just then: the stream takes no ticker yet, but must get the gap.
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 5}))
+    gap = Gap("btc_usd", 1_000, 2_000, "missed while the server restarted")
+    other = Gap("sol_usdc", 1_000, 2_000, "a ticker the stream does not take")
+
+    class PublishingMeanwhile(StoredSubscriptions):
+        async def subscriptions(self, user_id: str) -> dict[str, int | None]:
+            serving.hub.publish(gap)
+            serving.hub.publish(other)
+            return await super().subscriptions(user_id)
+
+    serving.subscriptions = PublishingMeanwhile(serving.subscriptions.stored)
+    opened = await serving.reconnect(None)
+    assert gaps(opened) == [("btc_usd", 1_000, 2_000)]

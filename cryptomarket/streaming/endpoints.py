@@ -168,6 +168,9 @@ async def open_event_stream(
         for ticker in sorted(subscriptions, key=lambda ticker: _published(hub, ticker)):
             if ticker not in changed_meanwhile:
                 hub.subscribe(stream, ticker, subscriptions[ticker])
+        opened_gaps = stream.gaps_while_opening or []
+        stream.gaps_while_opening = None
+        replay += [events.gap_frame(gap) for gap in opened_gaps if gap.ticker in stream.timers]
     except BaseException:
         hub.close(stream)
         raise

@@ -46,6 +46,7 @@ class Stream:
         "closed",
         "default_timer",
         "dropped",
+        "gaps_while_opening",
         "id",
         "key_id",
         "last_sent",
@@ -90,6 +91,9 @@ class Stream:
         # Tickers changed by create/cancel while the stream's stored subscriptions were being
         # read: those changes are newer than what was read. None once the stream is set up.
         self.changed_while_opening: set[str] | None = set()
+        # Gaps published while it was being set up, before it took any ticker (a restarted
+        # server records its outage's gap as its clients come back). None once set up.
+        self.gaps_while_opening: list[Gap] | None = []
 
     def push(self, frame: bytes) -> bool:
         if self.closed:
@@ -129,6 +133,7 @@ class Stream:
         self._buffer.clear()
         self.timers.clear()
         self.last_sent.clear()
+        self.gaps_while_opening = None
 
     async def next_chunk(self) -> bytes | None:
         """Every frame buffered so far, as one chunk; waits while there is none. None: the
@@ -373,7 +378,9 @@ class StreamHub:
         elif isinstance(event, Gap):
             frame = events.gap_frame(event)
             for stream in self._streams():
-                if event.ticker in stream.timers and stream.push(frame):
+                if stream.gaps_while_opening is not None:
+                    stream.gaps_while_opening.append(event)
+                elif event.ticker in stream.timers and stream.push(frame):
                     self.events_sent += 1
         elif isinstance(event, UpstreamStatus):
             self.upstream_state = event.state
