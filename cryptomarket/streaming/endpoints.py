@@ -165,12 +165,17 @@ async def open_event_stream(
         replay = [] if missed is None else replay_frames(hub, stream, missed, changed_meanwhile)
         # Latest prices go out in publish order: a client resuming from the last one it got
         # had every other one before it (streaming/replay.py).
+        # Gaps after the price each every-tick ticker starts from (its latest): a stream's
+        # series is whole from its first price on, or says where it is not.
+        starts = {ticker: _latest_ms(hub, ticker) for ticker in subscriptions}
         for ticker in sorted(subscriptions, key=lambda ticker: _published(hub, ticker)):
             if ticker not in changed_meanwhile:
                 hub.subscribe(stream, ticker, subscriptions[ticker])
-        opened_gaps = stream.gaps_while_opening or []
-        stream.gaps_while_opening = None
-        replay += [events.gap_frame(gap) for gap in opened_gaps if gap.ticker in stream.timers]
+        replay += [
+            events.gap_frame(gap)
+            for gap in hub.recent_gaps
+            if stream.timers.get(gap.ticker) == 0 and gap.to_ts > starts.get(gap.ticker, 0)
+        ]
     except BaseException:
         hub.close(stream)
         raise
@@ -190,6 +195,11 @@ async def open_event_stream(
     opening = events.retry() + connected + b"".join(replay) + hub.upstream
     hub.events_sent += len(replay) + 2
     return stream, opening
+
+
+def _latest_ms(hub: StreamHub, ticker: str) -> int:
+    latest = hub.latest.get(ticker)
+    return latest[0].timestamp if latest is not None else 0
 
 
 def _published(hub: StreamHub, ticker: str) -> datetime:

@@ -29,6 +29,9 @@ PING_INTERVAL = 15.0  # an idle stream gets a `: ping` at least this often
 PING_SWEEPS = 3  # idle streams are found by this many sweeps per interval, not a timer each
 # Per ticker, in publish order: Last-Event-ID replay of what the store may not have yet.
 RECENT_TICKS = 600
+# Gaps published lately, for streams that open after them: a restarted server records its
+# outage's gap as its clients come back, and their first price is older than the gap's end.
+RECENT_GAPS = 1_000
 
 
 class Stream:
@@ -46,7 +49,6 @@ class Stream:
         "closed",
         "default_timer",
         "dropped",
-        "gaps_while_opening",
         "id",
         "key_id",
         "last_sent",
@@ -91,9 +93,6 @@ class Stream:
         # Tickers changed by create/cancel while the stream's stored subscriptions were being
         # read: those changes are newer than what was read. None once the stream is set up.
         self.changed_while_opening: set[str] | None = set()
-        # Gaps published while it was being set up, before it took any ticker (a restarted
-        # server records its outage's gap as its clients come back). None once set up.
-        self.gaps_while_opening: list[Gap] | None = []
 
     def push(self, frame: bytes) -> bool:
         if self.closed:
@@ -133,7 +132,6 @@ class Stream:
         self._buffer.clear()
         self.timers.clear()
         self.last_sent.clear()
-        self.gaps_while_opening = None
 
     async def next_chunk(self) -> bytes | None:
         """Every frame buffered so far, as one chunk; waits while there is none. None: the
@@ -173,6 +171,7 @@ class StreamHub:
         self.client_buffer = client_buffer
         self._ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
+        self.recent_gaps: deque[Gap] = deque(maxlen=RECENT_GAPS)
         self.recent: dict[str, deque[Tick]] = {}  # ticker -> its newest ticks, as published
         self.recent_size = RECENT_TICKS
         self.upstream = events.status_frame("connecting", _now())
@@ -377,10 +376,9 @@ class StreamHub:
             self._publish_tick(event, frame)
         elif isinstance(event, Gap):
             frame = events.gap_frame(event)
+            self.recent_gaps.append(event)
             for stream in self._streams():
-                if stream.gaps_while_opening is not None:
-                    stream.gaps_while_opening.append(event)
-                elif event.ticker in stream.timers and stream.push(frame):
+                if event.ticker in stream.timers and stream.push(frame):
                     self.events_sent += 1
         elif isinstance(event, UpstreamStatus):
             self.upstream_state = event.state
