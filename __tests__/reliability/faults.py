@@ -163,7 +163,10 @@ async def store_accounts_for_everything(
         detail = f"{len(missing)} ticks neither stored nor in a gap: {missing[:5]}"
         raise AssertionError(detail) from None
     if not gaps_expected:
-        assert gaps == [], f"gaps recorded although Deribit still had every tick: {gaps}"
+        # A feed that goes quiet while connected is checked against history (the ingest cannot
+        # tell a pause from a stall): a gap there may only say history has no tick there either.
+        wrong = [gap for gap in gaps if "has no tick for" not in gap[2]]
+        assert wrong == [], f"gaps recorded although Deribit still had every tick: {wrong}"
     await assert_no_duplicates(database)
     return gaps
 

@@ -136,7 +136,10 @@ def cover(
     inside = [tick for tick in points[first:] if tick.timestamp < until]
     # Spacing where the window is: its points and one neighbour each side (the whole range when
     # that is too few), so a range that is finer near now than further back is read right.
-    local = points[max(0, first - 1) : first + len(inside) + 1]
+    # (An empty or nearly empty window adds a few more neighbours: its two edges alone would
+    # read the window's own length as the spacing.)
+    reach = 1 if len(inside) >= 3 else 5
+    local = points[max(0, first - reach) : first + len(inside) + reach]
     spacing = spacing_of(local) if len(local) >= 2 else spacing_of(points)
     finest = LIVE_SPACING_MS if live_spacing_ms is None else LIVE_FACTOR * live_spacing_ms
     if spacing is None or spacing > min(LIVE_SPACING_MS, finest):
