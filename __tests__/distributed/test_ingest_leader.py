@@ -44,17 +44,15 @@ async def received(redis_server: RedisServer) -> AsyncIterator[list[Tick]]:
     await client.aclose()
 
 
-async def test_the_standby_takes_over_within_seconds_of_the_leader_dying(
-    simulator_factory: Callable[..., Awaitable[Simulator]],
-    redis_server: RedisServer,
-    received: list[Tick],
-    tmp_path: Path,
-) -> None:
+async def ingest_setting(
+    simulator_factory: Callable[..., Awaitable[Simulator]], redis_server: RedisServer, path: Path
+) -> tuple[Simulator, str, Processes]:
+    """A simulator, a migrated SQLite store and the environment `cryptomarket ingest` runs in."""
     simulator = await simulator_factory(tick_interval=0.2)
-    database_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    database_url = f"sqlite:///{path / 'store.sqlite3'}"
     upgrade(urls_for(database_url).sync_url)
     processes = Processes(
-        tmp_path,
+        path,
         {
             "REDIS_URL": redis_server.url,
             "DATABASE_URL": database_url,
@@ -64,6 +62,16 @@ async def test_the_standby_takes_over_within_seconds_of_the_leader_dying(
             "TRACKED_TICKERS": "btc_usd",
         },
     )
+    return simulator, database_url, processes
+
+
+async def test_the_standby_takes_over_within_seconds_of_the_leader_dying(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    redis_server: RedisServer,
+    received: list[Tick],
+    tmp_path: Path,
+) -> None:
+    simulator, _store, processes = await ingest_setting(simulator_factory, redis_server, tmp_path)
     try:
         first = processes.start("ingest-1", "-m", "cryptomarket", "ingest")
         await first.logged(LEADING)
@@ -103,19 +111,8 @@ async def test_a_replica_started_after_ingest_connected_knows_the_upstream_is_co
     received: list[Tick],
     tmp_path: Path,
 ) -> None:
-    simulator = await simulator_factory(tick_interval=0.2)
-    database_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    upgrade(urls_for(database_url).sync_url)
-    processes = Processes(
-        tmp_path,
-        {
-            "REDIS_URL": redis_server.url,
-            "DATABASE_URL": database_url,
-            "DERIBIT_WS_URL": simulator.url,
-            "PROJECT_MODE": "testing",
-            "DERIBIT_HEARTBEAT_INTERVAL": "1",
-            "TRACKED_TICKERS": "btc_usd",
-        },
+    simulator, database_url, processes = await ingest_setting(
+        simulator_factory, redis_server, tmp_path
     )
     try:
         ingest = processes.start("ingest", "-m", "cryptomarket", "ingest")
