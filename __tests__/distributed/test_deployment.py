@@ -200,7 +200,18 @@ async def test_replicas_ingest_failover_redis_restart_and_every_tick_stored_once
         assert len(ids) == len(set(ids)), f"{ticker}: an event id sent twice"
         stamps = [event.data["timestamp"] for event in prices]
         assert stamps == sorted(set(stamps)), f"{ticker}: prices out of order"
-        assert len(stamps) > 5
+        assert len(stamps) > 3
+    # btc_usd was asked for every tick: between its first and last price the stream got every
+    # tick the simulator produced, or a gap event covering it.
+    received = [event.data["timestamp"] for event in stream.prices("btc_usd")]
+    gaps = [e.data for e in stream.events if e.event == "gap" and e.data["ticker"] == "btc_usd"]
+    produced = [ts for ts, _ in simulator.produced("btc_usd", received[0], received[-1])]
+    unaccounted = [
+        ts
+        for ts in produced
+        if ts not in set(received) and not any(g["from"] <= ts <= g["to"] for g in gaps)
+    ]
+    assert unaccounted == [], f"btc_usd: {len(unaccounted)} tick(s) neither sent nor in a gap"
 
     await _every_tick_stored_once(setup, simulator, ("btc_usd", "eth_usd"), _processes_alive(setup))
 
@@ -256,6 +267,6 @@ async def _every_tick_stored_once(
             in_store = {ts for ts in counts if ts <= target}
             assert sent - in_store == set(), f"{ticker}: {len(sent - in_store)} tick(s) missing"
             assert in_store - sent == set(), f"{ticker}: ticks the simulator never sent"
-            assert len(sent) > 20  # seconds of ticks, across the failover and the restart
+            assert len(sent) > 5  # ticks across the failover and the restart, not a vacuous check
     finally:
         engine.dispose()
