@@ -110,6 +110,9 @@ class PressureRun:
         return sum(map(len, self.published.values()))
 
 
+Stall = tuple[threading.Event, threading.Event]  # (the persist job is to stop, it has stopped)
+
+
 async def run_pressure(
     redis_url: str, engine: Engine, tables: Tables, run: PressureRun
 ) -> PressureRun:
@@ -121,6 +124,7 @@ async def run_pressure(
     bus = RedisBus(client, backoff=lambda: Backoff(initial=0.05, maximum=0.5), clock=clock)
     lease = Lease(client, LEASE_KEY, ttl=3.0)
     stalled, finished = threading.Event(), threading.Event()
+    idle = threading.Event()  # the persist loop has seen the stall: no run is in progress
     run.published = {ticker: [] for ticker in run.tickers}
     run.limit = (await read_memory(client)).limit
     assert run.limit > 0, "the compose settings give Redis a maxmemory"
@@ -131,10 +135,12 @@ async def run_pressure(
         asyncio.create_task(_sample_memory(client, run, finished)),
     ]
     persisting = asyncio.create_task(
-        asyncio.to_thread(_persist_loop, sync_client, (engine, tables), run, stalled, finished)
+        asyncio.to_thread(
+            _persist_loop, sync_client, (engine, tables), run, (stalled, idle), finished
+        )
     )
     try:
-        await _publish(bus, clock, run, stalled)
+        await _publish(bus, clock, run, (stalled, idle))
         await _until(lambda: bus.backlog == 0, what="the backlog published")
         stalled.clear()
         await asyncio.to_thread(_persist_all, sync_client, engine, tables)
@@ -163,10 +169,18 @@ async def run_pressure(
     return run
 
 
-async def _publish(bus: RedisBus, clock: FakeClock, run: PressureRun, stalled: threading.Event):
+async def _publish(
+    bus: RedisBus,
+    clock: FakeClock,
+    run: PressureRun,
+    stall: tuple[threading.Event, threading.Event],
+) -> None:
+    stalled, idle = stall
     for second in range(run.seconds):
         if second == run.stall[0]:
             stalled.set()
+            # A run in progress would go on reading through the stall: wait until it ended.
+            await asyncio.to_thread(idle.wait, 30)
         elif second == run.stall[1]:
             stalled.clear()
         stamp = int(clock() * 1000)
@@ -219,13 +233,16 @@ def _persist_loop(
     redis: SyncRedis,
     store: tuple[Engine, Tables],
     run: PressureRun,
-    stalled: threading.Event,
+    stall: Stall,
     finished: threading.Event,
 ) -> None:
     """What Celery beat and the worker do: a persist run every moment, unless stalled."""
+    stalled, idle = stall
     while not finished.wait(0.05):
         if stalled.is_set():
+            idle.set()
             continue
+        idle.clear()
         try:
             run.persisted += persist.persist_ticks(redis, *store)
         except Exception as error:  # every failure is a finding

@@ -15,7 +15,7 @@ from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.jobs import gaps
 from cryptomarket.prices.backfill import HISTORY_CHECKED
 from cryptomarket.prices.models import Tick
-from cryptomarket.prices.repository import insert_ticks, tick_rows
+from cryptomarket.prices.repository import store_ticks
 
 CHART = "public/get_index_chart_data"
 
@@ -45,7 +45,7 @@ async def test_a_gap_history_has_only_coarsely_is_kept_and_not_retried(
     start, end = history[30][0], history[-4][0]
     live = [Tick("btc_usd", price, ts) for ts, price in history[:30]]  # stored before the gap
     with engine.begin() as connection:
-        connection.execute(insert_ticks(tables, engine.dialect.name), tick_rows(live))
+        store_ticks(connection, tables, live)
         connection.execute(
             insert(tables.price_gaps).values(
                 ticker="btc_usd",

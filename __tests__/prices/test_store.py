@@ -15,7 +15,14 @@ from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import OVERFLOW_REASON, TickWriter
 
-EXPECTED_TABLES = {"person", "person_prices", "price_tickers", "price_gaps", "sessions"}
+EXPECTED_TABLES = {
+    "person",
+    "person_prices",
+    "price_tickers",
+    "price_gaps",
+    "sessions",
+    "price_candles",
+}
 
 
 def ticks(ticker: str, start: int, count: int, step: int = 1000) -> list[Tick]:

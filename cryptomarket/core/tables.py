@@ -43,6 +43,7 @@ class Tables:
     price_tickers: Table
     price_gaps: Table
     sessions: Table
+    price_candles: Table
 
 
 @cache
@@ -102,6 +103,24 @@ def build_tables(dialect: str) -> Tables:
         Column("recorded_at", DateTime(timezone=True), nullable=False),
         UniqueConstraint("ticker", "from_ts", name="uq_price_gaps_ticker_from"),
     )
+    # Candles kept beside the ticks (prices/rollups.py): one row per ticker, bucket width (a
+    # minute or an hour, in ms) and bucket start. open_ts and close_ts are the timestamps of the
+    # first and last tick in the bucket, so candles of ticks stored apart merge in any order.
+    price_candles = table(
+        "price_candles",
+        Column("ticker", String(64), nullable=False),
+        Column("width", Integer, nullable=False),
+        Column("start", BigInteger, nullable=False),
+        Column("open_ts", BigInteger, nullable=False),
+        Column("open", Double, nullable=False),
+        Column("high", Double, nullable=False),
+        Column("low", Double, nullable=False),
+        Column("close_ts", BigInteger, nullable=False),
+        Column("close", Double, nullable=False),
+        Column("count", Integer, nullable=False),
+        PrimaryKeyConstraint("ticker", "width", "start", name="pk_price_candles"),
+        sqlite_with_rowid=False,
+    )
     # Session tokens are stored only as their SHA-256; the token itself lives with the client.
     sessions = table(
         "sessions",
@@ -111,4 +130,6 @@ def build_tables(dialect: str) -> Tables:
         Column("expires_at", DateTime(timezone=True), nullable=False),
         Column("revoked_at", DateTime(timezone=True), nullable=True),
     )
-    return Tables(metadata, person, person_prices, price_tickers, price_gaps, sessions)
+    return Tables(
+        metadata, person, person_prices, price_tickers, price_gaps, sessions, price_candles
+    )

@@ -27,7 +27,7 @@ from cryptomarket.prices.backfill import (
     fill_window,
 )
 from cryptomarket.prices.models import Gap
-from cryptomarket.prices.repository import insert_ticks, tick_rows, upsert_gap
+from cryptomarket.prices.repository import store_ticks, upsert_gap
 
 logger = logging.getLogger("cryptomarket.jobs.gaps")
 
@@ -70,8 +70,7 @@ def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
         if any(rest.reason.startswith(FAILED_PREFIX) for rest in filled.gaps):
             continue  # Deribit did not answer: try again next run
         with engine.begin() as connection:
-            if filled.ticks:
-                connection.execute(insert_ticks(tables, dialect), tick_rows(filled.ticks))
+            store_ticks(connection, tables, filled.ticks)
             connection.execute(delete(tables.price_gaps).where(column.id == gap_id))
             for rest in filled.gaps:
                 connection.execute(upsert_gap(tables, dialect, rest))

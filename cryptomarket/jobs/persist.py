@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select
 from cryptomarket.core.tables import Tables
 from cryptomarket.jobs.locks import job_lock
 from cryptomarket.prices.models import Gap, Tick
-from cryptomarket.prices.repository import insert_ticks, tick_rows, upsert_gap
+from cryptomarket.prices.repository import store_ticks, upsert_gap
 from cryptomarket.streaming.redis_bus import TICKS_STREAM, unpack
 
 logger = logging.getLogger("cryptomarket.jobs.persist")
@@ -136,7 +136,6 @@ def _lost_before(engine: Engine, tables: Tables, ticks: list[Tick]) -> list[Gap]
 def _store(engine: Engine, tables: Tables, batch: Batch) -> None:
     dialect = engine.dialect.name
     with engine.begin() as connection:
-        if batch.ticks:
-            connection.execute(insert_ticks(tables, dialect), tick_rows(batch.ticks))
+        store_ticks(connection, tables, batch.ticks)
         for gap in batch.gaps:
             connection.execute(upsert_gap(tables, dialect, gap))

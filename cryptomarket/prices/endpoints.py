@@ -14,7 +14,8 @@ from cryptomarket.core.openapi_docs import (
     Responses,
     error,
 )
-from cryptomarket.prices.schemas import PricePage, PricePoint, PriceRange, TickerList
+from cryptomarket.prices.candles import RESOLUTION_HELP
+from cryptomarket.prices.schemas import CandleRange, PricePage, PricePoint, PriceRange, TickerList
 from cryptomarket.prices.service import DEFAULT_LIMIT, MAX_LIMIT
 from cryptomarket.prices.tickers import CatalogueUnavailable
 from cryptomarket.runtime import PriceServiceDep
@@ -95,6 +96,43 @@ async def prices_by_date(
     the next page. `start_date` after `end_date` is 422."""
     return await service.between(
         ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
+    )
+
+
+@router.get(
+    "/prices/candles",
+    response_model=CandleRange,
+    responses={**ERRORS, 422: INVALID_DATE},
+    summary="Candles in a range",
+)
+async def candles(
+    service: PriceServiceDep,
+    *,
+    ticker: Ticker,
+    resolution: Annotated[
+        str,
+        Query(
+            max_length=8,
+            description=f"Minutes per candle, one of Deribit's: {RESOLUTION_HELP} (1D: a day).",
+            examples=["1", "60", "1D"],
+        ),
+    ],
+    start_date: StartDate,
+    end_date: EndDate = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> CandleRange:
+    """Open, high, low and close of the stored prices in UTC buckets of `resolution`, for the
+    buckets that overlap `start_date`..`end_date` (default: now), oldest first, `limit` at a
+    time (pass `next_cursor` as `cursor`, with the same parameters, for the next page). A bucket
+    without ticks has no candle; a candle a recorded gap overlaps says `gap: true`."""
+    return await service.candles(
+        ticker,
+        resolution=resolution,
+        start_date=start_date,
+        end_date=end_date,
+        limit=limit,
+        cursor=cursor,
     )
 
 

@@ -4,20 +4,37 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, Row, func, select
+from sqlalchemy import Connection, Executable, Result, Row, and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cryptomarket.core.tables import Tables
 from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.rollups import candle_rows, merge_candles
 
 
 def insert_ticks(tables: Tables, dialect: str) -> Executable:
-    """Store ticks (executed with `tick_rows`); one already stored is left as it is."""
+    """Store ticks (executed with `tick_rows`); one already stored is left as it is. Returns
+    (ticker, timestamp, price) of the ticks it stored, for their candles."""
+    ticks = tables.price_tickers
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(tables.price_tickers).on_conflict_do_nothing(
-        index_elements=["ticker", "timestamp"]
+    return (
+        insert(ticks)
+        .on_conflict_do_nothing(index_elements=["ticker", "timestamp"])
+        .returning(ticks.c.ticker, ticks.c.timestamp, ticks.c.price)
     )
+
+
+def store_ticks(connection: Connection, tables: Tables, ticks: Sequence[Tick]) -> int:
+    """Store ticks and fold the new ones into their candles (a sync connection, in the
+    caller's transaction); returns how many were new."""
+    if not ticks:
+        return 0
+    dialect = connection.dialect.name
+    stored = connection.execute(insert_ticks(tables, dialect), tick_rows(ticks)).all()
+    if stored:
+        connection.execute(merge_candles(tables, dialect), candle_rows(stored))
+    return len(stored)
 
 
 def tick_rows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
@@ -69,13 +86,17 @@ class PriceRepository:
             postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
         )
 
-    async def add_ticks(self, ticks: Sequence[Tick]) -> None:
-        """Store ticks; one already stored (same ticker and timestamp) is left as it is."""
+    async def add_ticks(self, ticks: Sequence[Tick]) -> int:
+        """Store ticks and fold the new ones into their candles; one already stored (same
+        ticker and timestamp) is left as it is. Returns how many were new."""
         if not ticks:
-            return
-        await self.connection.execute(
-            insert_ticks(self.tables, self.connection.dialect.name), tick_rows(ticks)
-        )
+            return 0
+        dialect = self.connection.dialect.name
+        result = await self.connection.execute(insert_ticks(self.tables, dialect), tick_rows(ticks))
+        stored = result.all()
+        if stored:
+            await self.connection.execute(merge_candles(self.tables, dialect), candle_rows(stored))
+        return len(stored)
 
     async def add_gap(self, gap: Gap) -> None:
         """Record a gap; recording the same start again widens it instead of repeating it."""
@@ -178,3 +199,63 @@ class PriceRepository:
             .order_by(self.gaps.c.from_ts)
         )
         return [Gap(row.ticker, row.from_ts, row.to_ts, row.reason) for row in result]
+
+    async def candles(
+        self, ticker: str, width: int, source: int, first: int, end: int, *, limit: int
+    ) -> Sequence[Row[Any]]:
+        """Up to `limit` candles of `width` ms, oldest first, as rows (start, open, high, low,
+        close, ticks), built from the stored candles of width `source` (a divisor of `width`)
+        that start in [first, end]: bucket-aligned bounds, so every candle is whole."""
+        stored = self.tables.price_candles
+        where = (
+            stored.c.ticker == ticker,
+            stored.c.width == source,
+            stored.c.start >= first,
+            stored.c.start <= end,
+        )
+        if width == source:
+            columns = (stored.c[name] for name in ("start", "open", "high", "low", "close"))
+            result: Result[Any] = await self.connection.execute(
+                select(*columns, stored.c["count"].label("ticks"))
+                .where(*where)
+                .order_by(stored.c.start)
+                .limit(limit)
+            )
+            return result.all()
+        grouped = (
+            select(
+                (stored.c.start // width).label("bucket"),
+                func.min(stored.c.start).label("first"),
+                func.max(stored.c.start).label("last"),
+                func.max(stored.c.high).label("high"),
+                func.min(stored.c.low).label("low"),
+                func.sum(stored.c["count"]).label("n"),
+            )
+            .where(*where)
+            .group_by("bucket")
+            .order_by("bucket")
+            .limit(limit)
+            .subquery("grouped")
+        )
+        opening, closing = stored.alias("opening"), stored.alias("closing")
+
+        def of(row: Any, start: Any) -> Any:
+            return and_(row.c.ticker == ticker, row.c.width == source, row.c.start == start)
+
+        result = await self.connection.execute(
+            select(
+                (grouped.c.bucket * width).label("start"),
+                opening.c.open,
+                grouped.c.high,
+                grouped.c.low,
+                closing.c.close,
+                grouped.c.n.label("ticks"),
+            )
+            .select_from(
+                grouped.join(opening, of(opening, grouped.c.first)).join(
+                    closing, of(closing, grouped.c.last)
+                )
+            )
+            .order_by(grouped.c.bucket)
+        )
+        return result.all()

@@ -78,3 +78,59 @@ class TickerList(BaseModel):
     )
 
     tickers: list[str] = Field(description="Index names Deribit supports (cached for an hour).")
+
+
+CANDLE_EXAMPLE: JsonDict = {
+    "start": 1764000000000,
+    "datetime": "2025-11-24T16:00:00Z",
+    "open": 87012.53,
+    "high": 87040.1,
+    "low": 86990.77,
+    "close": 87021.4,
+    "count": 60,
+    "gap": False,
+}
+
+
+class Candle(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": CANDLE_EXAMPLE})
+
+    start: int = Field(description="Start of the candle's UTC bucket, in ms (inclusive).")
+    datetime: dt.datetime = Field(description="The same moment as an ISO 8601 UTC date.")
+    open: float = Field(description="Price of the bucket's first tick (by Deribit's timestamp).")
+    high: float
+    low: float
+    close: float = Field(description="Price of the bucket's last tick.")
+    count: int = Field(description="Ticks stored in the bucket.")
+    gap: bool = Field(
+        description="True when a recorded gap overlaps the bucket: ticks are missing from it."
+    )
+
+
+class CandleRange(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "ticker": "btc_usd",
+                "resolution": "1",
+                "start_date": "2025-11-24T16:00:00Z",
+                "end_date": "2025-11-24T17:00:00Z",
+                "items": [CANDLE_EXAMPLE],
+                "limit": 1000,
+                "next_cursor": None,
+            }
+        }
+    )
+
+    ticker: str
+    resolution: str = Field(description="Minutes per candle, or 1D.")
+    start_date: dt.datetime = Field(description="Start of the range (UTC, inclusive).")
+    end_date: dt.datetime = Field(description="End of the range (UTC, inclusive).")
+    items: list[Candle] = Field(
+        description="Oldest first: the buckets that overlap the range and hold ticks (a bucket "
+        "without ticks has no candle)."
+    )
+    limit: int
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` with the same parameters for the next page; null on the last."
+    )

@@ -10,9 +10,15 @@ from sqlalchemy import Row
 from cryptomarket.core.config import TICKER_PATTERN
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import InvalidInput, NotFound, Unavailable
+from cryptomarket.prices.candles import (
+    bucket_start,
+    parse_resolution,
+    rollup_width,
+    touched_by_gaps,
+)
 from cryptomarket.prices.dates import InvalidDate, from_ms, parse_datetime, to_ms
 from cryptomarket.prices.repository import PriceRepository
-from cryptomarket.prices.schemas import PricePage, PricePoint, PriceRange
+from cryptomarket.prices.schemas import Candle, CandleRange, PricePage, PricePoint, PriceRange
 from cryptomarket.prices.tickers import TICKERS_URL, CatalogueUnavailable, TickerCatalogue
 
 DEFAULT_LIMIT = 1000
@@ -113,6 +119,59 @@ class PriceService:
             limit=limit,
             next_cursor=next_cursor(rows, limit),
         )
+
+    async def candles(
+        self,
+        ticker: str,
+        *,
+        resolution: str,
+        start_date: str,
+        end_date: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> CandleRange:
+        name, width = parse_resolution(resolution)
+        start, end = parse_range(start_date, end_date)
+        await self.check_ticker(ticker)
+        after = read_cursor(cursor)
+        # Whole buckets: from the one holding start_date to the end of the one holding end_date.
+        first = bucket_start(to_ms(start), width)
+        last = bucket_start(to_ms(end), width) + width - 1
+        if after is not None:
+            first = max(first, bucket_start(after, width) + width)
+        async with self.database.reading() as connection:
+            repository = PriceRepository(connection, self.database.tables)
+            rows = await repository.candles(
+                ticker, width, rollup_width(width), first, last, limit=limit
+            )
+            gaps = (
+                await repository.gaps_between(ticker, rows[0].start, rows[-1].start + width - 1)
+                if rows
+                else []
+            )
+        touched = touched_by_gaps([row.start for row in rows], width, gaps)
+        return CandleRange(
+            ticker=ticker,
+            resolution=name,
+            start_date=start,
+            end_date=end,
+            items=[candle(row, gap) for row, gap in zip(rows, touched, strict=True)],
+            limit=limit,
+            next_cursor=str(rows[-1].start) if len(rows) == limit else None,
+        )
+
+
+def candle(row: Row[Any], gap: bool) -> Candle:
+    return Candle.model_construct(
+        start=row.start,
+        datetime=from_ms(row.start),
+        open=row.open,
+        high=row.high,
+        low=row.low,
+        close=row.close,
+        count=int(row.ticks),
+        gap=gap,
+    )
 
 
 def parse_range(start_date: str, end_date: str | None) -> tuple[datetime, datetime]:
