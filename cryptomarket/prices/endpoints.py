@@ -1,8 +1,10 @@
 """Price history routes (SPEC section 4). Public: no session needed."""
 
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from cryptomarket.core.errors import Unavailable
 from cryptomarket.core.openapi_docs import (
@@ -14,6 +16,8 @@ from cryptomarket.core.openapi_docs import (
     Responses,
     error,
 )
+from cryptomarket.kit.csv import csv_response, wants_csv
+from cryptomarket.prices import export
 from cryptomarket.prices.candles import RESOLUTION_HELP
 from cryptomarket.prices.schemas import CandleRange, PricePage, PricePoint, PriceRange, TickerList
 from cryptomarket.prices.service import DEFAULT_LIMIT, MAX_LIMIT
@@ -49,6 +53,15 @@ EndDate = Annotated[
     ),
 ]
 
+Format = Annotated[
+    Literal["json", "csv"] | None,
+    Query(
+        description="`csv`: the whole range as a `text/csv` download, without pages (so does "
+        "an `Accept: text/csv` header)."
+    ),
+]
+CSV_DOWNLOAD = {"content": {"text/csv": {"schema": {"type": "string"}}}}
+
 ERRORS: Responses = {404: UNKNOWN_TICKER, 422: INVALID, 503: INDEX_LIST_DOWN}
 
 
@@ -79,21 +92,31 @@ async def latest_price(service: PriceServiceDep, ticker: Ticker) -> PricePoint:
 @router.get(
     "/prices/by-date",
     response_model=PriceRange,
-    responses={**ERRORS, 422: INVALID_DATE},
+    responses={200: CSV_DOWNLOAD, **ERRORS, 422: INVALID_DATE},
     summary="Prices in a range",
 )
 async def prices_by_date(
     service: PriceServiceDep,
+    request: Request,
     *,
     ticker: Ticker,
     start_date: StartDate,
     end_date: EndDate = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
-) -> PriceRange:
+    format: Format = None,
+) -> PriceRange | Response:
     """Prices between `start_date` and `end_date` (default: now), by Deribit's timestamp,
     oldest first, `limit` at a time; pass `next_cursor` as `cursor`, with the same dates, for
-    the next page. `start_date` after `end_date` is 422."""
+    the next page. `start_date` after `end_date` is 422. As CSV (`format=csv`), the whole
+    range in one download: `ticker,timestamp,datetime,price`."""
+    if wants_csv(request, format):
+        start, end = await service.checked_range(ticker, start_date, end_date)
+        return csv_response(
+            export.TICK_HEADER,
+            export.tick_rows(service.database, ticker, start, end),
+            filename=f"{ticker}_{start}_{end}.csv",
+        )
     return await service.between(
         ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
     )
@@ -102,11 +125,12 @@ async def prices_by_date(
 @router.get(
     "/prices/candles",
     response_model=CandleRange,
-    responses={**ERRORS, 422: INVALID_DATE},
+    responses={200: CSV_DOWNLOAD, **ERRORS, 422: INVALID_DATE},
     summary="Candles in a range",
 )
 async def candles(
     service: PriceServiceDep,
+    request: Request,
     *,
     ticker: Ticker,
     resolution: Annotated[
@@ -121,19 +145,25 @@ async def candles(
     end_date: EndDate = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
-) -> CandleRange:
+    format: Format = None,
+) -> CandleRange | Response:
     """Open, high, low and close of the stored prices in UTC buckets of `resolution`, for the
     buckets that overlap `start_date`..`end_date` (default: now), oldest first, `limit` at a
     time (pass `next_cursor` as `cursor`, with the same parameters, for the next page). A bucket
-    without ticks has no candle; a candle a recorded gap overlaps says `gap: true`."""
-    return await service.candles(
-        ticker,
-        resolution=resolution,
-        start_date=start_date,
-        end_date=end_date,
-        limit=limit,
-        cursor=cursor,
+    without ticks has no candle; a candle a recorded gap overlaps says `gap: true`. As CSV
+    (`format=csv`), every candle of the range in one download:
+    `start,datetime,open,high,low,close,count,gap`."""
+    read = partial(
+        service.candles, ticker, resolution=resolution, start_date=start_date, end_date=end_date
     )
+    if wants_csv(request, format):
+        first = await read(limit=MAX_LIMIT, cursor=cursor)  # checks the input before the 200
+        return csv_response(
+            export.CANDLE_HEADER,
+            export.candle_rows(first, lambda after: read(limit=MAX_LIMIT, cursor=after)),
+            filename=f"{ticker}_{first.resolution}_{first.start_date:%Y%m%dT%H%M%S}.csv",
+        )
+    return await read(limit=limit, cursor=cursor)
 
 
 @router.get(

@@ -95,6 +95,14 @@ class PriceService:
             next_cursor=next_cursor(rows, limit),
         )
 
+    async def checked_range(
+        self, ticker: str, start_date: str, end_date: str | None
+    ) -> tuple[int, int]:
+        """A range's ends in ms once the dates and the ticker are checked (an export)."""
+        start, end = parse_range(start_date, end_date)
+        await self.check_ticker(ticker)
+        return to_ms(start), to_ms(end)
+
     async def between(
         self,
         ticker: str,

@@ -1,0 +1,1 @@
+"""Domain-free tools the routes share."""
