@@ -28,6 +28,8 @@ FLOW = [  # the order a user goes through, as (method, path) of the Flow folder
     ("GET", "/api/v2/sse/connection"),
     ("GET", "/api/v1/prices/latest"),
     ("GET", "/api/v1/prices/by-date"),
+    ("GET", "/api/v1/prices/candles"),
+    ("GET", "/api/v1/prices/by-date"),  # as CSV
     ("GET", "/api/v1/prices"),
     ("GET", "/api/v1/prices"),
     ("GET", "/api/v1/market/{user_id}/get_order/{ticker}"),
