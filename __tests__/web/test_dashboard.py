@@ -9,6 +9,8 @@ Screenshots: test-artifacts/web/ (paths printed). `UPDATE_SCREENSHOT=1` also rew
 docs/dashboard.png, the README's picture, from the desktop run.
 """
 
+import csv
+import io
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +22,10 @@ from __tests__.helpers import eventually, eventually_async
 from __tests__.service import Service
 from __tests__.simulated import sim_control
 from __tests__.web.conftest import PageProblems, screenshot, update_readme_screenshot
+from cryptomarket.core.db import Database, database_urls
 from cryptomarket.prices.history import load_history
+from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.repository import PriceRepository
 
 README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
@@ -315,4 +320,116 @@ async def test_phone_width_continues_an_existing_session(
     await expect(page.locator("#stream")).to_have_attribute("data-state", "live")
     await expect(row(page, "eth_usd")).to_have_count(1)
     await updates_reach(page, "eth_usd", 1)
+    await context.close()
+
+
+# Seeded history of eth_usd (which nothing ingests here): a tick a minute for 3 days from
+# 2024-05-01 00:00 UTC, but none from 2024-05-02 12:00 for 30 minutes, and a recorded gap
+# inside the 3-minute bucket of 2024-05-03 06:00.
+SEED_START = datetime(2024, 5, 1, tzinfo=UTC)
+SEED_DAYS = 3
+HOLE = (SEED_START + timedelta(days=1, hours=12), timedelta(minutes=30))
+RECORDED_GAP = SEED_START + timedelta(days=2, hours=6, minutes=1)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+async def seed_eth_usd(service: Service) -> None:
+    minutes = (SEED_START + timedelta(minutes=i) for i in range(SEED_DAYS * 24 * 60))
+    ticks = [
+        Tick("eth_usd", 3000.0 + i % 97, ms(moment))
+        for i, moment in enumerate(minutes)
+        if not HOLE[0] <= moment < HOLE[0] + HOLE[1]
+    ]
+    database = Database(database_urls(service.settings).async_url)
+    try:
+        async with database.transaction() as connection:
+            prices = PriceRepository(connection, database.tables)
+            await prices.add_ticks(ticks)
+            start = ms(RECORDED_GAP)
+            await prices.add_gap(Gap("eth_usd", start, start + 30_000, "test"))
+    finally:
+        await database.dispose()
+
+
+async def candles_of(service: Service, params: dict[str, str]) -> list[dict[str, Any]]:
+    response = await service.client.get(
+        "/api/v1/prices/candles", params={**params, "limit": "10000"}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["next_cursor"] is None
+    items: list[dict[str, Any]] = body["items"]
+    return items
+
+
+async def test_long_ranges_draw_candles_and_download_them(
+    browser: Browser, web_service: Service
+) -> None:
+    service = web_service
+    await seed_eth_usd(service)
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 720}, timezone_id="UTC", locale="en-US"
+    )
+    page = await context.new_page()
+    problems = PageProblems(page)
+    await page.goto(service.base_url + "/")
+    chart = page.locator("#chart")
+    download = page.locator("#hist-csv")
+
+    # 3 days are 4,320 minutes: 1-minute candles would be more than 2,000, 3-minute ones 1,440.
+    end = SEED_START + timedelta(days=SEED_DAYS)
+    await page.fill("#hist-ticker", "eth_usd")
+    await page.fill("#hist-start", local_input(SEED_START))
+    await page.fill("#hist-end", local_input(end))
+    await page.click("#draw")
+    await expect(chart).to_have_attribute("data-resolution", "3")
+    params = {
+        "ticker": "eth_usd",
+        "resolution": "3",
+        "start_date": SEED_START.isoformat(),
+        "end_date": end.isoformat(),
+    }
+    candles = await candles_of(service, params)
+    # The 30 minutes without ticks are 10 buckets without candles; one candle says gap.
+    assert len(candles) == 1440 - 10
+    assert [c["start"] for c in candles if c["gap"]] == [ms(RECORDED_GAP) - 60_000]
+    # A null point breaks the line twice: across the missing buckets, and after the gap's.
+    await expect(chart).to_have_attribute("data-points", str(len(candles) + 2))
+    await expect(chart).to_have_attribute("data-ticker", "eth_usd")
+    await expect(page.locator("#history-summary")).to_contain_text(
+        "1,430 3-minute candles of eth_usd"
+    )
+    assert await series_pixels(page) > 500
+    await screenshot(page, "dashboard-candles.png")
+
+    # The download is the same candles, whole, as CSV.
+    href = await download.get_attribute("href") or ""
+    assert href.startswith("/api/v1/prices/candles?")
+    assert "format=csv" in href and "resolution=3" in href
+    response = await service.client.get(href)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert len(list(csv.DictReader(io.StringIO(response.text)))) == len(candles)
+
+    # An hour is still drawn from its ticks, and downloaded as ticks.
+    hour_end = SEED_START + timedelta(hours=1)
+    await page.fill("#hist-end", local_input(hour_end))
+    await page.click("#draw")
+    expected = await stored_count(service, "eth_usd", SEED_START, hour_end)
+    await expect(chart).to_have_attribute("data-resolution", "ticks")
+    await expect(chart).to_have_attribute("data-points", str(expected))
+    await expect(page.locator("#history-summary")).to_contain_text(f"{expected} prices of eth_usd")
+    href = await download.get_attribute("href") or ""
+    assert href.startswith("/api/v1/prices/by-date?") and "format=csv" in href
+    assert "resolution" not in href
+
+    # So is the "1 h" button's range, though its start drops the seconds' fraction.
+    await page.fill("#hist-ticker", "btc_usd")
+    await page.click("button[data-range='3600']")
+    await expect(chart).to_have_attribute("data-ticker", "btc_usd")
+    await expect(chart).to_have_attribute("data-resolution", "ticks")
+    assert problems.take() == []
     await context.close()

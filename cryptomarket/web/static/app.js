@@ -10,8 +10,18 @@
 
   const STREAM_URL = "/api/v2/sse/connection";
   const USER_KEY = "cryptomarket.user";
-  const PAGE_SIZE = 10000; // the largest page /api/v1/prices/by-date serves
+  const PAGE_SIZE = 10000; // the largest page /api/v1/prices/by-date and /candles serve
   const MAX_POINTS = 100000; // drawn at most; the summary says so when a range holds more
+  const MINUTE_MS = 60000;
+  // Longer ranges are drawn from candles. The slack covers the seconds a datetime-local input
+  // drops and the moment until "now" is read, so the "1 h" button still draws ticks.
+  const TICKS_UP_TO_MS = 3600 * 1000 + 5000;
+  const MAX_CANDLES = 2000; // the finest resolution that keeps a chart under this many points
+  // Deribit's resolutions (minutes), as /api/v1/prices/candles takes them.
+  const RESOLUTIONS = [
+    ["1", 1], ["3", 3], ["5", 5], ["10", 10], ["15", 15], ["30", 30], ["60", 60],
+    ["120", 120], ["180", 180], ["360", 360], ["720", 720], ["1D", 1440],
+  ];
   const LOG_LINES = 40;
   const HEALTH_EVERY_MS = 30000; // while no stream reports the upstream state
 
@@ -48,6 +58,7 @@
     histStart: $("hist-start"),
     histEnd: $("hist-end"),
     draw: $("draw"),
+    histCsv: $("hist-csv"),
     historySummary: $("history-summary"),
     chart: $("chart"),
   };
@@ -551,6 +562,8 @@
     drawHistory();
   });
 
+  ui.historyForm.addEventListener("input", () => showDownload(historyRequest()));
+
   for (const button of ui.historyForm.querySelectorAll("[data-range]")) {
     button.addEventListener("click", () => {
       const seconds = Number(button.dataset.range);
@@ -560,43 +573,75 @@
     });
   }
 
-  async function drawHistory() {
+  /** The smallest resolution that keeps a range under MAX_CANDLES candles, else a day. */
+  function resolutionFor(rangeMs) {
+    const minutes = rangeMs / MINUTE_MS;
+    const fits = RESOLUTIONS.find(([, width]) => minutes / width <= MAX_CANDLES);
+    return fits || RESOLUTIONS[RESOLUTIONS.length - 1];
+  }
+
+  function resolutionLabel(width) {
+    if (width >= 1440) return "daily";
+    return width >= 60 ? `${width / 60}-hour` : `${width}-minute`;
+  }
+
+  /** What the form asks for: {ticker, start, end, resolution: null for ticks}, or {problem}. */
+  function historyRequest() {
     const ticker = ui.histTicker.value.trim().toLowerCase();
     const start = fromLocalInput(ui.histStart.value);
     const end = fromLocalInput(ui.histEnd.value);
-    if (!ticker || !start) {
-      ui.historySummary.textContent = "Pick a ticker and a start time.";
+    if (!ticker || !start) return { problem: "Pick a ticker and a start time." };
+    if (end && start > end) return { problem: "The start is after the end." };
+    const rangeMs = (end || new Date()) - start;
+    const resolution = rangeMs <= TICKS_UP_TO_MS ? null : resolutionFor(rangeMs);
+    return { ticker, start, end, resolution };
+  }
+
+  function historyParams(request) {
+    const params = new URLSearchParams({ ticker: request.ticker });
+    if (request.resolution) params.set("resolution", request.resolution[0]);
+    params.set("start_date", request.start.toISOString());
+    if (request.end) params.set("end_date", request.end.toISOString());
+    return params;
+  }
+
+  const historyPath = (request) =>
+    request.resolution ? "/api/v1/prices/candles" : "/api/v1/prices/by-date";
+
+  /** The CSV of what the chart would draw: ticks, or candles of the same resolution. */
+  function showDownload(request) {
+    ui.histCsv.hidden = Boolean(request.problem);
+    if (request.problem) return;
+    const params = historyParams(request);
+    params.set("format", "csv");
+    ui.histCsv.href = `${historyPath(request)}?${params}`;
+  }
+
+  async function drawHistory() {
+    const request = historyRequest();
+    showDownload(request);
+    if (request.problem) {
+      ui.historySummary.textContent = request.problem;
       return;
     }
-    if (end && start > end) {
-      ui.historySummary.textContent = "The start is after the end.";
-      return;
-    }
+    const { ticker, resolution } = request;
     const run = ++state.historyRun;
-    const params = new URLSearchParams({
-      ticker,
-      start_date: start.toISOString(),
-      limit: String(PAGE_SIZE),
-    });
-    if (end) params.set("end_date", end.toISOString());
+    const params = historyParams(request);
+    params.set("limit", String(PAGE_SIZE));
     ui.historySummary.textContent = `Loading ${ticker}…`;
     ui.draw.disabled = true;
-    const xs = []; // seconds, as uPlot's time scale takes them
-    const ys = [];
+    const series = resolution ? candleSeries(resolution[1] * MINUTE_MS) : tickSeries();
     let cursor = null;
     try {
       do {
-        const page = await api("GET", `/api/v1/prices/by-date?${params}`);
+        const page = await api("GET", `${historyPath(request)}?${params}`);
         if (run !== state.historyRun) return; // a newer request took over
-        for (const item of page.items) {
-          xs.push(item.timestamp / 1000);
-          ys.push(item.price);
-        }
+        for (const item of page.items) series.add(item);
         // Later pages use the range the first one settled (its end defaults to "now").
         params.set("end_date", page.end_date);
         cursor = page.next_cursor;
         if (cursor) params.set("cursor", cursor);
-      } while (cursor && xs.length < MAX_POINTS);
+      } while (cursor && series.xs.length < MAX_POINTS);
     } catch (error) {
       if (run === state.historyRun) {
         clearChart();
@@ -606,7 +651,40 @@
     } finally {
       if (run === state.historyRun) ui.draw.disabled = false;
     }
-    renderChart(ticker, xs, ys, Boolean(cursor));
+    renderChart(ticker, resolution, series, Boolean(cursor));
+  }
+
+  /** Raw ticks: one point each. */
+  function tickSeries() {
+    const series = { xs: [], ys: [], count: 0, low: Infinity, high: -Infinity };
+    series.add = (item) => {
+      series.xs.push(item.timestamp / 1000); // seconds, as uPlot's time scale takes them
+      series.ys.push(item.price);
+      series.count += 1;
+      series.low = Math.min(series.low, item.price);
+      series.high = Math.max(series.high, item.price);
+    };
+    return series;
+  }
+
+  /** Candles drawn by their close at their start. A null point breaks the line (spanGaps is
+   * off) across a bucket a recorded gap touched, and across buckets without ticks. */
+  function candleSeries(widthMs) {
+    const series = { xs: [], ys: [], count: 0, low: Infinity, high: -Infinity };
+    let previous = null;
+    series.add = (candle) => {
+      if (previous && (previous.gap || candle.start - previous.start > widthMs)) {
+        series.xs.push((previous.start + widthMs / 2) / 1000); // inside the broken stretch
+        series.ys.push(null);
+      }
+      series.xs.push(candle.start / 1000);
+      series.ys.push(candle.close);
+      series.count += 1;
+      series.low = Math.min(series.low, candle.low);
+      series.high = Math.max(series.high, candle.high);
+      previous = candle;
+    };
+    return series;
   }
 
   function clearChart() {
@@ -616,25 +694,26 @@
     }
     delete ui.chart.dataset.points;
     delete ui.chart.dataset.ticker;
+    delete ui.chart.dataset.resolution;
   }
 
-  function renderChart(ticker, xs, ys, cut) {
+  /** `resolution`: [name, minutes] of the candles drawn, null for ticks. */
+  function renderChart(ticker, resolution, series, cut) {
+    const { xs, ys } = series;
     clearChart();
-    ui.chart.dataset.points = String(xs.length);
+    ui.chart.dataset.points = String(xs.length); // null break points included
     ui.chart.dataset.ticker = ticker;
+    ui.chart.dataset.resolution = resolution ? resolution[0] : "ticks";
     if (xs.length === 0) {
       ui.historySummary.textContent = `No stored prices of ${ticker} in this range.`;
       return;
     }
-    let low = ys[0];
-    let high = ys[0];
-    for (const y of ys) {
-      if (y < low) low = y;
-      if (y > high) high = y;
-    }
+    const what = resolution
+      ? `${resolutionLabel(resolution[1])} candle${series.count === 1 ? "" : "s"}`
+      : "prices";
     ui.historySummary.textContent =
-      `${number.format(xs.length)} prices of ${ticker} · low ${formatPrice(low)}` +
-      ` · high ${formatPrice(high)}` +
+      `${number.format(series.count)} ${what} of ${ticker} · low ${formatPrice(series.low)}` +
+      ` · high ${formatPrice(series.high)}` +
       (cut ? ` · the first ${number.format(MAX_POINTS)} only: narrow the range for the rest` : "");
     const options = {
       width: chartWidth(),
@@ -647,6 +726,7 @@
           stroke: "#2563eb",
           width: 1.5,
           fill: "rgba(37, 99, 235, 0.08)",
+          spanGaps: false,
           points: { show: xs.length < 60 },
           value: (chart, value) => (value === null ? "—" : formatPrice(value)),
         },
@@ -687,6 +767,7 @@
   // ---- start -------------------------------------------------------------------------------
 
   ui.histStart.value = toLocalInput(new Date(Date.now() - 3600 * 1000));
+  showDownload(historyRequest());
   loadTickers();
   startHealthPolling();
   const remembered = localStorage.getItem(USER_KEY);
