@@ -49,7 +49,6 @@ from bench.common import (
 )
 from cryptomarket.core.db import Database, create_sync_engine
 from cryptomarket.core.migrate import upgrade
-from cryptomarket.kit.csv import _encoded
 from cryptomarket.prices import export
 from cryptomarket.prices.dates import from_ms
 from cryptomarket.prices.models import Tick
@@ -207,9 +206,7 @@ async def export_rate(database: Database, rows: int) -> list[str]:
     peak = before
     count = 0
     with stopwatch() as elapsed:
-        async for chunk in _encoded(
-            export.TICK_HEADER, export.tick_rows(database, ticker, 0, 2**62)
-        ):
+        async for chunk in export.tick_csv(database, ticker, 0, 2**62):
             count += chunk.count(b"\n")
             peak = max(peak, process.memory_info().rss) if count % 50 == 0 else peak
     exported = count - 1

@@ -35,8 +35,13 @@ def csv_response(
     header: Sequence[str], chunks: AsyncIterable[Iterable[Sequence[Any]]], filename: str
 ) -> StreamingResponse:
     """A download of `header` then every row of `chunks` (each an iterable of rows)."""
+    return csv_download(encoded(header, chunks), filename)
+
+
+def csv_download(body: AsyncIterable[bytes], filename: str) -> StreamingResponse:
+    """A download of CSV text already encoded (by the database, say)."""
     return StreamingResponse(
-        _encoded(header, chunks),
+        body,
         media_type=MEDIA_TYPE,
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
@@ -45,7 +50,7 @@ def csv_response(
     )
 
 
-async def _encoded(
+async def encoded(
     header: Sequence[str], chunks: AsyncIterable[Iterable[Sequence[Any]]]
 ) -> AsyncIterator[bytes]:
     buffer = io.StringIO()

@@ -16,7 +16,7 @@ from cryptomarket.core.openapi_docs import (
     Responses,
     error,
 )
-from cryptomarket.kit.csv import csv_response, wants_csv
+from cryptomarket.kit.csv import csv_download, csv_response, wants_csv
 from cryptomarket.prices import export
 from cryptomarket.prices.candles import RESOLUTION_HELP
 from cryptomarket.prices.schemas import CandleRange, PricePage, PricePoint, PriceRange, TickerList
@@ -112,9 +112,8 @@ async def prices_by_date(
     range in one download: `ticker,timestamp,datetime,price`."""
     if wants_csv(request, format):
         start, end = await service.checked_range(ticker, start_date, end_date)
-        return csv_response(
-            export.TICK_HEADER,
-            export.tick_rows(service.database, ticker, start, end),
+        return csv_download(
+            export.tick_csv(service.database, ticker, start, end),
             filename=f"{ticker}_{start}_{end}.csv",
         )
     return await service.between(

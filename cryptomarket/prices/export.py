@@ -1,10 +1,18 @@
-"""The price history as CSV rows (kit/csv.py streams them): every tick of a range from a
-server-side cursor, or every candle of a range page after page, whatever its length."""
+"""The price history as CSV (kit/csv.py streams it): every tick of a range, or every candle of
+a range page after page, whatever its length.
 
+Ticks on PostgreSQL are written by the server itself (COPY ... TO STDOUT, read as it comes with
+at most QUEUED chunks waiting); on SQLite they are formatted here from a server-side cursor.
+Both write the same text as the JSON answers: ISO dates in UTC with Z.
+"""
+
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from cryptomarket.core.db import Database
+from cryptomarket.core.tasks import cancel_and_wait
+from cryptomarket.kit.csv import encoded
 from cryptomarket.prices.dates import from_ms
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.schemas import CandleRange
@@ -12,6 +20,7 @@ from cryptomarket.prices.schemas import CandleRange
 TICK_HEADER = ("ticker", "timestamp", "datetime", "price")
 CANDLE_HEADER = ("start", "datetime", "open", "high", "low", "close", "count", "gap")
 CURSOR_ROWS = 10_000
+QUEUED = 8  # COPY chunks (about 64 KiB each) read ahead of a slow client
 DAY_MS = 86_400_000
 
 Rows = list[tuple[Any, ...]]
@@ -47,6 +56,56 @@ async def tick_rows(database: Database, ticker: str, start: int, end: int) -> As
         repository = PriceRepository(connection, database.tables)
         async for rows in repository.stream_between(ticker, start, end, chunk=CURSOR_ROWS):
             yield [(ticker, timestamp, dates(timestamp), price) for timestamp, price in rows]
+
+
+def tick_csv(database: Database, ticker: str, start: int, end: int) -> AsyncIterator[bytes]:
+    """Every tick of [start, end] as CSV text, header first."""
+    if database.dialect == "postgresql":
+        return _copied(database, ticker, start, end)
+    return encoded(TICK_HEADER, tick_rows(database, ticker, start, end))
+
+
+# The moment of a tick, and its text as the JSON answers write it (no fraction on a whole second).
+_MOMENT = "(to_timestamp(timestamp / 1000) + (timestamp % 1000) * interval '1 millisecond')"
+_UTC = _MOMENT + " AT TIME ZONE 'UTC'"
+COPY_TICKS = (
+    "SELECT ticker, timestamp, CASE WHEN timestamp % 1000 = 0 "
+    "THEN to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS"Z"') """
+    "ELSE to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS.MS"000Z"') END AS datetime, price """
+    "FROM crypto.price_tickers "  # core/tables.py: the schema and name on PostgreSQL
+    "WHERE ticker = $1 AND timestamp >= $2 AND timestamp <= $3 ORDER BY timestamp"
+)
+
+
+async def _copied(database: Database, ticker: str, start: int, end: int) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUED)
+
+    async def put(data: bytes | bytearray) -> None:  # asyncpg hands out bytearrays
+        await queue.put(bytes(data))
+
+    async with database.reading() as connection:
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection  # asyncpg.Connection
+        copy = asyncio.create_task(
+            driver.copy_from_query(
+                COPY_TICKS, ticker, start, end, output=put, format="csv", header=True
+            )
+        )
+        try:
+            while True:
+                taken = asyncio.ensure_future(queue.get())
+                await asyncio.wait({taken, copy}, return_when=asyncio.FIRST_COMPLETED)
+                if taken.done():
+                    yield taken.result()
+                    continue
+                taken.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                copy.result()  # raises what ended the COPY, if it failed
+                return
+        finally:
+            if not copy.done():  # the client left: the COPY is cancelled on the server too
+                await cancel_and_wait(copy)
 
 
 async def candle_rows(first: CandleRange, more: Any) -> AsyncIterator[Rows]:
