@@ -19,6 +19,7 @@ from cryptomarket.core.tables import Tables, build_tables
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.jobs import gaps, persist, retention, sessions
 from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.repository import store_ticks
 from cryptomarket.streaming.redis_bus import TICKS_STREAM, pack
 
 TABLES: Tables = build_tables("postgresql")
@@ -179,13 +180,7 @@ def test_prune_keeps_the_retention_and_purge_forgets_dead_sessions(engine: Engin
     now_ms = int(time.time() * 1000)
     old, recent = now_ms - 3 * 86_400_000, now_ms - 3_600_000
     with engine.begin() as connection:
-        connection.execute(
-            insert(TABLES.price_tickers),
-            [
-                {"ticker": "btc_usd", "timestamp": ts, "price": 1.0, "received_at": now}
-                for ts in (old, recent)
-            ],
-        )
+        store_ticks(connection, TABLES, [Tick("btc_usd", 1.0, ts, now) for ts in (old, recent)])
         connection.execute(
             insert(TABLES.person).values(
                 user_id="u",
@@ -206,6 +201,9 @@ def test_prune_keeps_the_retention_and_purge_forgets_dead_sessions(engine: Engin
     assert retention.prune_history(engine, TABLES, None) == 0
     assert retention.prune_history(engine, TABLES, 2) == 1
     assert stored(engine) == [("btc_usd", recent)]
+    with engine.connect() as connection:
+        candles = connection.execute(select(TABLES.price_candles.c.start)).scalars().all()
+    assert sorted(candles) == [recent - recent % 3_600_000, recent - recent % 60_000]
     assert sessions.purge_sessions(engine, TABLES) == 2
     with engine.connect() as connection:
         left = connection.execute(select(TABLES.sessions.c.token_hash)).scalars().all()
