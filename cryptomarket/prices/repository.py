@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Executable, Result, Row, and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cryptomarket.core.tables import Tables
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.rollups import candle_rows, merge_candles
+
+# (start, open, high, low, close, ticks) of a candle read from the store.
+CandleRow = Row[int, float, float, float, float, int]
 
 
 def insert_ticks(tables: Tables, dialect: str) -> Executable:
@@ -202,7 +205,7 @@ class PriceRepository:
 
     async def candles(
         self, ticker: str, width: int, source: int, first: int, end: int, *, limit: int
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[CandleRow]:
         """Up to `limit` candles of `width` ms, oldest first, as rows (start, open, high, low,
         close, ticks), built from the stored candles of width `source` (a divisor of `width`)
         that start in [first, end]: bucket-aligned bounds, so every candle is whole."""
@@ -221,7 +224,7 @@ class PriceRepository:
                 .order_by(stored.c.start)
                 .limit(limit)
             )
-            return result.all()
+            return cast(Sequence[CandleRow], result.all())
         grouped = (
             select(
                 (stored.c.start // width).label("bucket"),
@@ -258,7 +261,7 @@ class PriceRepository:
             )
             .order_by(grouped.c.bucket)
         )
-        return result.all()
+        return cast(Sequence[CandleRow], result.all())
 
     async def stream_between(
         self, ticker: str, start: int, end: int, *, chunk: int

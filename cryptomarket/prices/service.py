@@ -5,6 +5,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import Row
 
 from cryptomarket.core.config import TICKER_PATTERN
@@ -22,6 +23,9 @@ from cryptomarket.prices.schemas import Candle, CandleRange, PricePage, PricePoi
 from cryptomarket.prices.tickers import TICKERS_URL, CatalogueUnavailable, TickerCatalogue
 
 DEFAULT_LIMIT = 1000
+# Candles are validated in one call of pydantic's core (about 1 µs each), which is far cheaper
+# than constructing each model in Python (a day of minutes is 1,440 of them).
+CANDLES = TypeAdapter(list[Candle])
 MAX_LIMIT = 10_000
 
 
@@ -163,23 +167,26 @@ class PriceService:
             resolution=name,
             start_date=start,
             end_date=end,
-            items=[candle(row, gap) for row, gap in zip(rows, touched, strict=True)],
+            items=CANDLES.validate_python(
+                [
+                    {
+                        "start": start,
+                        "datetime": start,  # ms: pydantic reads large integers as milliseconds
+                        "open": opened,
+                        "high": high,
+                        "low": low,
+                        "close": closed,
+                        "count": ticks,
+                        "gap": gap,
+                    }
+                    for (start, opened, high, low, closed, ticks), gap in zip(
+                        rows, touched, strict=True
+                    )
+                ]
+            ),
             limit=limit,
             next_cursor=str(rows[-1].start) if len(rows) == limit else None,
         )
-
-
-def candle(row: Row[Any], gap: bool) -> Candle:
-    return Candle.model_construct(
-        start=row.start,
-        datetime=from_ms(row.start),
-        open=row.open,
-        high=row.high,
-        low=row.low,
-        close=row.close,
-        count=int(row.ticks),
-        gap=gap,
-    )
 
 
 def parse_range(start_date: str, end_date: str | None) -> tuple[datetime, datetime]:
