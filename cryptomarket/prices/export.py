@@ -12,7 +12,6 @@ from typing import Any
 
 from cryptomarket.core.db import Database
 from cryptomarket.core.tasks import cancel_and_wait
-from cryptomarket.kit.csv import encoded
 from cryptomarket.prices.dates import from_ms
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.schemas import CandleRange
@@ -50,19 +49,23 @@ class IsoDates:
         return f"{clock}.{ms:03d}000Z" if ms else clock + "Z"
 
 
-async def tick_rows(database: Database, ticker: str, start: int, end: int) -> AsyncIterator[Rows]:
-    dates = IsoDates()
-    async with database.reading() as connection:
-        repository = PriceRepository(connection, database.tables)
-        async for rows in repository.stream_between(ticker, start, end, chunk=CURSOR_ROWS):
-            yield [(ticker, timestamp, dates(timestamp), price) for timestamp, price in rows]
-
-
 def tick_csv(database: Database, ticker: str, start: int, end: int) -> AsyncIterator[bytes]:
     """Every tick of [start, end] as CSV text, header first."""
     if database.dialect == "postgresql":
         return _copied(database, ticker, start, end)
-    return encoded(TICK_HEADER, tick_rows(database, ticker, start, end))
+    return _formatted(database, ticker, start, end)
+
+
+async def _formatted(database: Database, ticker: str, start: int, end: int) -> AsyncIterator[bytes]:
+    """The rows written here: no field of a tick needs CSV quoting (a ticker is [a-z0-9_-]),
+    so plain joins do what the csv module would, several times faster."""
+    yield (",".join(TICK_HEADER) + "\n").encode()
+    dates = IsoDates()
+    async with database.reading() as connection:
+        repository = PriceRepository(connection, database.tables)
+        async for rows in repository.stream_between(ticker, start, end, chunk=CURSOR_ROWS):
+            text = [f"{ticker},{ts},{dates(ts)},{price!r}\n" for ts, price in rows]
+            yield "".join(text).encode()
 
 
 # The moment of a tick, and its text as the JSON answers write it (no fraction on a whole second).
