@@ -22,6 +22,7 @@ PUBLIC = {
     "/api/v1/prices",
     "/api/v1/prices/latest",
     "/api/v1/prices/by-date",
+    "/api/v1/prices/candles",
     "/api/v1/sessions",  # signing in
     "/openapi.json",
     "/docs",
