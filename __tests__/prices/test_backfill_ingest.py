@@ -98,6 +98,28 @@ async def test_a_short_outage_at_coarse_spacing_is_a_recorded_and_published_gap(
     await eventually_async(recorded, what="the gap in the store")
 
 
+async def test_an_outage_ends_at_its_first_live_tick_not_at_our_connect(
+    database: Database, simulator_factory: Any, start_ingest: StartIngest
+) -> None:
+    # A slow index: the backfill is done long before the first tick after the reconnect, and
+    # ticks Deribit stamps between our connect and that tick (the subscribe still on its way)
+    # must lie inside the gap, while the first tick itself must not.
+    simulator = await simulator_factory(chart_spacing=60, tick_interval=0.8)
+    ingest = await start_ingest(database, {TICKER}, on=simulator)
+    published = Published(ingest)
+    await eventually(lambda: len(published.stamps()) >= 2, what="ticks before the outage")
+    await sim_control(
+        simulator, ("sim/refuse_connections", {"seconds": 0.3}), ("sim/drop_connections", {})
+    )
+    before = published.stamps()[-1]
+    await eventually(lambda: published.stamps()[-1] > before + 2000, what="ticks after")
+    [gap] = published.gaps()
+    after = min(ts for ts in published.stamps() if ts > before)
+    assert (gap.from_ts, gap.to_ts) == (before + 1, after - 1)
+    assert unaccounted(simulator, published, before, published.stamps()[-1]) == []
+    in_publish_order(published)
+
+
 @pytest.mark.parametrize("with_writer", [True, False], ids=["embedded", "distributed"])
 async def test_at_fine_spacing_every_missed_tick_is_published_in_order(
     database: Database, simulator: Simulator, start_ingest: StartIngest, with_writer: bool

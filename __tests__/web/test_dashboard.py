@@ -144,8 +144,11 @@ async def test_sign_in_watch_prices_cancel_and_chart(
     await updates_reach(page, "eth_usd", 3)
     for ticker in ("btc_usd", "eth_usd"):
         shown = row(page, ticker)
-        timestamp = int(await shown.get_attribute("data-timestamp") or 0)
-        price = float(await shown.get_attribute("data-price") or "nan")
+        # One read of both: a tick arriving between two reads would pair one's time with
+        # the next one's price.
+        timestamp, price = await shown.evaluate(
+            "row => [Number(row.dataset.timestamp), Number(row.dataset.price)]"
+        )
         assert (timestamp, price) in simulator.history(ticker)
         await expect(shown.locator(".sub-price")).not_to_have_text("—")
     await expect(page.locator("#upstream")).to_have_attribute("data-state", "connected")

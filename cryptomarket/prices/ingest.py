@@ -62,10 +62,16 @@ class _Catchup:
     held: list[Tick] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     deadline: asyncio.TimerHandle | None = None
+    # The history fetched for the backfill, kept until the last outage has its first live tick.
+    history: tuple[list[Tick], str] | None = None
 
     @property
     def since(self) -> int:
         return self.starts[0]
+
+    def ended(self) -> bool:
+        """Whether the last outage has ended on a live tick (so every window has a true end)."""
+        return any(tick.timestamp > self.starts[-1] for tick in self.held)
 
     def windows(self) -> list[tuple[int, int]]:
         ends = []
@@ -251,6 +257,8 @@ class Ingest:
         self._arm(ticker, catchup)
         if len(catchup.held) >= self.max_held:
             self._give_up(ticker, f"{self.max_held} live ticks held")
+        elif catchup.history is not None and catchup.ended():
+            self._cover(ticker, catchup, *catchup.history)
 
     def _sample_spacing(self, ticker: str, timestamp: int) -> None:
         """Two ticks in a row of one live stream are a spacing sample; the first tick after
@@ -327,6 +335,7 @@ class Ingest:
         if catchup.task is not None:
             catchup.task.cancel()
         catchup.until = until
+        catchup.history = None  # fetched again: it must reach past this reconnect
         catchup.task = self._spawn(self._backfill(ticker, catchup))
 
     async def _backfill(self, ticker: str, catchup: _Catchup) -> None:
@@ -340,14 +349,20 @@ class Ingest:
             logger.exception("%s: backfill after %d failed", ticker, catchup.since)
             result = self._failed(ticker, catchup, type(error).__name__)
         else:
-            spacing = self.live_spacing.get(ticker)
-            result = merge(
-                [
-                    cover(ticker, points, *window, range_name, live_spacing_ms=spacing)
-                    for window in catchup.windows()
-                ]
-            )
+            catchup.history = points, range_name
+            # An outage ends at its first live tick, not at our clock's connect: a tick Deribit
+            # stamped before that but sent after must not fall inside a gap, and one stamped
+            # after it must not fall outside. A ticker no longer ingested gets no such tick.
+            if catchup.ended() or ticker not in self.tickers:
+                self._cover(ticker, catchup, points, range_name)
+            return
         self._finish(ticker, catchup, result)
+
+    def _cover(self, ticker: str, catchup: _Catchup, points: list[Tick], range_name: str) -> None:
+        spacing = self.live_spacing.get(ticker)
+        windows = catchup.windows()
+        parts = [cover(ticker, points, *w, range_name, live_spacing_ms=spacing) for w in windows]
+        self._finish(ticker, catchup, merge(parts))
 
     @staticmethod
     def _failed(ticker: str, catchup: _Catchup, why: str) -> Filled:
@@ -360,6 +375,9 @@ class Ingest:
             return
         if catchup.task is not None:
             catchup.task.cancel()
+        if catchup.history is not None:  # fetched, but no live tick since: end at the connect
+            self._cover(ticker, catchup, *catchup.history)
+            return
         if catchup.task is not None or catchup.held:
             logger.warning(
                 "%s: backfill %s; releasing %d held tick(s)", ticker, why, len(catchup.held)
