@@ -86,10 +86,11 @@ async def test_the_lease_is_taken_renewed_and_released_even_when_redis_is_full(
         with pytest.raises(OutOfMemoryError):
             await client.set("anything", "x")
         lease = Lease(client, "test:lease", ttl=3.0)
-        assert await lease.acquire()
+        await lease.acquire()  # new to this Redis: held at once, led only after a TTL
+        assert lease.valid
         assert await lease.renew()
         await lease.release()
-        assert await Lease(client, "test:lease", ttl=3.0).acquire()
+        assert await Lease(client, "test:lease", ttl=3.0).acquire()  # released: led at once
     finally:
         await client.config_set("maxmemory", "32mb")
         await client.aclose()

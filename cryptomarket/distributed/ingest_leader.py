@@ -69,7 +69,11 @@ async def _wait_for(lease: Lease) -> None:
         try:
             if await lease.acquire():
                 return
-            news = "another ingest process leads; waiting to take over"
+            news = (
+                "holding the lease; waiting for an earlier leader to stand down"
+                if lease.valid
+                else "another ingest process leads; waiting to take over"
+            )
         except (RedisError, OSError) as error:
             news = f"Redis unreachable, waiting: {type(error).__name__}"
         if news != said:
@@ -134,10 +138,15 @@ async def _keep(lease: Lease, recount: "Recount") -> None:
     """Renew the lease until it is lost (or the process is stopped)."""
     next_recount = time.monotonic() + RECOUNT_EVERY
     while True:
-        await asyncio.sleep(RENEW_EVERY)
+        # Wake at the local deadline at the latest: past it another process may lead, so this
+        # one must let go of the upstream then, not a renew interval later.
+        await asyncio.sleep(min(RENEW_EVERY, lease.remaining))
         try:
-            kept = await lease.renew()
-        except (RedisError, OSError) as error:
+            if not lease.valid:
+                raise TimeoutError
+            async with asyncio.timeout(lease.remaining):
+                kept = await lease.renew()
+        except (RedisError, OSError, TimeoutError) as error:
             kept = lease.valid  # Redis away: still ours until the TTL would have run out
             if not kept:
                 logger.warning("could not renew the lease in time: %s", type(error).__name__)
