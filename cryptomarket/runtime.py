@@ -29,6 +29,7 @@ from cryptomarket.distributed.memory import RedisMemory
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.distributed.rate_limit import RedisBuckets
 from cryptomarket.jobs.scheduler import EmbeddedScheduler
+from cryptomarket.kit.buckets import LocalBuckets
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
 from cryptomarket.prices.models import Tick
@@ -37,6 +38,7 @@ from cryptomarket.prices.tickers import TickerCatalogue
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import LocalBus
 from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.streaming.limits import OpenLimiter
 from cryptomarket.streaming.redis_bus import RedisBus, read_latest
 from cryptomarket.streaming.sessions import SIGNED_OUT
 from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
@@ -61,6 +63,7 @@ class Runtime:
     hub: StreamHub
     subscriptions: SubscriptionService
     sign_in_limits: AttemptLimiter = field(default_factory=AttemptLimiter)
+    stream_opens: OpenLimiter = field(default_factory=OpenLimiter)
     writer: TickWriter | None = None
     ingest: Ingest | None = None
     redis: Redis | None = None
@@ -117,10 +120,12 @@ class Runtime:
             hub=hub,
             subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
         )
+        buckets = RedisBuckets(redis, outages) if redis is not None else LocalBuckets()
         runtime.sign_in_limits = AttemptLimiter(
-            burst=settings.SIGN_IN_BURST,
-            per_minute=settings.SIGN_INS_PER_MINUTE,
-            buckets=RedisBuckets(redis, outages) if redis is not None else None,
+            burst=settings.SIGN_IN_BURST, per_minute=settings.SIGN_INS_PER_MINUTE, buckets=buckets
+        )
+        runtime.stream_opens = OpenLimiter(
+            burst=settings.SSE_OPEN_BURST, per_minute=settings.SSE_OPENS_PER_MINUTE, buckets=buckets
         )
         runtime._recheck_stream_sessions(settings.SSE_SESSION_RECHECK)
         runtime.loop_monitor.start()

@@ -2,8 +2,9 @@ import asyncio
 
 import pytest
 
-from cryptomarket.deribit.credits import CreditBudget, CreditLimits, TokenBucket
+from cryptomarket.deribit.credits import CreditBudget, CreditLimits
 from cryptomarket.deribit.errors import CreditTimeout
+from cryptomarket.kit.buckets import TokenBucket
 
 
 class FakeClock:

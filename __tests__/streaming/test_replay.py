@@ -24,6 +24,7 @@ from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.streaming import replay
 from cryptomarket.streaming.endpoints import open_event_stream
 from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.streaming.limits import OpenLimiter
 from cryptomarket.users.auth import Caller
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -63,6 +64,7 @@ class Serving:
     database: Database
     subscriptions: StoredSubscriptions
     hub: StreamHub = field(default_factory=lambda: StreamHub(max_streams=10, max_per_user=10))
+    stream_opens: OpenLimiter = field(default_factory=lambda: OpenLimiter(burst=10_000))
 
     async def publish(self, *ticks: Tick) -> None:
         """As ingest does: the writer stores each tick, the bus hands it to the hub."""
@@ -153,6 +155,28 @@ async def test_a_bounded_replay_sends_a_gap_for_what_it_leaves_out(
     assert [e.event for e in resumed[:2]] == ["connected", "gap"]
     newest_btc = {f"btc_usd:{ts}" for ts in range(1_007, 1_012)}
     assert set(sent(resumed)) == newest_btc | {f"eth_usd:{5_000 + n}" for n in range(3)}
+
+
+async def test_many_every_tick_tickers_share_one_replay_budget(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As 47 tickers resumed from long ago would: each gets its share, the rest is a gap.
+    monkeypatch.setattr(replay, "REPLAY_BUDGET", 12)
+    monkeypatch.setattr(replay, "REPLAY_FLOOR", 1)
+    names = ["btc_usd", "eth_usd", "sol_usd", "xrp_usd"]
+    serving = Serving(database, StoredSubscriptions(dict.fromkeys(names, 0)))
+    serving.hub.recent_size = 2
+    ticks = [tick(name, 1_000 + n, 4 * n + i) for n in range(10) for i, name in enumerate(names)]
+    await serving.publish(*ticks)
+    resumed = await serving.reconnect("btc_usd:1000")
+    replayed = sent(resumed)
+    assert len(replayed) == 12  # the budget, not 4 x 9 missed
+    for name in names:  # the newest 3 of each, and a gap for what came before them
+        assert [i for i in replayed if i.startswith(name)] == [
+            f"{name}:{ts}" for ts in (1007, 1008, 1009)
+        ]
+    first_missed = {name: 1_001 if name == "btc_usd" else 1_000 for name in names}
+    assert sorted(gaps(resumed)) == sorted((name, first_missed[name], 1_006) for name in names)
 
 
 async def test_an_unknown_resume_point_falls_back_to_timestamps_with_a_gap(

@@ -17,6 +17,7 @@ from __tests__.sse import Event, open_stream
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Gap
 from cryptomarket.streaming.hub import Stream as HubStream
+from cryptomarket.streaming.limits import OpenLimiter
 
 
 def prices(events: list[Event], ticker: str | None = None) -> list[int]:
@@ -227,6 +228,7 @@ async def test_connect_and_disconnect_a_thousand_times_leaves_nothing(service: S
         f"Authorization: Bearer {token}\r\n\r\n"
     ).encode()
     hub = service.runtime.hub
+    service.runtime.stream_opens = OpenLimiter(burst=10_000)  # a reconnect loop, on purpose
 
     async def cycle() -> None:
         reader, writer = await asyncio.open_connection(host, int(port))

@@ -112,3 +112,24 @@ def test_an_account_is_forgotten_with_its_last_stream() -> None:
     legacy = hub.open("old", 0)  # a user stored before accounts were: the per-user bound only
     assert hub.streams_per_account() == {}
     hub.close(legacy)
+
+
+async def test_a_user_reopening_in_a_loop_gets_429_with_the_wait_and_others_open_freely(
+    simulator: Simulator, sqlite_url: str
+) -> None:
+    settings = {"SSE_OPEN_BURST": 3, "SSE_OPENS_PER_MINUTE": 6, "SIGN_IN_BURST": 100}
+    async with running_service(simulator, sqlite_url, **settings) as service:
+        alice = service.client_for(await service.sign_in("alice"))
+        bob = service.client_for(await service.sign_in("bob"))
+        for _ in range(3):  # open and close at once, as a client in a reconnect loop does
+            async with open_stream(alice) as stream:
+                await stream.until("connected")
+        async with open_stream(alice) as refused:
+            assert refused.response.status_code == 429
+            assert refused.response.headers["Retry-After"] in {"9", "10"}  # 6 a minute
+            answer = (await refused.response.aread()).decode()
+            assert '"too_many_opens"' in answer and "SSE_OPENS_PER_MINUTE=6" in answer
+        async with open_stream(bob) as other:  # bob's budget is his own
+            assert (await other.until("connected")).data["user_id"] == "bob"
+        for client in (alice, bob):
+            await client.aclose()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # process: exact here, per replica in distributed mode.
     SSE_MAX_STREAMS_PER_ACCOUNT: int = Field(10, ge=1, le=1_000_000)
     SSE_MAX_STREAMS: int = Field(10_000, ge=1, le=1_000_000)
+    # Stream opens per user id (each reads the store, a replay perhaps): a burst, then per minute.
+    SSE_OPEN_BURST: int = Field(20, ge=1, le=100_000)
+    SSE_OPENS_PER_MINUTE: float = Field(60.0, gt=0, le=1_000_000)
     # Frames a stream may have waiting; a client further behind is dropped.
     SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)
     SESSION_TTL: timedelta = timedelta(hours=27)

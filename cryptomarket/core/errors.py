@@ -5,6 +5,7 @@ a client: an unexpected failure is logged with its traceback and answered with a
 """
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,8 +56,17 @@ class Conflict(AppError):
 
 
 class TooMany(AppError):
+    """429; `retry_after`: the seconds after which the same request may pass (a rate limit),
+    sent as Retry-After. None where waiting alone does not help (a count to close first)."""
+
     status_code = 429
     code = "too_many_requests"
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = retry_after
 
 
 class InvalidInput(AppError):
@@ -90,6 +100,14 @@ def error_response(status: int, detail: str, code: str, **extra: Any) -> JSONRes
     return JSONResponse({"detail": detail, "code": code}, status_code=status, **extra)
 
 
+def app_error_response(error: AppError) -> JSONResponse:
+    """An AppError's answer, with the headers its status asks for."""
+    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else {}
+    if isinstance(error, TooMany) and error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return error_response(error.status_code, error.detail, error.code, headers=headers)
+
+
 def describe_validation(error: RequestValidationError) -> str:
     """One sentence naming each bad parameter, e.g. "limit: must be at most 10000"."""
     parts = []
@@ -106,8 +124,7 @@ def describe_validation(error: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_request: Request, error: AppError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
-        return error_response(error.status_code, error.detail, error.code, headers=headers)
+        return app_error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

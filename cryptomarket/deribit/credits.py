@@ -7,11 +7,10 @@ slightly smaller bucket so it never gets there; the simulator uses the same buck
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptomarket.deribit.errors import CreditTimeout
+from cryptomarket.kit.buckets import TokenBucket
 
 SUBSCRIBE_METHODS = frozenset({"public/subscribe", "private/subscribe"})
 
@@ -26,47 +25,6 @@ class CreditLimits:
 # Non-matching-engine default and the custom bucket of subscribe calls.
 DEFAULT_LIMITS = CreditLimits(cost=500, cap=50_000, refill_per_second=10_000)
 SUBSCRIBE_LIMITS = CreditLimits(cost=3_000, cap=30_000, refill_per_second=10_000)
-
-
-class TokenBucket:
-    """Credits that refill continuously up to a cap; starts full."""
-
-    def __init__(
-        self, cap: float, refill_per_second: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.cap = cap
-        self.refill_per_second = refill_per_second
-        self._clock = clock
-        self._level = cap
-        self._updated = clock()
-
-    @property
-    def level(self) -> float:
-        self._refill()
-        return self._level
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._level = min(self.cap, self._level + (now - self._updated) * self.refill_per_second)
-        self._updated = now
-
-    def try_take(self, cost: float, *, overdraft: float = 0.0) -> bool:
-        """Take the credits if they are there now (going at most `overdraft` below zero)."""
-        self._refill()
-        if self._level + overdraft >= cost:
-            self._level -= cost
-            return True
-        return False
-
-    def wait_time(self, cost: float, *, overdraft: float = 0.0) -> float:
-        """Seconds until `cost` credits will be there."""
-        self._refill()
-        return max(0.0, (cost - overdraft - self._level) / self.refill_per_second)
-
-    def drain(self) -> None:
-        """Empty the bucket, as Deribit's is after a 10028."""
-        self._refill()
-        self._level = min(self._level, 0.0)
 
 
 def bucket_for(method: str) -> str:

@@ -1,4 +1,4 @@
-"""Token buckets in Redis, shared by every replica (the sign-in limits of distributed mode).
+"""Token buckets in Redis, shared by every replica (the rate limits of distributed mode).
 
 One Lua script reads, refills and spends every bucket of a request at once, on Redis's clock, so
 two replicas racing for the last token cannot both get it and replica clocks do not matter.
@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cryptomarket.distributed.outages import OutageLog
-from cryptomarket.users.limits import Bucket, LocalBuckets
+from cryptomarket.kit.buckets import Bucket, LocalBuckets
 
 logger = logging.getLogger("cryptomarket.distributed.rate_limit")
 
@@ -89,7 +89,7 @@ class RedisBuckets:
         except (RedisError, OSError) as error:
             if not self.outages.down:
                 logger.warning(
-                    "sign-in limits fall back to this replica: Redis %s", type(error).__name__
+                    "rate limits fall back to this replica: Redis %s", type(error).__name__
                 )
             self.outages.failed(error)
             return None

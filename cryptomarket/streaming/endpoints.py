@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cryptomarket.core.errors import AppError, InvalidInput, error_response
+from cryptomarket.core.errors import AppError, InvalidInput, app_error_response, error_response
 from cryptomarket.core.logging import REQUEST_ID
 from cryptomarket.core.openapi_docs import SSE_ROUTE_DOCS
 from cryptomarket.core.request_id import id_header, take_request_id
@@ -86,10 +86,7 @@ class ServeEventStream:
         try:
             runtime, stream, opening = await _prepare(Request(scope))
         except AppError as error:
-            challenge = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
-            scope[FAILURE] = error_response(
-                error.status_code, error.detail, error.code, headers=challenge
-            )
+            scope[FAILURE] = app_error_response(error)
         except Exception:
             logger.exception("unhandled error opening a stream")
             scope[FAILURE] = error_response(
@@ -149,6 +146,7 @@ async def open_event_stream(
 ) -> tuple[Stream, bytes]:
     """Register the caller's stream, set up from its stored subscriptions; with what goes out
     first on it (retry, connected, the replay, the upstream status)."""
+    await runtime.stream_opens.admit(caller.user_id)
     hub = runtime.hub
     # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
     # cancel) reaches this stream through the hub and wins over the stored state read here.

@@ -5,7 +5,8 @@ and every hub receives ticks in that order; the price table stores it). Resuming
 the client had every tick published up to and including X:T, for all its tickers. It gets, for its
 every-tick subscriptions, exactly the ticks published after X:T: from the store (after a restart,
 or beyond the hub's recent ticks) and from the hub (what the store may not have yet), in publish
-order. Per ticker at most REPLAY_LIMIT, the newest; what the bound leaves out is a `gap` event.
+order. Per ticker at most REPLAY_LIMIT, the newest, and fewer when the stream has many every-tick
+tickers (REPLAY_BUDGET in all, so one open's work is bounded); what is left out is a `gap` event.
 
 X not one of the stream's every-tick tickers (its last price came from a timer, or X is no longer
 subscribed): that frame went out some time after X:T was published, before X's next tick was. The
@@ -35,6 +36,8 @@ from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import Stream, StreamHub
 
 REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
+REPLAY_BUDGET = 5_000  # ticks in all: 47 every-tick tickers get about 100 each
+REPLAY_FLOOR = 10  # ticks per ticker however many tickers share the budget
 UNCERTAIN_MS = 5_000  # without a publish stamp: how far another ticker's ticks may be out of step
 LEFT_OUT = "not replayed: more were missed than a reconnect replays"
 UNCERTAIN = "not replayed: the resumed event is unknown, these may or may not have been sent"
@@ -57,6 +60,12 @@ class Missed:
     recorded_gaps: list[Gap] = field(default_factory=list)
 
     @property
+    def limit(self) -> int:
+        """Ticks replayed per ticker: REPLAY_LIMIT, or the budget's share of each."""
+        share = REPLAY_BUDGET // max(1, len(self.tickers))
+        return min(REPLAY_LIMIT, max(REPLAY_FLOOR, share))
+
+    @property
     def out_of_order(self) -> bool:
         """The resumed event went out by a timer, not in publish order."""
         return self.stamp is not None and self.ticker not in self.tickers
@@ -73,6 +82,7 @@ async def fetch(
     missed = Missed(ticker, timestamp, publish_stamp(hub, ticker, timestamp), tickers)
     if not tickers:
         return missed
+    limit = missed.limit
     async with database.reading() as connection:
         repository = PriceRepository(connection, database.tables)
         if missed.stamp is None:
@@ -82,17 +92,17 @@ async def fetch(
             missed.certain_from = None if following is None else following.received_at
         for each in tickers:
             if missed.stamp is not None:
-                ticks = await repository.published_after(each, missed.stamp, limit=REPLAY_LIMIT + 1)
-                cut = len(ticks) > REPLAY_LIMIT
+                ticks = await repository.published_after(each, missed.stamp, limit=limit + 1)
+                cut = len(ticks) > limit
                 following = (
                     await repository.first_published_after(each, missed.stamp) if cut else None
                 )
                 first = None if following is None else following.timestamp
             else:
                 floor = missed.floor(each)
-                rows = await repository.newest_after(each, floor, limit=REPLAY_LIMIT + 1)
+                rows = await repository.newest_after(each, floor, limit=limit + 1)
                 ticks = [Tick(row.ticker, row.price, row.timestamp) for row in rows]
-                cut = len(ticks) > REPLAY_LIMIT
+                cut = len(ticks) > limit
                 oldest = (
                     await repository.between(each, floor + 1, 2**62, after=None, limit=1)
                     if cut
@@ -117,6 +127,7 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
     gaps: list[Gap] = []
     replayed: list[Tick] = []
     certain_from = _certain_from(hub, missed)
+    limit = missed.limit
     for ticker in missed.tickers:
         if ticker in skipped:
             continue
@@ -126,9 +137,9 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
             if uncertain:
                 ticks = [t for t in ticks if certain_from and t.received_at >= certain_from]
                 gaps.append(Gap(ticker, uncertain[0].timestamp, uncertain[-1].timestamp, UNCERTAIN))
-        if len(ticks) > REPLAY_LIMIT:
-            left_out = ticks[:-REPLAY_LIMIT]
-            ticks = ticks[-REPLAY_LIMIT:]
+        if len(ticks) > limit:
+            left_out = ticks[:-limit]
+            ticks = ticks[-limit:]
             oldest = min(left_out[0].timestamp, missed.first_stored.get(ticker, math.inf))
             gaps.append(Gap(ticker, int(oldest), left_out[-1].timestamp, LEFT_OUT))
         if missed.stamp is None and ticker != missed.ticker:

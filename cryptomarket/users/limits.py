@@ -13,71 +13,12 @@ In embedded mode the buckets live in this process; in distributed mode they live
 """
 
 import ipaddress
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from cryptomarket.core.errors import TooMany
-from cryptomarket.deribit.credits import TokenBucket
-
-MAX_TRACKED = 10_000  # buckets remembered in a process; the least recently used is forgotten
-
-
-@dataclass(frozen=True)
-class Rate:
-    burst: int
-    per_minute: float
-
-    @property
-    def per_second(self) -> float:
-        return self.per_minute / 60
-
+from cryptomarket.kit.buckets import Bucket, Buckets, LocalBuckets, Rate
 
 # Refused secrets per (client address, client_id).
 REFUSALS = Rate(burst=5, per_minute=5.0)
-
-Bucket = tuple[str, Rate]
-
-
-class Buckets(Protocol):
-    async def take(self, spend: Sequence[Bucket], require: Sequence[Bucket]) -> float:
-        """Take one token from each of `spend` if they and `require` all have one: 0.0; else
-        take nothing and return the seconds until they will."""
-        ...
-
-    async def charge(self, buckets: Sequence[Bucket]) -> None:
-        """Take one token from each, even below zero (what was charged for already happened)."""
-        ...
-
-
-class LocalBuckets:
-    """Buckets in this process (embedded mode, and the fallback while Redis is down)."""
-
-    def __init__(self) -> None:
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
-
-    async def take(self, spend: Sequence[Bucket], require: Sequence[Bucket]) -> float:
-        waits = [self._bucket(key, rate).wait_time(1) for key, rate in [*spend, *require]]
-        if any(waits):
-            return max(waits)
-        for key, rate in spend:
-            self._bucket(key, rate).try_take(1)
-        return 0.0
-
-    async def charge(self, buckets: Sequence[Bucket]) -> None:
-        for key, rate in buckets:
-            self._bucket(key, rate).try_take(1, overdraft=rate.burst)
-
-    def _bucket(self, key: str, rate: Rate) -> TokenBucket:
-        bucket = self._buckets.pop(key, None)
-        if bucket is None:
-            bucket = TokenBucket(rate.burst, rate.per_second, time.monotonic)
-        self._buckets[key] = bucket
-        while len(self._buckets) > MAX_TRACKED:
-            self._buckets.popitem(last=False)
-        return bucket
 
 
 def address_key(address: str) -> str:
@@ -122,6 +63,7 @@ class AttemptLimiter:
             raise TooMany(
                 f"too many sign-in attempts from this address; try again in {max(wait, 1):.0f} s",
                 code="too_many_attempts",
+                retry_after=wait,
             )
 
     async def refused(self, address: str, client_id: str) -> None:

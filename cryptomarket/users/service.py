@@ -268,6 +268,9 @@ async def fetch_profile(pool: DeribitPool, credentials: Credentials) -> Profile:
         raise TooMany(
             f"Deribit refused the sign-in for now: {error.reason} ({error.code}); try later",
             code="login_over_limit" if isinstance(error, LoginOverLimit) else "deribit_busy",
+            # Deribit documents no wait for either; its credits refill within a second, its
+            # failed-login count is unknown: a minute is what a client should give it.
+            retry_after=60 if isinstance(error, LoginOverLimit) else 1,
         ) from None
     except DeribitForbidden as error:
         raise Forbidden(

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptomarket.deribit.credits import TokenBucket, bucket_for
+from cryptomarket.deribit.credits import bucket_for
 from cryptomarket.deribit.simulator.config import SimulatorConfig
 from cryptomarket.deribit.simulator.market import Market
 from cryptomarket.deribit.simulator.rpc import Params
 from cryptomarket.deribit.simulator.session import Session
 from cryptomarket.deribit.simulator.tokens import Grant, NonceRegistry, TokenStore
+from cryptomarket.kit.buckets import TokenBucket
 
 
 @dataclass(frozen=True)
