@@ -9,9 +9,19 @@ from __tests__.servers import free_port
 from cryptomarket.core.config import Settings
 from cryptomarket.core.server import make_server
 
+# Tests of other behaviour poll the price routes and reopen streams far faster than a client
+# should; the limits on those have tests of their own, which set them.
+LIMITS_OUT_OF_THE_WAY = {
+    "SSE_OPEN_BURST": 100_000,
+    "HISTORY_BURST": 1_000_000,
+    "HISTORY_PER_MINUTE": 100_000_000,
+}
+
 
 def app_settings(**values: Any) -> Settings:
     """Settings from the given values only: no .env, no environment of the developer."""
+    for name, value in LIMITS_OUT_OF_THE_WAY.items():
+        values.setdefault(name, value)
     values.setdefault("PROJECT_MODE", "testing")
     values.setdefault("DERIBIT_HEARTBEAT_INTERVAL", 1)
     values.setdefault("DERIBIT_REQUEST_TIMEOUT", 5)

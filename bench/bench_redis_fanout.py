@@ -228,6 +228,7 @@ def distributed_env(bench: Bench, found: Backends) -> dict[str, str]:
         TRACKED_TICKERS=TICKER,
         SSE_MAX_STREAMS="20000",
         SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
+        SSE_OPEN_BURST=str(bench.per_user),  # every stream opens at once
         # Every bench user signs in with the one simulator key: its account holds every stream.
         SSE_MAX_STREAMS_PER_ACCOUNT="20000",
         MAX_USER_IDS_PER_ACCOUNT="1000",

@@ -228,6 +228,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
             "DERIBIT_HEARTBEAT_INTERVAL": "10",
             "TRACKED_TICKERS": TICKER,
             "SSE_MAX_STREAMS_PER_USER": str(PER_USER),
+            "SSE_OPEN_BURST": str(PER_USER),  # every stream opens at once
             "SSE_MAX_STREAMS_PER_ACCOUNT": str(PER_USER),  # each user signs in with its own key
             "LOG_LEVEL": "WARNING",
         }

@@ -32,6 +32,7 @@ from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.kit.buckets import LocalBuckets
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
+from cryptomarket.prices.limits import HistoryLimiter, request_cost
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.service import PriceService
 from cryptomarket.prices.tickers import TickerCatalogue
@@ -64,6 +65,7 @@ class Runtime:
     subscriptions: SubscriptionService
     sign_in_limits: AttemptLimiter = field(default_factory=AttemptLimiter)
     stream_opens: OpenLimiter = field(default_factory=OpenLimiter)
+    history_limits: HistoryLimiter = field(default_factory=HistoryLimiter)
     writer: TickWriter | None = None
     ingest: Ingest | None = None
     redis: Redis | None = None
@@ -126,6 +128,9 @@ class Runtime:
         )
         runtime.stream_opens = OpenLimiter(
             burst=settings.SSE_OPEN_BURST, per_minute=settings.SSE_OPENS_PER_MINUTE, buckets=buckets
+        )
+        runtime.history_limits = HistoryLimiter(
+            burst=settings.HISTORY_BURST, per_minute=settings.HISTORY_PER_MINUTE, buckets=buckets
         )
         runtime._recheck_stream_sessions(settings.SSE_SESSION_RECHECK)
         runtime.loop_monitor.start()
@@ -255,3 +260,11 @@ def get_price_service(runtime: RuntimeDep) -> PriceService:
 
 
 PriceServiceDep = Annotated[PriceService, Depends(get_price_service)]
+
+
+async def within_history_limit(request: Request, runtime: RuntimeDep) -> None:
+    """The public price routes' cost, spent from the client address's bucket."""
+    query = request.query_params
+    export = query.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
+    address = request.client.host if request.client else "unknown"
+    await runtime.history_limits.admit(address, request_cost(query.get("limit"), export))

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from __tests__.app_server import LIMITS_OUT_OF_THE_WAY
+
 START_TIMEOUT = 30.0
 
 
@@ -76,7 +78,8 @@ class Processes:
 
     def __init__(self, directory: Path, env: dict[str, str]) -> None:
         self.directory = directory
-        self.env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory), **env}
+        limits = {name: str(value) for name, value in LIMITS_OUT_OF_THE_WAY.items()}
+        self.env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory), **limits, **env}
         self.started: list[Process] = []
 
     def start(self, name: str, *args: str, **extra_env: str) -> Process:

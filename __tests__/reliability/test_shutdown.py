@@ -99,6 +99,7 @@ async def test_sigterm_with_a_thousand_open_streams(
         "TRACKED_TICKERS": "btc_usd",
         "SSE_MAX_STREAMS_PER_USER": str(STREAMS // len(USERS)),
         "SSE_MAX_STREAMS_PER_ACCOUNT": str(STREAMS // len(USERS)),  # one account per user
+        "SSE_OPEN_BURST": str(STREAMS),  # all opened at once, on purpose
         "LOG_LEVEL": "WARNING",
     }
     with (tmp_path / "serve.log").open("wb") as log:

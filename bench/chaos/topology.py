@@ -121,6 +121,7 @@ class Topology:
             "TRACKED_TICKERS": ",".join(self.plan.tracked),
             "SSE_MAX_STREAMS_PER_USER": "20",
             "SSE_MAX_STREAMS_PER_ACCOUNT": "40",  # each user has its own account
+            "SSE_OPEN_BURST": "10000",  # churn reopens streams on purpose
             "JOBS_PERSIST_INTERVAL": "0.5",
             "JOBS_GAP_INTERVAL": "5",
         }

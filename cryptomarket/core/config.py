@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     SIGN_IN_BURST: int = Field(5, ge=1, le=10_000)
     SIGN_INS_PER_MINUTE: float = Field(10.0, gt=0, le=100_000)
     MAX_USER_IDS_PER_ACCOUNT: int = Field(5, ge=1, le=10_000)
+    # Public price history per client address, in units (a request, plus one per 1000 rows of
+    # its page; a CSV export 20): a burst, then per minute.
+    HISTORY_BURST: int = Field(120, ge=20, le=1_000_000)
+    HISTORY_PER_MINUTE: float = Field(1_200, gt=0, le=100_000_000)
     # Seconds between checks of open streams' sessions: an expired or signed-out one ends.
     SSE_SESSION_RECHECK: float = Field(30.0, ge=0.1, le=3600)
     HISTORY_RETENTION_DAYS: int | None = Field(None, ge=1)

@@ -21,34 +21,36 @@ logger = logging.getLogger("cryptomarket.distributed.rate_limit")
 PREFIX = "cryptomarket:bucket:"
 
 # KEYS: the buckets. ARGV[1]: how many of the first KEYS to spend from; ARGV[2]: 1 to spend
-# even below zero (down to -burst); then burst and tokens per second of each bucket.
-# A bucket is a hash {level, at}; a missing one is full. Returns "0" or the seconds to wait.
+# even below zero (down to -burst); ARGV[3]: the tokens to spend; then burst and tokens per
+# second of each bucket. A bucket is a hash {level, at}; a missing one is full. Returns "0" or
+# the seconds to wait.
 TAKE = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local spend = tonumber(ARGV[1])
 local force = tonumber(ARGV[2]) == 1
+local cost = tonumber(ARGV[3])
 local levels = {}
 local wait = 0
 for i, key in ipairs(KEYS) do
-  local burst = tonumber(ARGV[1 + 2 * i])
-  local rate = tonumber(ARGV[2 + 2 * i])
+  local burst = tonumber(ARGV[2 + 2 * i])
+  local rate = tonumber(ARGV[3 + 2 * i])
   local state = redis.call('HMGET', key, 'level', 'at')
   local level = tonumber(state[1]) or burst
   local at = tonumber(state[2]) or t
   level = math.min(burst, level + math.max(0, t - at) * rate)
   levels[i] = level
-  if not force and level < 1 then
-    wait = math.max(wait, (1 - level) / rate)
+  if not force and level < cost then
+    wait = math.max(wait, (cost - level) / rate)
   end
 end
 if wait > 0 then
   return tostring(wait)
 end
 for i = 1, spend do
-  local burst = tonumber(ARGV[1 + 2 * i])
-  local rate = tonumber(ARGV[2 + 2 * i])
-  local level = math.max(levels[i] - 1, -burst)
+  local burst = tonumber(ARGV[2 + 2 * i])
+  local rate = tonumber(ARGV[3 + 2 * i])
+  local level = math.max(levels[i] - cost, -burst)
   redis.call('HSET', KEYS[i], 'level', tostring(level), 'at', tostring(t))
   redis.call('PEXPIRE', KEYS[i], math.ceil((burst - level) / rate * 1000) + 1000)
 end
@@ -69,19 +71,23 @@ class RedisBuckets:
         self.fallback = LocalBuckets()
         self._script = redis.register_script(TAKE)
 
-    async def take(self, spend: Sequence[Bucket], require: Sequence[Bucket]) -> float:
-        answer = await self._run([*spend, *require], len(spend), force=False)
+    async def take(
+        self, spend: Sequence[Bucket], require: Sequence[Bucket], cost: float = 1.0
+    ) -> float:
+        answer = await self._run([*spend, *require], len(spend), force=False, cost=cost)
         if answer is None:
-            return await self.fallback.take(spend, require)
+            return await self.fallback.take(spend, require, cost)
         return answer
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
-        if await self._run(list(buckets), len(buckets), force=True) is None:
+        if await self._run(list(buckets), len(buckets), force=True, cost=1.0) is None:
             await self.fallback.charge(buckets)
 
-    async def _run(self, buckets: list[Bucket], spend: int, *, force: bool) -> float | None:
+    async def _run(
+        self, buckets: list[Bucket], spend: int, *, force: bool, cost: float
+    ) -> float | None:
         keys = [redis_key(key) for key, _rate in buckets]
-        args: list[float | int] = [spend, 1 if force else 0]
+        args: list[float | int] = [spend, 1 if force else 0, cost]
         for _key, rate in buckets:
             args += [rate.burst, rate.per_second]
         try:

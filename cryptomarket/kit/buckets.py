@@ -69,9 +69,11 @@ Bucket = tuple[str, Rate]
 
 
 class Buckets(Protocol):
-    async def take(self, spend: Sequence[Bucket], require: Sequence[Bucket]) -> float:
-        """Take one token from each of `spend` if they and `require` all have one: 0.0; else
-        take nothing and return the seconds until they will."""
+    async def take(
+        self, spend: Sequence[Bucket], require: Sequence[Bucket], cost: float = 1.0
+    ) -> float:
+        """Take `cost` tokens from each of `spend` if they and `require` all have them: 0.0;
+        else take nothing and return the seconds until they will."""
         ...
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
@@ -85,12 +87,14 @@ class LocalBuckets:
     def __init__(self) -> None:
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    async def take(self, spend: Sequence[Bucket], require: Sequence[Bucket]) -> float:
-        waits = [self._bucket(key, rate).wait_time(1) for key, rate in [*spend, *require]]
+    async def take(
+        self, spend: Sequence[Bucket], require: Sequence[Bucket], cost: float = 1.0
+    ) -> float:
+        waits = [self._bucket(key, rate).wait_time(cost) for key, rate in [*spend, *require]]
         if any(waits):
             return max(waits)
         for key, rate in spend:
-            self._bucket(key, rate).try_take(1)
+            self._bucket(key, rate).try_take(cost)
         return 0.0
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:

@@ -3,7 +3,7 @@
 from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from cryptomarket.core.errors import Unavailable
@@ -22,9 +22,9 @@ from cryptomarket.prices.candles import RESOLUTION_HELP
 from cryptomarket.prices.schemas import CandleRange, PricePage, PricePoint, PriceRange, TickerList
 from cryptomarket.prices.service import DEFAULT_LIMIT, MAX_LIMIT
 from cryptomarket.prices.tickers import CatalogueUnavailable
-from cryptomarket.runtime import PriceServiceDep
+from cryptomarket.runtime import PriceServiceDep, within_history_limit
 
-router = APIRouter(prefix="/api/v1", tags=["prices"])
+router = APIRouter(prefix="/api/v1", tags=["prices"], dependencies=[Depends(within_history_limit)])
 
 Ticker = Annotated[
     str,

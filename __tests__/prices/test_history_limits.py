@@ -1,0 +1,40 @@
+"""Public history costs are bounded per client address (issue 15, defect 2): big pages and CSV
+exports spend more of the address's bucket than small requests, and one address flooding the
+history never holds back another."""
+
+import httpx
+
+from __tests__.service import running_service
+from cryptomarket.deribit.simulator import Simulator
+
+FLOODER = {"X-Forwarded-For": "203.0.113.9"}
+OTHER = {"X-Forwarded-For": "198.51.100.4"}
+DAY = {"ticker": "btc_usd", "start_date": "2026-01-01_00:00:00", "end_date": "2026-01-02_00:00:00"}
+
+
+async def by_date(
+    client: httpx.AsyncClient, headers: dict[str, str], **params: object
+) -> httpx.Response:
+    return await client.get("/api/v1/prices/by-date", params={**DAY, **params}, headers=headers)
+
+
+async def test_an_address_pays_for_the_rows_it_asks_and_others_are_not_held_back(
+    simulator: Simulator, sqlite_url: str
+) -> None:
+    limits = {"HISTORY_BURST": 20, "HISTORY_PER_MINUTE": 60}  # a unit a second
+    async with running_service(simulator, sqlite_url, **limits) as service:
+        client = service.client
+        assert (await by_date(client, FLOODER, limit=10_000)).status_code == 200  # 11 units
+        refused = await by_date(client, FLOODER, limit=10_000)  # 9 left: not enough
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "too_many_history_requests"
+        assert refused.headers["Retry-After"] in {"2", "3"}  # the 2 units missing, a unit a second
+        small = await client.get(
+            "/api/v1/prices/by-date", params={**DAY, "limit": 10}, headers=FLOODER
+        )
+        assert small.status_code == 200  # a small request still fits what is left
+        export = await by_date(client, FLOODER, format="csv")  # 20 units
+        assert export.status_code == 429 and "Retry-After" in export.headers
+        # Another address has a budget of its own.
+        assert (await by_date(client, OTHER, format="csv")).status_code == 200
+        assert (await by_date(client, OTHER, limit=10_000)).status_code == 429  # 0 left of 20
