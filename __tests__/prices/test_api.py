@@ -13,6 +13,7 @@ from cryptomarket.core.db import Database
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.schemas import PricePage, PriceRange
 
 # 25 stored ticks of sol_usdc, one a minute from 2024-05-01 00:00 UTC; nothing ingests sol_usdc.
 BASE = 1_714_521_600_000
@@ -120,6 +121,33 @@ async def test_a_large_range_is_paginated_not_truncated(api: Api) -> None:
         if (cursor := body["next_cursor"]) is None:
             break
     assert seen == [tick.timestamp for tick in SEEDED]
+
+
+async def test_a_big_page_answers_what_its_response_model_says(api: Api, migrated_url: str) -> None:
+    # Big pages are built without models and encoded off the event loop (kit/json.py): the
+    # text must be exactly the documented model's, for both page routes.
+    many = [Tick("ada_usdc", 0.25 + i / 1e4, BASE + i * 1000) for i in range(1_200)]
+    many[7] = Tick("ada_usdc", 1.0, many[7].timestamp)  # a whole-number price stays a float
+    database = Database(migrated_url)
+    async with database.transaction() as connection:
+        await PriceRepository(connection, database.tables).add_ticks(many)
+    await database.dispose()
+    ranged = await api.get(
+        "/api/v1/prices/by-date", ticker="ada_usdc", start_date="2024-05-01_00:00:00", limit=1_100
+    )
+    newest = await api.get("/api/v1/prices", ticker="ada_usdc", limit=1_100)
+    for response, model in ((ranged, PriceRange), (newest, PricePage)):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.text == model.model_validate_json(response.text).model_dump_json()
+        assert len(response.json()["items"]) == 1_100 and response.json()["next_cursor"]
+    first = ranged.json()["items"][7]
+    assert first == {
+        "ticker": "ada_usdc",
+        "price": 1.0,
+        "timestamp": BASE + 7_000,
+        "datetime": "2024-05-01T00:00:07Z",
+    }
 
 
 async def test_bad_input_gets_a_sentence_never_a_500(api: Api) -> None:

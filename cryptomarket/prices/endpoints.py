@@ -17,6 +17,7 @@ from cryptomarket.core.openapi_docs import (
     error,
 )
 from cryptomarket.kit.csv import csv_download, csv_response, wants_csv
+from cryptomarket.kit.json import json_page
 from cryptomarket.prices import export
 from cryptomarket.prices.candles import RESOLUTION_HELP
 from cryptomarket.prices.schemas import CandleRange, PricePage, PricePoint, PriceRange, TickerList
@@ -72,10 +73,11 @@ async def prices(
     ticker: Ticker,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
-) -> PricePage:
+) -> Response:
     """Stored prices of a ticker, newest first, `limit` at a time. A full page carries
     `next_cursor`: pass it as `cursor` for the next, older page; the last page has null."""
-    return await service.newest_first(ticker, limit=limit, cursor=cursor)
+    page = await service.newest_first(ticker, limit=limit, cursor=cursor)
+    return await json_page(page, len(page.items))
 
 
 @router.get(
@@ -105,7 +107,7 @@ async def prices_by_date(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
     format: Format = None,
-) -> PriceRange | Response:
+) -> Response:
     """Prices between `start_date` and `end_date` (default: now), by Deribit's timestamp,
     oldest first, `limit` at a time; pass `next_cursor` as `cursor`, with the same dates, for
     the next page. `start_date` after `end_date` is 422. As CSV (`format=csv`), the whole
@@ -116,9 +118,10 @@ async def prices_by_date(
             export.tick_csv(service.database, ticker, start, end),
             filename=f"{ticker}_{start}_{end}.csv",
         )
-    return await service.between(
+    page = await service.between(
         ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
     )
+    return await json_page(page, len(page.items))
 
 
 @router.get(

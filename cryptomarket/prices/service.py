@@ -19,7 +19,14 @@ from cryptomarket.prices.candles import (
 )
 from cryptomarket.prices.dates import InvalidDate, from_ms, parse_datetime, to_ms
 from cryptomarket.prices.repository import PriceRepository
-from cryptomarket.prices.schemas import Candle, CandleRange, PricePage, PricePoint, PriceRange
+from cryptomarket.prices.schemas import (
+    Candle,
+    CandleRange,
+    PriceItem,
+    PricePage,
+    PricePoint,
+    PriceRange,
+)
 from cryptomarket.prices.tickers import TICKERS_URL, CatalogueUnavailable, TickerCatalogue
 
 DEFAULT_LIMIT = 1000
@@ -30,10 +37,23 @@ MAX_LIMIT = 10_000
 
 
 def point(row: Row[Any]) -> PricePoint:
-    # Rows from our own table are already valid: skip validation (a page holds up to 10,000).
+    # Rows from our own table are already valid: skip validation.
     return PricePoint.model_construct(
         ticker=row.ticker, price=row.price, timestamp=row.timestamp, datetime=from_ms(row.timestamp)
     )
+
+
+def items(rows: Sequence[Row[Any]]) -> list[PriceItem]:
+    """A page's points (up to 10,000) as plain dicts: no model, no validation per row."""
+    return [
+        {
+            "ticker": r.ticker,
+            "price": r.price,
+            "timestamp": r.timestamp,
+            "datetime": from_ms(r.timestamp),
+        }
+        for r in rows
+    ]
 
 
 def read_cursor(cursor: str | None) -> int | None:
@@ -92,11 +112,8 @@ class PriceService:
             rows = await PriceRepository(connection, self.database.tables).newest_first(
                 ticker, before=before, limit=limit
             )
-        return PricePage(
-            ticker=ticker,
-            items=[point(row) for row in rows],
-            limit=limit,
-            next_cursor=next_cursor(rows, limit),
+        return PricePage.model_construct(  # every field ours and valid already
+            ticker=ticker, items=items(rows), limit=limit, next_cursor=next_cursor(rows, limit)
         )
 
     async def checked_range(
@@ -123,11 +140,11 @@ class PriceService:
             rows = await PriceRepository(connection, self.database.tables).between(
                 ticker, to_ms(start), to_ms(end), after=after, limit=limit
             )
-        return PriceRange(
+        return PriceRange.model_construct(  # every field ours and valid already
             ticker=ticker,
             start_date=start,
             end_date=end,
-            items=[point(row) for row in rows],
+            items=items(rows),
             limit=limit,
             next_cursor=next_cursor(rows, limit),
         )

@@ -15,6 +15,7 @@ from cryptomarket.core.openapi_docs import (
     error,
 )
 from cryptomarket.core.routing import get_and_post
+from cryptomarket.kit.json import json_page
 from cryptomarket.prices.endpoints import Cursor, EndDate, Limit, StartDate
 from cryptomarket.prices.schemas import PriceRange
 from cryptomarket.prices.service import DEFAULT_LIMIT
@@ -129,10 +130,11 @@ async def get_order(
     end_date: EndDate = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
-) -> PriceRange:
+) -> Response:
     """Stored prices of the ticker between `start_date` and `end_date` (default: now), by
     Deribit's timestamp, oldest first. A full page carries `next_cursor`: pass it as `cursor`
     with the same dates for the next one. `start_date` after `end_date` is 422."""
-    return await runtime.prices.between(
+    page = await runtime.prices.between(
         ticker, start_date=start_date, end_date=end_date, limit=limit, cursor=cursor
     )
+    return await json_page(page, len(page.items))
