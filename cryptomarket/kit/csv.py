@@ -2,7 +2,8 @@
 
 Rows come from an async iterator (a server-side cursor, pages of a query) and go out in chunks of
 a few thousand, so the memory an export takes does not grow with its length. When the client
-goes away, Starlette cancels the iterator, which ends the query behind it.
+goes away, the iterator is closed at once (`ClosingStreamingResponse`), ending the query behind
+it.
 """
 
 import csv
@@ -10,8 +11,10 @@ import io
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
+import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 MEDIA_TYPE = "text/csv; charset=utf-8"
 CHUNK_ROWS = 5_000
@@ -38,9 +41,24 @@ def csv_response(
     return csv_download(encoded(header, chunks), filename)
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response that closes its body however it ends. When the client leaves,
+    Starlette stops reading the body but leaves it suspended at its `yield`, holding what it
+    holds (a database connection, a query) until garbage collection gets to it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+
+
 def csv_download(body: AsyncIterable[bytes], filename: str) -> StreamingResponse:
     """A download of CSV text already encoded (by the database, say)."""
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         body,
         media_type=MEDIA_TYPE,
         headers={

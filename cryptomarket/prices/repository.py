@@ -1,6 +1,6 @@
 """Every query of the price store. Callers own the transaction."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -262,22 +262,3 @@ class PriceRepository:
             .order_by(grouped.c.bucket)
         )
         return cast(Sequence[CandleRow], result.all())
-
-    async def stream_between(
-        self, ticker: str, start: int, end: int, *, chunk: int
-    ) -> AsyncIterator[Sequence[Row[Any, Any]]]:
-        """Every tick in [start, end], oldest first, `chunk` rows at a time from a server-side
-        cursor (an export: constant memory whatever the range)."""
-        query = (
-            select(self.ticks.c.timestamp, self.ticks.c.price)
-            .where(
-                self.ticks.c.ticker == ticker,
-                self.ticks.c.timestamp >= start,
-                self.ticks.c.timestamp <= end,
-            )
-            .order_by(self.ticks.c.timestamp)
-            .execution_options(yield_per=chunk)
-        )
-        result = await self.connection.stream(query)
-        async for rows in result.partitions():
-            yield rows
