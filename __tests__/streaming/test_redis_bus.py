@@ -1,6 +1,7 @@
 """The Redis bus between processes, against a real Redis server (restarted in the middle)."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -22,9 +23,10 @@ Factory = Callable[..., RedisBus]
 async def buses(redis_server: RedisServer) -> AsyncIterator[Factory]:
     made: list[tuple[RedisBus, Redis]] = []
 
-    def make(**start: bool) -> RedisBus:
+    def make(*, retry_after: float = 0.05, **start: bool) -> RedisBus:
         client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
-        bus = RedisBus(client, backoff=lambda: Backoff(initial=0.05, maximum=0.3))
+        backoff = lambda: Backoff(initial=retry_after, maximum=max(retry_after, 0.3))  # noqa: E731
+        bus = RedisBus(client, backoff=backoff)
         bus.start(**start)
         made.append((bus, client))
         return bus
@@ -100,3 +102,35 @@ async def test_a_redis_restart_is_ridden_out(buses: Factory, redis_server: Redis
     # The tick held during the outage arrived (by pub/sub, or by the catch-up from the stream).
     assert [e.timestamp for e in inbox if isinstance(e, Tick)] == [1, 2, 3]
     assert publisher.dropped == 0
+
+
+async def test_a_replica_away_from_redis_catches_up_on_every_tick_and_gap_it_missed(
+    buses: Factory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cryptomarket.streaming.redis")
+    admin = Redis.from_url(redis_server.url)
+    await admin.flushdb()  # no other test's entries in the stream
+    publisher = buses(receiving=False)
+    replica = buses(publishing=False, retry_after=1.0)  # away for a second once cut off
+    inbox: list[Event] = []
+    replica.subscribe(lambda event, _frame: inbox.append(event))
+    await eventually(lambda: replica.connected, what="subscribed")
+    before = [Tick("btc_usd", 1.0, 1), Gap("btc_usd", 2, 3, "delivered before the cut")]
+    for event in before:
+        publisher.publish(event)
+    await eventually(lambda: len(inbox) == 2, what="delivered by pub/sub")
+
+    await admin.client_kill_filter(_type="pubsub")  # the replica's subscription, cut
+    await eventually(lambda: not replica.connected, what="cut off")
+    # Published while the replica hears nothing: a gap (an outage's), and more entries than one
+    # page of the catch-up reads.
+    missed: list[Event] = [Gap("btc_usd", 4, 6, "an outage"), Tick("btc_usd", 7.0, 7)]
+    missed += [Tick("eth_usd", 1.0, n) for n in range(1, 2_501)]
+    for event in missed:
+        publisher.publish(event)
+    await eventually(lambda: publisher.backlog == 0, what="published")
+    await admin.aclose()
+
+    await eventually(lambda: len(inbox) >= len(before) + len(missed), timeout=15, what="caught up")
+    assert inbox == before + missed  # each once, in order; the gap delivered before not again
+    assert any("caught up on" in record.getMessage() for record in caplog.records)

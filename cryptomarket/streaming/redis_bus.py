@@ -16,7 +16,7 @@ Redis may restart under us: publishing buffers a bounded backlog meanwhile (what
 published as a gap once Redis is back), and the subscriber reconnects with backoff and subscribes
 again. Events published while a replica was disconnected are not delivered to it by pub/sub: once
 subscribed again, it reads the newest entries of the stream and delivers the ticks newer than the
-last it delivered per ticker (a catch-up).
+last it delivered per ticker, and the gaps reaching past them (a catch-up).
 """
 
 import asyncio
@@ -62,7 +62,8 @@ logger = logging.getLogger("cryptomarket.streaming.redis")
 
 BACKLOG = 10_000  # events kept while Redis is away; older ones are dropped first (as gaps)
 PUBLISH_BATCH = 200  # events per round trip
-CATCH_UP = 2_000  # stream entries a reconnected subscriber reads back
+CATCH_UP_PAGE = 2_000  # stream entries a reconnected subscriber reads per round trip...
+CATCH_UP_MARGIN_MS = 30_000  # ...from this long before it lost the subscription (clock skew)
 LATEST_TTL_SECONDS = 24 * 3600
 STATUS_REFRESH = 5.0  # seconds between rewrites of the upstream status by the leader
 STATUS_TTL_SECONDS = 30  # gone when no leader has rewritten it for this long
@@ -93,7 +94,8 @@ class RedisBus:
         self._published_newest: dict[str, int] = {}  # ticker -> newest timestamp published
         self._delivered_newest: dict[str, int] = {}  # ticker -> newest timestamp delivered
         self._delivered_status: UpstreamStatus | None = None
-        self._caught_up: set[tuple[str, int]] = set()  # (ticker, timestamp) the catch-up sent
+        self._gap_reached: dict[str, int] = {}  # ticker -> newest gap end delivered
+        self._caught_up: set[tuple[bool, str, int, int]] = set()  # what the catch-up sent
         self._status_message: bytes | None = None  # the newest status published, to rewrite
         self._top_ms: int | None = None  # the stream's newest id's ms, once known
         self._since_bounds = 0  # stream entries added since the last check of its bounds
@@ -269,6 +271,7 @@ class RedisBus:
     async def _receive_loop(self) -> None:
         backoff = self._backoff()
         first = True
+        lost_at_ms = 0  # our clock when the subscription was last lost
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -278,7 +281,7 @@ class RedisBus:
                 backoff.reset()
                 logger.info("receiving market events from Redis")
                 if not first:
-                    await self._catch_up()
+                    await self._catch_up(since_ms=lost_at_ms - CATCH_UP_MARGIN_MS)
                 first = False
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
@@ -289,6 +292,7 @@ class RedisBus:
                 raise_if_cancelled()
                 if self.connected:
                     logger.warning("lost the Redis subscription, reconnecting: %s", error)
+                    lost_at_ms = int(self._clock() * 1000)
                 self.connected = False
                 await asyncio.sleep(backoff.next_delay())
             finally:
@@ -296,26 +300,39 @@ class RedisBus:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _catch_up(self) -> None:
-        """After a lost subscription: the stream's ticks newer than the last delivered, in order."""
-        entries = await self.redis.xrevrange(TICKS_STREAM, count=CATCH_UP)
+    async def _catch_up(self, *, since_ms: int) -> None:
+        """After a lost subscription: the stream's ticks newer than the last delivered, and the
+        gaps reaching past them, in order (a gap missed here is a loss no stream would hear of).
+        Read in pages from a while before the subscription was lost (the stream is bounded)."""
         self._caught_up.clear()  # (bounded: what one catch-up delivered)
         caught = 0
-        for _entry_id, fields in reversed(entries or []):
-            data = (fields or {}).get(b"event")
-            if not isinstance(data, bytes) or not data.startswith(b'{"kind": "tick"'):
-                continue
-            try:
-                tick, _ = unpack(data)
-            except (ValueError, KeyError, TypeError):
-                continue
-            if isinstance(tick, Tick) and tick.timestamp > self._delivered_newest.get(
-                tick.ticker, 0
-            ):
-                self._deliver(data, caught_up=True)
-                caught += 1
+        start = f"{max(since_ms, 0)}-0"
+        while True:
+            entries = await self.redis.xrange(TICKS_STREAM, min=start, count=CATCH_UP_PAGE)
+            for entry_id, fields in entries or []:
+                data = (fields or {}).get(b"event")
+                start = f"({entry_id.decode() if isinstance(entry_id, bytes) else entry_id}"
+                if not isinstance(data, bytes):
+                    continue
+                try:
+                    event, _ = unpack(data)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(event, Tick | Gap) and self._missed(event):
+                    self._deliver(data, caught_up=True)
+                    caught += 1
+            if len(entries or []) < CATCH_UP_PAGE:
+                break
         if caught:
-            logger.info("caught up on %d tick(s) from the Redis stream", caught)
+            logger.info("caught up on %d event(s) from the Redis stream", caught)
+
+    def _missed(self, event: Tick | Gap) -> bool:
+        """Whether a stream entry is newer than what this replica delivered: a tick newer than
+        its ticker's newest delivered tick, a gap reaching past that and past the gaps delivered."""
+        newest = self._delivered_newest.get(event.ticker, 0)
+        if isinstance(event, Tick):
+            return event.timestamp > newest
+        return event.to_ts > max(newest, self._gap_reached.get(event.ticker, 0))
 
     async def _read_status(self) -> None:
         """The upstream status as the leader last wrote it: a replica that starts (or comes
@@ -335,20 +352,27 @@ class RedisBus:
             if known is not None and (event == known or _aware(event.at) < _aware(known.at)):
                 return  # read from the key and received on the channel: once, newest wins
             self._delivered_status = event
-        elif isinstance(event, Tick):
-            key = (event.ticker, event.timestamp)
+        else:
+            key = _key(event)
             if caught_up:
                 self._caught_up.add(key)
             elif key in self._caught_up:
                 self._caught_up.discard(key)
                 return  # the catch-up read it from the stream; pub/sub brings it again
-            newest = self._delivered_newest.get(event.ticker, 0)
-            self._delivered_newest[event.ticker] = max(newest, event.timestamp)
+            reached = self._delivered_newest if isinstance(event, Tick) else self._gap_reached
+            reached[event.ticker] = max(reached.get(event.ticker, 0), key[3])
         for listener in tuple(self._listeners):
             try:
                 listener(event, frame)
             except Exception:
                 logger.exception("a Redis bus listener failed")
+
+
+def _key(event: Tick | Gap) -> tuple[bool, str, int, int]:
+    """What tells a delivered tick or gap from another: kind, ticker, first and last ms."""
+    if isinstance(event, Tick):
+        return False, event.ticker, event.timestamp, event.timestamp
+    return True, event.ticker, event.from_ts, event.to_ts
 
 
 def _aware(moment: datetime) -> datetime:
