@@ -11,6 +11,7 @@ docs/dashboard.png, the README's picture, from the desktop run.
 
 import csv
 import io
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -405,6 +406,8 @@ async def test_long_ranges_draw_candles_and_download_them(
     await expect(page.locator("#history-summary")).to_contain_text(
         "1,430 3-minute candles of eth_usd"
     )
+    # The draw's time, for bench/bench_dashboard.py: whole milliseconds.
+    await expect(chart).to_have_attribute("data-draw-ms", re.compile(r"^\d+$"))
     assert await series_pixels(page) > 500
     await screenshot(page, "dashboard-candles.png")
 

@@ -618,6 +618,7 @@
   }
 
   async function drawHistory() {
+    delete ui.chart.dataset.drawMs; // a reader waits for this draw's figure, not the last one's
     const request = historyRequest();
     showDownload(request);
     if (request.problem) {
@@ -632,9 +633,11 @@
     ui.draw.disabled = true;
     const series = resolution ? candleSeries(resolution[1] * MINUTE_MS) : tickSeries();
     let cursor = null;
+    let arrived = 0; // when the latest page's answer was in (parsed); the last one's counts
     try {
       do {
         const page = await api("GET", `${historyPath(request)}?${params}`);
+        arrived = performance.now();
         if (run !== state.historyRun) return; // a newer request took over
         for (const item of page.items) series.add(item);
         // Later pages use the range the first one settled (its end defaults to "now").
@@ -652,6 +655,13 @@
       if (run === state.historyRun) ui.draw.disabled = false;
     }
     renderChart(ticker, resolution, series, Boolean(cursor));
+    // data-draw-ms (bench/bench_dashboard.py reads it): from the last page's answer to the next
+    // frame, so that page's series, renderChart and uPlot's drawing (a microtask) are in it.
+    requestAnimationFrame(() => {
+      if (run === state.historyRun) {
+        ui.chart.dataset.drawMs = String(Math.round(performance.now() - arrived));
+      }
+    });
   }
 
   /** Raw ticks: one point each. */
