@@ -62,7 +62,7 @@ lint: install  ## ruff and mypy on the package
 test: install servers newman browser lint  ## the whole suite: lint, type check, tests against real servers on loopback
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install servers  ## benchmarks under bench/: print their figures, write bench/results/
+bench: install servers browser  ## benchmarks under bench/: print their figures, write bench/results/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
 soak: install  ## 10 min of 2,000 streams with churn at 10 ticks/s: writes bench/results/soak.md and soak.png
