@@ -76,21 +76,27 @@ def cors_options(settings: Settings) -> dict[str, Any]:
 YOUNG_GENERATION = 50_000  # objects allocated (less freed) between young collections
 
 
+def settle_heap() -> None:
+    """Tune the cyclic GC once start-up is done (the server's lifespan; benchmarks of the
+    server's code paths call it too, to measure what the server runs)."""
+    # What start-up built lives as long as the process: move it out of the collector's reach,
+    # so full collections stop walking it (their pauses were the p99 of history pages,
+    # bench/results/history.md).
+    gc.collect()
+    gc.freeze()
+    # A stream's objects of one tick (its waiter future, the message dicts) live until the next
+    # tick, longer than the default young generation (700 allocations) takes to fill at
+    # thousands of streams: they were promoted and set off full collections of every
+    # connection's objects, 100+ ms each (bench/results/soak.md). A young generation this large
+    # lets them die young; a young collection stays a few milliseconds.
+    gc.set_threshold(YOUNG_GENERATION, 20, 20)
+
+
 def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings, with_ingest=with_ingest)
-        # What start-up built lives as long as the process: move it out of the collector's
-        # reach, so full collections stop walking it (their pauses were the p99 of history
-        # pages, bench/results/history.md).
-        gc.collect()
-        gc.freeze()
-        # A stream's objects of one tick (its waiter future, the message dicts) live until the
-        # next tick, longer than the default young generation (700 allocations) takes to fill
-        # at thousands of streams: they were promoted and set off full collections of every
-        # connection's objects, 100+ ms each (bench/results/soak.md). A young generation this
-        # large lets them die young; a young collection stays a few milliseconds.
-        gc.set_threshold(YOUNG_GENERATION, 20, 20)
+        settle_heap()
         try:
             yield
         finally:
