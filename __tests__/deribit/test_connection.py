@@ -191,6 +191,20 @@ async def test_reconnect_after_a_silent_socket(
     )
 
 
+async def test_a_socket_that_dies_during_its_set_up_is_replaced_at_once(
+    open_connection: Factory, simulator: Simulator
+) -> None:
+    # Every frame 3 s late, the set-up's answers too: the watchdog finds each new socket silent
+    # and aborts it within its silence timeout (2.5 s here).
+    await sim_control(simulator, ("sim/set_latency", {"ms": 3000}))
+    await open_connection(request_timeout=60)
+    # The set-up's request fails with its socket, and another socket is tried: not only once the
+    # 60 s request timeout has run out.
+    await eventually(
+        lambda: simulator.calls["public/set_heartbeat"] >= 2, timeout=10, what="a second socket"
+    )
+
+
 async def test_wrong_credentials_fail_once_with_one_auth_on_the_wire(
     open_connection: Factory, simulator: Simulator
 ) -> None:

@@ -398,12 +398,15 @@ class DeribitConnection:
         self.token = None  # connection-scoped tokens die with the socket
         for task in list(self._background):
             task.cancel()
+        self._fail_pending(error)
+        if ws is not None:
+            ws.transport.abort()
+
+    def _fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
-        if ws is not None:
-            ws.transport.abort()
 
     # -- the wire ---------------------------------------------------------------------------
 
@@ -444,16 +447,22 @@ class DeribitConnection:
 
     async def _read(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(SocketClosed):
-            async for frame in ws:
-                self._last_frame = loop.time()
-                try:
-                    message = json.loads(frame)
-                except ValueError:
-                    logger.warning("%s: unparseable frame from Deribit", self.name)
-                    continue
-                if isinstance(message, dict):
-                    self._dispatch(message)
+        try:
+            with contextlib.suppress(SocketClosed):
+                async for frame in ws:
+                    self._last_frame = loop.time()
+                    try:
+                        message = json.loads(frame)
+                    except ValueError:
+                        logger.warning("%s: unparseable frame from Deribit", self.name)
+                        continue
+                    if isinstance(message, dict):
+                        self._dispatch(message)
+        finally:
+            if self._ws is ws:
+                # No answer can come now: a request waiting on this socket (the set-up's among
+                # them, which nothing else would end) fails at once, not at its timeout.
+                self._fail_pending(ConnectionLost("Deribit connection lost"))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
