@@ -25,6 +25,8 @@ from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.distributed.cache import RedisCache, shared_index_names
 from cryptomarket.distributed.connect import async_redis
 from cryptomarket.distributed.control import ControlChannel, SessionEnded
+from cryptomarket.distributed.deribit_credits import deployment_limits
+from cryptomarket.distributed.deribit_sockets import DeploymentSockets
 from cryptomarket.distributed.memory import RedisMemory
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.distributed.rate_limit import RedisBuckets
@@ -72,6 +74,7 @@ class Runtime:
     redis_bus: RedisBus | None = None
     control: ControlChannel | None = None
     redis_outages: OutageLog | None = None
+    deribit_sockets: DeploymentSockets | None = None
     scheduler: EmbeddedScheduler | None = None
     # The Celery workers' job runs and failures, as last read from Redis for /metrics.
     worker_job_counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
@@ -85,11 +88,22 @@ class Runtime:
         redis = async_redis(settings.REDIS_URL) if settings.REDIS_URL else None
         outages = OutageLog("redis")
         cache = RedisCache(redis, outages) if redis is not None else None
-        budget = CreditBudget()
+        sockets, shared = (
+            deployment_limits(
+                redis,
+                outages,
+                limit=settings.DERIBIT_MAX_CONNECTIONS,
+                want=settings.DERIBIT_POOL_SIZE,
+            )
+            if redis is not None
+            else (None, None)
+        )
+        budget = CreditBudget(shared=shared)
         pool = DeribitPool(
             settings.DERIBIT_WS_URL,
             size=settings.DERIBIT_POOL_SIZE,
             budget=budget,
+            gate=sockets,
             heartbeat_interval=settings.DERIBIT_HEARTBEAT_INTERVAL,
             request_timeout=settings.DERIBIT_REQUEST_TIMEOUT,
         )
@@ -121,6 +135,7 @@ class Runtime:
             ),
             hub=hub,
             subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
+            deribit_sockets=sockets,
         )
         buckets = RedisBuckets(redis, outages) if redis is not None else LocalBuckets()
         runtime.sign_in_limits = AttemptLimiter(
@@ -232,6 +247,8 @@ class Runtime:
         if self.writer is not None:
             await self.writer.stop()
         await self.pool.close()
+        if self.deribit_sockets is not None:
+            await self.deribit_sockets.close()
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()

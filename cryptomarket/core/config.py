@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     DERIBIT_WS_URL: str = "wss://test.deribit.com/ws/api/v2"
     # Deribit allows 32 connections per IP; the pool stays below that with room for ingest.
     DERIBIT_POOL_SIZE: int = Field(10, ge=1, le=30)
+    # Distributed mode: the sockets the whole deployment may hold (Deribit refuses the 33rd),
+    # shared out between its processes in Redis; a little below 32 leaves room for a client
+    # run by hand from the same address.
+    DERIBIT_MAX_CONNECTIONS: int = Field(28, ge=2, le=32)
     DERIBIT_HEARTBEAT_INTERVAL: int = Field(10, ge=1, le=3600)
     DERIBIT_REQUEST_TIMEOUT: float = Field(10.0, gt=0, le=300)
     TRACKED_TICKERS: CommaList = Field(default_factory=lambda: ["btc_usd", "eth_usd"])

@@ -90,6 +90,7 @@ class DeribitConnection:
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._callers = 0  # calls under way, waiting for the socket or credit included
         self._channels: set[str] = set()
         self._notification_handlers: list[NotificationHandler] = []
         self._state_handlers: list[StateHandler] = []
@@ -117,7 +118,9 @@ class DeribitConnection:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        """Calls under way, counted from their start: one still waiting for credit is busy too,
+        so the pool spreads the next calls to other sockets."""
+        return max(self._callers, len(self._pending))
 
     @property
     def channels(self) -> frozenset[str]:
@@ -162,8 +165,12 @@ class DeribitConnection:
         bounded by the budget; then waits `timeout` for the answer.
         """
         limit = self.request_timeout if timeout is None else timeout
-        await self.wait_ready(limit)
-        return await self._request(method, params, timeout=limit)
+        self._callers += 1
+        try:
+            await self.wait_ready(limit)
+            return await self._request(method, params, timeout=limit)
+        finally:
+            self._callers -= 1
 
     async def subscribe(self, channels: Iterable[str]) -> list[str]:
         """Add channels to the set and subscribe them now; returns the ones Deribit acknowledged.
@@ -440,7 +447,7 @@ class DeribitConnection:
         except SocketClosed:
             raise ConnectionLost(f"{method}: Deribit connection lost") from None
         except TooManyRequests:
-            self.budget.drain()
+            await self.budget.drain()
             raise
         finally:
             self._pending.pop(request_id, None)

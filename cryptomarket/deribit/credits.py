@@ -8,6 +8,7 @@ slightly smaller bucket so it never gets there; the simulator uses the same buck
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptomarket.deribit.errors import CreditTimeout
 from cryptomarket.kit.buckets import TokenBucket
@@ -31,6 +32,16 @@ def bucket_for(method: str) -> str:
     return "subscribe" if method in SUBSCRIBE_METHODS else "default"
 
 
+class SharedBudget(Protocol):
+    """Credits shared with the deployment's other processes (distributed mode)."""
+
+    async def take(self, bucket: str, cost: int, *, overdraft: float = 0.0) -> float:
+        """Take `cost` credits, going at most `overdraft` below zero: 0.0, or seconds to wait."""
+        ...
+
+    async def drain(self) -> None: ...
+
+
 class CreditBudget:
     """The process-wide client-side budget, shared by every Deribit connection of the process.
 
@@ -41,6 +52,9 @@ class CreditBudget:
     with CreditTimeout: it is never dropped silently. Priority requests (heartbeat answers and the
     set-up after a reconnect) skip the queue and may spend half of the margin: an unanswered
     `test_request` would cost the whole connection.
+
+    In distributed mode a request also takes its credits from the deployment's `shared` budget
+    (after this one, so the process's arrival order holds there too).
     """
 
     def __init__(
@@ -50,6 +64,7 @@ class CreditBudget:
         subscribe: CreditLimits = SUBSCRIBE_LIMITS,
         margin: int = 10_000,
         max_wait: float = 30.0,
+        shared: SharedBudget | None = None,
     ) -> None:
         self._limits = {"default": default, "subscribe": subscribe}
         self._buckets = {
@@ -59,6 +74,7 @@ class CreditBudget:
         self._locks = {name: asyncio.Lock() for name in self._limits}
         self._overdraft = margin / 2
         self.max_wait = max_wait
+        self.shared = shared
         self.spent = 0  # credits granted since start, for metrics
 
     def cost(self, method: str) -> int:
@@ -67,10 +83,12 @@ class CreditBudget:
     def available(self, bucket: str = "default") -> float:
         return self._buckets[bucket].level
 
-    def drain(self) -> None:
+    async def drain(self) -> None:
         """Deribit answered 10028: its buckets are empty whatever ours say, so empty ours."""
         for bucket in self._buckets.values():
             bucket.drain()
+        if self.shared is not None:
+            await self.shared.drain()
 
     async def acquire(
         self, method: str, *, priority: bool = False, max_wait: float | None = None
@@ -93,8 +111,30 @@ class CreditBudget:
                                 f"more than {limit:g}s"
                             )
                         await asyncio.sleep(delay)
+                    if self.shared is not None:
+                        await _take_shared(
+                            self.shared,
+                            method,
+                            cost,
+                            overdraft=overdraft,
+                            deadline=deadline,
+                            limit=limit,
+                        )
         except TimeoutError:
             raise CreditTimeout(
                 f"Deribit credit budget exhausted: {method} waited {limit:g}s for its turn"
             ) from None
         self.spent += cost
+
+
+async def _take_shared(
+    shared: SharedBudget, method: str, cost: int, *, overdraft: float, deadline: float, limit: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    while delay := await shared.take(bucket_for(method), cost, overdraft=overdraft):
+        if loop.time() + delay > deadline:
+            raise CreditTimeout(
+                f"Deribit credit budget of the deployment exhausted: {method} would wait "
+                f"more than {limit:g}s"
+            )
+        await asyncio.sleep(delay)

@@ -25,6 +25,8 @@ from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.pool import DeribitPool
 from cryptomarket.distributed.connect import async_redis
 from cryptomarket.distributed.control import ControlChannel, SubscriptionChange
+from cryptomarket.distributed.deribit_credits import deployment_limits
+from cryptomarket.distributed.deribit_sockets import DeploymentSockets
 from cryptomarket.distributed.leader import Lease
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.prices.backfill import chart_source
@@ -83,12 +85,57 @@ async def _wait_for(lease: Lease) -> None:
 
 
 async def _lead(settings: Settings, redis: Redis, database: Database, lease: Lease) -> None:
-    budget = CreditBudget()
+    """Lead with the deployment's Deribit limits: the market-data socket holds a ticket."""
+    sockets, shared = deployment_limits(
+        redis,
+        OutageLog("redis"),
+        limit=settings.DERIBIT_MAX_CONNECTIONS,
+        want=HISTORY_POOL_SIZE + 1,
+    )
+    try:
+        if await _market_socket_ticket(sockets, lease) is not None:
+            await _lead_with(settings, redis, database, lease, sockets, CreditBudget(shared=shared))
+    finally:
+        await sockets.close()
+
+
+async def _market_socket_ticket(sockets: DeploymentSockets, lease: Lease) -> str | None:
+    """Room in the deployment for the market-data socket, renewing the lease meanwhile.
+
+    Other processes that hold more than their share give idle sockets back within a renewal
+    or two; None if the lease is lost first.
+    """
+    said = False
+    while lease.valid:
+        ticket = await sockets.try_open()
+        if ticket is not None:
+            return ticket
+        if not said:
+            logger.warning(
+                "all %d Deribit sockets of the deployment are taken: waiting for one",
+                sockets.limit,
+            )
+            said = True
+        await asyncio.sleep(RENEW_EVERY)  # room has no event to await across processes
+        with contextlib.suppress(RedisError, OSError):
+            await lease.renew()
+    return None
+
+
+async def _lead_with(  # noqa: PLR0917  # the leader's parts, passed down once
+    settings: Settings,
+    redis: Redis,
+    database: Database,
+    lease: Lease,
+    sockets: DeploymentSockets,
+    budget: CreditBudget,
+) -> None:
     heartbeat, timeout = settings.DERIBIT_HEARTBEAT_INTERVAL, settings.DERIBIT_REQUEST_TIMEOUT
     pool = DeribitPool(
         settings.DERIBIT_WS_URL,
         size=HISTORY_POOL_SIZE,
         budget=budget,
+        gate=sockets,
         heartbeat_interval=heartbeat,
         request_timeout=timeout,
     )

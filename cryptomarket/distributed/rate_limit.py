@@ -19,16 +19,18 @@ from cryptomarket.kit.buckets import Bucket, LocalBuckets
 logger = logging.getLogger("cryptomarket.distributed.rate_limit")
 
 PREFIX = "cryptomarket:bucket:"
+CHARGE = -1.0  # the overdraft of a charge: spend whatever the level
 
-# KEYS: the buckets. ARGV[1]: how many of the first KEYS to spend from; ARGV[2]: 1 to spend
-# even below zero (down to -burst); ARGV[3]: the tokens to spend; then burst and tokens per
-# second of each bucket. A bucket is a hash {level, at}; a missing one is full. Returns "0" or
-# the seconds to wait.
+# KEYS: the buckets. ARGV[1]: how many of the first KEYS to spend from; ARGV[2]: how far below
+# zero a bucket may go, or -1 to spend whatever the level (a charge; never below -burst);
+# ARGV[3]: the tokens to spend; then burst and tokens per second of each bucket. A bucket is a
+# hash {level, at}; a missing one is full. Returns "0" or the seconds to wait.
 TAKE = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local spend = tonumber(ARGV[1])
-local force = tonumber(ARGV[2]) == 1
+local overdraft = tonumber(ARGV[2])
+local force = overdraft < 0
 local cost = tonumber(ARGV[3])
 local levels = {}
 local wait = 0
@@ -40,8 +42,8 @@ for i, key in ipairs(KEYS) do
   local at = tonumber(state[2]) or t
   level = math.min(burst, level + math.max(0, t - at) * rate)
   levels[i] = level
-  if not force and level < cost then
-    wait = math.max(wait, (cost - level) / rate)
+  if not force and level + overdraft < cost then
+    wait = math.max(wait, (cost - overdraft - level) / rate)
   end
 end
 if wait > 0 then
@@ -74,20 +76,25 @@ class RedisBuckets:
     async def take(
         self, spend: Sequence[Bucket], require: Sequence[Bucket], cost: float = 1.0
     ) -> float:
-        answer = await self._run([*spend, *require], len(spend), force=False, cost=cost)
+        answer = await self.in_redis([*spend, *require], len(spend), cost=cost)
         if answer is None:
             return await self.fallback.take(spend, require, cost)
         return answer
 
-    async def charge(self, buckets: Sequence[Bucket]) -> None:
-        if await self._run(list(buckets), len(buckets), force=True, cost=1.0) is None:
-            await self.fallback.charge(buckets)
+    async def charge(self, buckets: Sequence[Bucket], cost: float = 1.0) -> None:
+        if await self.in_redis(list(buckets), len(buckets), cost=cost, overdraft=CHARGE) is None:
+            await self.fallback.charge(buckets, cost)
 
-    async def _run(
-        self, buckets: list[Bucket], spend: int, *, force: bool, cost: float
+    async def in_redis(
+        self, buckets: list[Bucket], spend: int, *, cost: float, overdraft: float = 0.0
     ) -> float | None:
+        """Redis's answer alone (the seconds to wait, 0.0 when taken), or None while it is away.
+
+        Spends from the first `spend` buckets, each of which may go `overdraft` below zero
+        (CHARGE: whatever its level).
+        """
         keys = [redis_key(key) for key, _rate in buckets]
-        args: list[float | int] = [spend, 1 if force else 0, cost]
+        args: list[float | int] = [spend, overdraft, cost]
         for _key, rate in buckets:
             args += [rate.burst, rate.per_second]
         try:

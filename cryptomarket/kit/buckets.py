@@ -76,8 +76,8 @@ class Buckets(Protocol):
         else take nothing and return the seconds until they will."""
         ...
 
-    async def charge(self, buckets: Sequence[Bucket]) -> None:
-        """Take one token from each, even below zero (what was charged for already happened)."""
+    async def charge(self, buckets: Sequence[Bucket], cost: float = 1.0) -> None:
+        """Take `cost` tokens from each, even below zero (what was charged for happened)."""
         ...
 
 
@@ -97,9 +97,17 @@ class LocalBuckets:
             self._bucket(key, rate).try_take(cost)
         return 0.0
 
-    async def charge(self, buckets: Sequence[Bucket]) -> None:
+    async def charge(self, buckets: Sequence[Bucket], cost: float = 1.0) -> None:
         for key, rate in buckets:
-            self._bucket(key, rate).try_take(1, overdraft=rate.burst)
+            self._bucket(key, rate).try_take(cost, overdraft=rate.burst)
+
+    def take_now(self, key: str, rate: Rate, cost: float, *, overdraft: float = 0.0) -> float:
+        """Take `cost` from one bucket, going at most `overdraft` below zero: 0.0, else the
+        seconds until it could."""
+        bucket = self._bucket(key, rate)
+        if bucket.try_take(cost, overdraft=overdraft):
+            return 0.0
+        return max(bucket.wait_time(cost, overdraft=overdraft), 1e-3)
 
     def _bucket(self, key: str, rate: Rate) -> TokenBucket:
         bucket = self._buckets.pop(key, None)

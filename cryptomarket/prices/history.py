@@ -6,7 +6,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cryptomarket.core.config import Settings
 from cryptomarket.core.db import Database, database_urls
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
-from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.jobs.deribit import job_pool
 from cryptomarket.prices.backfill import chart_source, parse_points
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository
@@ -21,25 +21,21 @@ class BackfillError(Exception):
 
 async def load_history(settings: Settings, ticker: str, range_name: str) -> int:
     """Fetch `range_name` of the ticker's history and store it (idempotently); returns the count."""
-    pool = DeribitPool(
-        settings.DERIBIT_WS_URL, size=1, request_timeout=settings.DERIBIT_REQUEST_TIMEOUT
-    )
-    database = Database(database_urls(settings).async_url)
     try:
-        try:
+        async with job_pool(settings) as pool:  # within the deployment's limits, as jobs are
             if not await TickerCatalogue(pool.call).contains(ticker):
                 raise BackfillError(f"Deribit has no index named {ticker!r}")
             points = parse_points(ticker, await chart_source(pool.call)(ticker, range_name))
-        except (DeribitError, DeribitTransportError, CatalogueUnavailable) as error:
-            raise BackfillError(f"Deribit: {error}") from None
-        try:
-            await _store(database, ticker, range_name, points)
-        except (SQLAlchemyError, OSError) as error:
-            raise BackfillError(f"database: {type(error).__name__}") from None
-        return len(points)
+    except (DeribitError, DeribitTransportError, CatalogueUnavailable) as error:
+        raise BackfillError(f"Deribit: {error}") from None
+    database = Database(database_urls(settings).async_url)
+    try:
+        await _store(database, ticker, range_name, points)
+    except (SQLAlchemyError, OSError) as error:
+        raise BackfillError(f"database: {type(error).__name__}") from None
     finally:
-        await pool.close()
         await database.dispose()
+    return len(points)
 
 
 async def _store(database: Database, ticker: str, range_name: str, points: list[Tick]) -> None:

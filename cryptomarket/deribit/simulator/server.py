@@ -44,6 +44,7 @@ class Simulator:
         self._ids = itertools.count(1)
         # Sockets per remote IP, counted from the accepted handshake (the 33rd gets HTTP 429).
         self._by_ip: dict[str, set[ServerConnection]] = {}
+        self.refused_over_limit = 0  # handshakes refused for the per-IP limit
 
     @property
     def url(self) -> str:
@@ -126,6 +127,7 @@ class Simulator:
         live = {c for c in self._by_ip.get(ip, ()) if c.state is not State.CLOSED}
         if len(live) >= self.config.max_connections_per_ip:
             log.info("refused a connection from %s: %d already open", ip, len(live))
+            self.refused_over_limit += 1
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
         live.add(connection)
         self._by_ip[ip] = live
