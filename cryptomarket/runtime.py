@@ -9,6 +9,7 @@ the control channel to the other replicas and to the ingest process.
 """
 
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -279,9 +280,11 @@ def get_price_service(runtime: RuntimeDep) -> PriceService:
 PriceServiceDep = Annotated[PriceService, Depends(get_price_service)]
 
 
-async def within_history_limit(request: Request, runtime: RuntimeDep) -> None:
-    """The public price routes' cost, spent from the client address's bucket."""
+async def within_history_limit(request: Request, runtime: RuntimeDep) -> AsyncIterator[None]:
+    """The public price routes' cost, spent from the client address's bucket; a big read holds
+    its address's turn until its answer is sent (the exit runs after the response)."""
     query = request.query_params
     export = query.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
     address = request.client.host if request.client else "unknown"
-    await runtime.history_limits.admit(address, request_cost(query.get("limit"), export))
+    async with runtime.history_limits.admitted(address, request_cost(query.get("limit"), export)):
+        yield

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
 from redis import Redis
 from sqlalchemy import Engine, func, insert, select
 
@@ -17,12 +19,14 @@ from cryptomarket.core.db import create_sync_engine, urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.core.tables import Tables, build_tables
 from cryptomarket.deribit.simulator import Simulator
-from cryptomarket.jobs import gaps, persist, retention, sessions
+from cryptomarket.jobs import gaps, persist, profiles, retention, sessions
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import store_ticks
 from cryptomarket.streaming.redis_bus import TICKS_STREAM, pack
+from cryptomarket.users.secrets import SecretBox
 
 TABLES: Tables = build_tables("postgresql")
+DAY = timedelta(days=1)
 
 
 @pytest.fixture
@@ -208,3 +212,36 @@ def test_prune_keeps_the_retention_and_purge_forgets_dead_sessions(engine: Engin
     with engine.connect() as connection:
         left = connection.execute(select(TABLES.sessions.c.token_hash)).scalars().all()
     assert left == ["live"]
+
+
+async def test_profile_refresh_authenticates_once_per_key_for_all_its_user_ids(
+    engine: Engine, simulator: Simulator
+) -> None:
+    """Every authentication may count against Deribit's 16 sessions per key (reference 3.3)."""
+    key = Fernet.generate_key().decode()
+    secret = SecretBox([SecretStr(key)]).encrypt("sim-alice-secret")
+    now = datetime.now(UTC)
+    user_ids = ["alice", "alice-desk", "alice-bot"]
+    with engine.begin() as connection:
+        for n, user_id in enumerate(user_ids):
+            connection.execute(
+                insert(TABLES.person).values(
+                    user_id=user_id,
+                    client_id="sim-alice",
+                    client_secret_encrypted=secret,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            connection.execute(
+                insert(TABLES.sessions).values(
+                    token_hash=f"{n}" * 64, user_id=user_id, created_at=now, expires_at=now + DAY
+                )
+            )
+    settings = app_settings(DERIBIT_WS_URL=simulator.url, ENCRYPTION_KEYS=key)
+    refreshed = await asyncio.to_thread(profiles.refresh_profiles, settings, engine, TABLES, None)
+    assert refreshed == len(user_ids)
+    assert simulator.calls["public/auth"] == 1
+    with engine.connect() as connection:
+        fetched = connection.execute(select(TABLES.person.c.profile_fetched_at)).scalars().all()
+    assert len(fetched) == len(user_ids) and None not in fetched

@@ -2,9 +2,14 @@
 exports spend more of the address's bucket than small requests, and one address flooding the
 history never holds back another."""
 
+import contextlib
+import sqlite3
+
 import httpx
 
 from __tests__.service import running_service
+from cryptomarket.core.db import urls_for
+from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.simulator import Simulator
 
 FLOODER = {"X-Forwarded-For": "203.0.113.9"}
@@ -38,3 +43,33 @@ async def test_an_address_pays_for_the_rows_it_asks_and_others_are_not_held_back
         # Another address has a budget of its own.
         assert (await by_date(client, OTHER, format="csv")).status_code == 200
         assert (await by_date(client, OTHER, limit=10_000)).status_code == 429  # 0 left of 20
+
+
+async def test_an_address_runs_one_big_read_at_a_time_until_its_last_byte_is_sent(
+    simulator: Simulator, sqlite_url: str
+) -> None:
+    """Big reads are built in worker threads beside the event loop: a burst of them from one
+    client would hold back every live stream, so a second one waits for the first to end."""
+    upgrade(urls_for(sqlite_url).sync_url)
+    start = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    rows = (("btc_usd", start + n * 250, 90_000.5, "2026-01-01 00:00:00") for n in range(300_000))
+    path = urls_for(sqlite_url).sync_url.database
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executemany("INSERT INTO crypto_price_tickers VALUES (?, ?, ?, ?)", rows)
+    async with running_service(simulator, sqlite_url) as service:
+        client = service.client
+        async with client.stream(
+            "GET", "/api/v1/prices/by-date", params={**DAY, "format": "csv"}, headers=FLOODER
+        ) as export:
+            assert export.status_code == 200
+            chunks = export.aiter_bytes()
+            first = await anext(chunks)  # the export is under way, the rest unread
+            second = await by_date(client, FLOODER, limit=10_000)
+            assert second.status_code == 429, second.text[:200]
+            assert "one at a time" in second.json()["detail"]
+            assert second.headers["Retry-After"] == "1"
+            assert (await by_date(client, FLOODER, limit=10)).status_code == 200  # small: fine
+            assert (await by_date(client, OTHER, limit=10_000)).status_code == 200
+            whole = b"".join([first, *[chunk async for chunk in chunks]])
+        assert whole.count(b"\n") == 300_001  # the whole export, header included
+        assert (await by_date(client, FLOODER, limit=10_000)).status_code == 200  # its turn

@@ -304,3 +304,25 @@ async def test_a_flood_of_sign_ins_is_cut_off_with_429(service: Service) -> None
     limited = await service.client.post("/api/v1/sessions", json=body)
     assert "too many sign-in attempts" in limited.json()["detail"]
     assert service.simulator.calls["public/auth"] <= 5
+
+
+async def test_user_ids_of_one_key_refreshing_together_share_one_authentication(
+    service: Service,
+) -> None:
+    """Each authentication may count against Deribit's 16 sessions per key (reference 3.3)."""
+    user_ids = ["alice", "alice-desk", "alice-bot"]
+    for user_id in user_ids:
+        await service.sign_in(user_id, key_of="alice")
+    before = service.simulator.calls["public/auth"]
+    users = service.runtime.users
+    wrong_secret = {"user_id": "alice", "client_id": "sim-alice", "client_secret": "wrong"}
+    # Deribit slow to answer: every refresh starts while the first one's fetch is under way.
+    await sim_control(service.simulator, ("sim/set_latency", {"ms": 200}))
+    *profiles, wrong = await asyncio.gather(
+        *(users.refresh_profile(user_id) for user_id in user_ids),
+        service.client.post("/api/v1/sessions", json=wrong_secret),
+    )
+    await sim_control(service.simulator, ("sim/set_latency", {"ms": 0}))
+    assert service.simulator.calls["public/auth"] == before + 2  # theirs, and the wrong one's
+    assert {profile.account_id for profile in profiles} == {1001}
+    assert wrong.status_code == 401  # a wrong secret never rides on another's answer

@@ -66,15 +66,23 @@ def refresh_profiles(
                 "profile of %s not refreshed: its key can no longer be read", row.user_id
             )
 
+    # The user ids of one key share one fetch: one socket and one authentication per key, not
+    # per user id (an account may claim several), so a run spends few of Deribit's sessions.
+    users_of: dict[Credentials, list[str]] = {}
+    for user_id, client_id, secret in keys:
+        users_of.setdefault(Credentials(client_id, secret), []).append(user_id)
+
     async def fetch(pool: DeribitPool) -> list[tuple[str, str, Profile]]:
         fetched = []
-        for user_id, client_id, secret in keys:
+        for credentials, user_ids in users_of.items():
             try:
-                fetched.append(
-                    (user_id, client_id, await fetch_profile(pool, Credentials(client_id, secret)))
-                )
+                profile = await fetch_profile(pool, credentials)
             except AppError as error:
-                logger.warning("profile of %s not refreshed: %s", user_id, error.detail)
+                logger.warning(
+                    "profiles of %s not refreshed: %s", ", ".join(user_ids), error.detail
+                )
+                continue
+            fetched += [(user_id, credentials.client_id, profile) for user_id in user_ids]
         return fetched
 
     fetched = with_deribit(settings, fetch)

@@ -5,12 +5,14 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 from pydantic import TypeAdapter
 from sqlalchemy import Row
 
 from cryptomarket.core.config import TICKER_PATTERN
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import InvalidInput, NotFound, Unavailable
+from cryptomarket.kit.json import OFF_LOOP_ITEMS
 from cryptomarket.prices.candles import (
     bucket_start,
     parse_resolution,
@@ -43,8 +45,16 @@ def point(row: Row[Any]) -> PricePoint:
     )
 
 
-def items(rows: Sequence[Row[Any]]) -> list[PriceItem]:
-    """A page's points (up to 10,000) as plain dicts: no model, no validation per row."""
+async def items(rows: Sequence[Row[Any]]) -> list[PriceItem]:
+    """A page's points (up to 10,000) as plain dicts: no model, no validation per row. A big
+    page is built in a worker thread (10,000 rows take ~50 ms): the loop keeps its live
+    streams moving between the thread's slices."""
+    if len(rows) > OFF_LOOP_ITEMS:
+        return await anyio.to_thread.run_sync(_items, rows)
+    return _items(rows)
+
+
+def _items(rows: Sequence[Row[Any]]) -> list[PriceItem]:
     return [
         {
             "ticker": r.ticker,
@@ -113,7 +123,10 @@ class PriceService:
                 ticker, before=before, limit=limit
             )
         return PricePage.model_construct(  # every field ours and valid already
-            ticker=ticker, items=items(rows), limit=limit, next_cursor=next_cursor(rows, limit)
+            ticker=ticker,
+            items=await items(rows),
+            limit=limit,
+            next_cursor=next_cursor(rows, limit),
         )
 
     async def checked_range(
@@ -144,7 +157,7 @@ class PriceService:
             ticker=ticker,
             start_date=start,
             end_date=end,
-            items=items(rows),
+            items=await items(rows),
             limit=limit,
             next_cursor=next_cursor(rows, limit),
         )

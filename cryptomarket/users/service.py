@@ -79,6 +79,7 @@ class UserService:
         self.max_user_ids = max_user_ids
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fetches: dict[Credentials, asyncio.Future[Profile]] = {}
 
     async def sign_in(self, user_id: str, client_id: str, client_secret: str) -> SessionCreated:
         """Check the key with Deribit, keep the user, open a session."""
@@ -247,12 +248,26 @@ class UserService:
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch_profile(self, credentials: Credentials) -> Profile:
-        return await fetch_profile(self.pool, credentials)
+        """One fetch per key at a time: the user ids of one key that sign in or refresh together
+        share a socket and an authentication (each counts against Deribit's limits)."""
+        pending = self._fetches.get(credentials)
+        if pending is None:
+            pending = asyncio.ensure_future(fetch_profile(self.pool, credentials))
+            self._fetches[credentials] = pending
+
+            def done(future: asyncio.Future[Profile]) -> None:
+                self._fetches.pop(credentials, None)
+                if not future.cancelled():
+                    future.exception()  # read, so that no waiter left is not an error
+
+            pending.add_done_callback(done)
+        return await asyncio.shield(pending)  # a caller who goes away leaves it to the others
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        pending: list[asyncio.Future[Any]] = [*self._tasks, *self._fetches.values()]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def fetch_profile(pool: DeribitPool, credentials: Credentials) -> Profile:
