@@ -18,6 +18,7 @@ from cryptomarket.core.openapi_docs import install_openapi
 from cryptomarket.core.request_id import HEADER as REQUEST_ID_HEADER
 from cryptomarket.core.request_id import RequestIdMiddleware
 from cryptomarket.core.security_headers import SecurityHeadersMiddleware
+from cryptomarket.kit.tarpit import Tarpit
 from cryptomarket.prices import endpoints as prices
 from cryptomarket.runtime import Runtime
 from cryptomarket.streaming import endpoints as streaming
@@ -111,7 +112,8 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
         redoc_url="/redoc" if settings.DOCS_ENABLED else None,
         openapi_url="/openapi.json" if settings.DOCS_ENABLED else None,
     )
-    install_error_handlers(app)
+    tarpit = Tarpit()  # one per process: a client's refusals are held wherever they come from
+    install_error_handlers(app, tarpit)
     install_openapi(app)
     app.state.metrics = make_registry(lambda: getattr(app.state, "runtime", None))
     app.add_middleware(BodyLimitMiddleware)  # innermost: its answers get every header below
@@ -126,7 +128,8 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     app.stream_app = streaming.ServeEventStream(
         answer_errors=lambda errors: RequestIdMiddleware(
             SecurityHeadersMiddleware(errors, docs_paths=docs_paths)
-        )
+        ),
+        tarpit=tarpit,
     )
     if settings.CORS_ORIGINS:
         app.stream_app = CORSMiddleware(app.stream_app, **cors_options(settings))

@@ -15,6 +15,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from cryptomarket.core.logging import REQUEST_ID
+from cryptomarket.kit.addresses import address_key
+from cryptomarket.kit.tarpit import Tarpit
 
 logger = logging.getLogger("cryptomarket.errors")
 
@@ -121,9 +123,14 @@ def describe_validation(error: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is invalid"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, tarpit: Tarpit | None = None) -> None:
+    """`tarpit`: where 429s wait for clients that come back before their Retry-After."""
+
     @app.exception_handler(AppError)
-    async def app_error(_request: Request, error: AppError) -> JSONResponse:
+    async def app_error(request: Request, error: AppError) -> JSONResponse:
+        if tarpit is not None and isinstance(error, TooMany):
+            client = address_key(request.client.host if request.client else "unknown")
+            await tarpit.refuse(client, error.retry_after)
         return app_error_response(error)
 
     @app.exception_handler(RequestValidationError)

@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 from cryptomarket.core.errors import TooMany
+from cryptomarket.kit.addresses import address_key
 from cryptomarket.kit.buckets import Buckets, LocalBuckets, Rate
-from cryptomarket.users.limits import address_key
 
 ROWS_PER_UNIT = 1_000
 EXPORT_COST = 20

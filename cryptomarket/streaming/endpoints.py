@@ -18,12 +18,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cryptomarket.core.errors import AppError, InvalidInput, app_error_response, error_response
+from cryptomarket.core.errors import (
+    AppError,
+    InvalidInput,
+    TooMany,
+    app_error_response,
+    error_response,
+)
 from cryptomarket.core.logging import REQUEST_ID
 from cryptomarket.core.openapi_docs import SSE_ROUTE_DOCS
 from cryptomarket.core.request_id import id_header, take_request_id
 from cryptomarket.core.routing import get_and_post
 from cryptomarket.core.security_headers import secure_start
+from cryptomarket.kit.addresses import address_key
+from cryptomarket.kit.tarpit import Tarpit
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import Stream, StreamHub
@@ -77,8 +85,13 @@ class ServeEventStream:
     an error answer goes out through that middleware (`answer_errors`), as every other route's.
     """
 
-    def __init__(self, answer_errors: Callable[[ASGIApp], ASGIApp] = lambda app: app) -> None:
+    def __init__(
+        self,
+        answer_errors: Callable[[ASGIApp], ASGIApp] = lambda app: app,
+        tarpit: Tarpit | None = None,
+    ) -> None:
         self.answer_error = answer_errors(_send_failure)
+        self.tarpit = tarpit  # where a 429 waits for a client back before its Retry-After
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = take_request_id(scope)
@@ -86,6 +99,9 @@ class ServeEventStream:
         try:
             runtime, stream, opening = await _prepare(Request(scope))
         except AppError as error:
+            if self.tarpit is not None and isinstance(error, TooMany):
+                client = scope.get("client") or ("unknown", 0)
+                await self.tarpit.refuse(address_key(client[0]), error.retry_after)
             scope[FAILURE] = app_error_response(error)
         except Exception:
             logger.exception("unhandled error opening a stream")

@@ -12,27 +12,12 @@ In embedded mode the buckets live in this process; in distributed mode they live
 (cryptomarket/distributed/rate_limit.py), so every replica spends from the same ones.
 """
 
-import ipaddress
-
 from cryptomarket.core.errors import TooMany
+from cryptomarket.kit.addresses import address_key
 from cryptomarket.kit.buckets import Bucket, Buckets, LocalBuckets, Rate
 
 # Refused secrets per (client address, client_id).
 REFUSALS = Rate(burst=5, per_minute=5.0)
-
-
-def address_key(address: str) -> str:
-    """The bucket of a client address: an IPv6 client is its /64 (one subscriber gets a whole
-    /64 and could otherwise take a fresh address per attempt)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class AttemptLimiter:
