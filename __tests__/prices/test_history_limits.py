@@ -2,6 +2,7 @@
 exports spend more of the address's bucket than small requests, and one address flooding the
 history never holds back another."""
 
+import asyncio
 import contextlib
 import sqlite3
 
@@ -11,6 +12,7 @@ from __tests__.service import running_service
 from cryptomarket.core.db import urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.prices.limits import BIG_READS_WAITING
 
 FLOODER = {"X-Forwarded-For": "203.0.113.9"}
 OTHER = {"X-Forwarded-For": "198.51.100.4"}
@@ -49,7 +51,7 @@ async def test_an_address_runs_one_big_read_at_a_time_until_its_last_byte_is_sen
     simulator: Simulator, sqlite_url: str
 ) -> None:
     """Big reads are built in worker threads beside the event loop: a burst of them from one
-    client would hold back every live stream, so a second one waits for the first to end."""
+    client would hold back every live stream, so the next ones wait for the first to end."""
     upgrade(urls_for(sqlite_url).sync_url)
     start = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     rows = (("btc_usd", start + n * 250, 90_000.5, "2026-01-01 00:00:00") for n in range(300_000))
@@ -64,12 +66,19 @@ async def test_an_address_runs_one_big_read_at_a_time_until_its_last_byte_is_sen
             assert export.status_code == 200
             chunks = export.aiter_bytes()
             first = await anext(chunks)  # the export is under way, the rest unread
-            second = await by_date(client, FLOODER, limit=10_000)
-            assert second.status_code == 429, second.text[:200]
-            assert "one at a time" in second.json()["detail"]
-            assert second.headers["Retry-After"] == "1"
+            waiting = [
+                asyncio.create_task(by_date(client, FLOODER, limit=10_000))
+                for _ in range(BIG_READS_WAITING)
+            ]
+            done, _ = await asyncio.wait(waiting, timeout=0.5)
+            assert not done  # they wait for the export's last byte
+            over = await by_date(client, FLOODER, limit=10_000)  # more than may wait
+            assert over.status_code == 429, over.text[:200]
+            assert "one at a time" in over.json()["detail"]
+            assert over.headers["Retry-After"] == "1"
             assert (await by_date(client, FLOODER, limit=10)).status_code == 200  # small: fine
             assert (await by_date(client, OTHER, limit=10_000)).status_code == 200
             whole = b"".join([first, *[chunk async for chunk in chunks]])
         assert whole.count(b"\n") == 300_001  # the whole export, header included
-        assert (await by_date(client, FLOODER, limit=10_000)).status_code == 200  # its turn
+        answers = await asyncio.gather(*waiting)  # their turns came, one after another
+        assert [answer.status_code for answer in answers] == [200] * len(waiting)

@@ -27,8 +27,8 @@ async def test_an_attacker_gets_429s_and_everyone_else_keeps_their_prices(
         assert window.expected > 0
         assert window.delivered == window.expected, window.name
     seen = attack.seen
-    for attack_kind in ("(a) history", "(b) sign-in", "(c) replay", "(d) sign-in"):
-        assert seen[f"{attack_kind} 429"] > 0, (attack_kind, dict(seen))
+    refused = {what.split(" ")[0] for what, n in seen.items() if what.endswith(" 429") and n}
+    assert refused >= {"(a)", "(b)", "(c)", "(d)"}, dict(seen)  # every attack met its limit
     good = {what: n for what, n in seen.items() if not what.startswith("(")}
     assert good["victim sign-in 201"] > 0
     assert set(good) <= {"stream 200", "history 200", "victim sign-in 201"}, good

@@ -6,11 +6,13 @@ Retry-After. In distributed mode the buckets live in Redis, so replicas share th
 And an address runs one big read at a time in a process (a page of 2,000 rows or more, or an
 export, until its last byte is sent): big reads are built in worker threads, which share
 the interpreter with the event loop, so a burst of them from one client would hold back every
-live stream. Another one from the same address meanwhile is 429 at once, costing nothing.
+live stream. The next ones from the same address wait their turn (clients behind one NAT, a
+dashboard and a script, still get their answers); past BIG_READS_WAITING, a big read is 429 at
+once, costing nothing.
 """
 
+import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator
 
 from cryptomarket.core.errors import TooMany
@@ -21,6 +23,16 @@ ROWS_PER_UNIT = 1_000
 EXPORT_COST = 20
 BIG_READ = 3  # units from which a read is big: a page of 2,000 rows or more, or an export
 BIG_READS_AT_ONCE = 1  # per address and process
+BIG_READS_WAITING = 8  # per address; past them a big read is 429 at once
+BIG_READ_WAIT = 30.0  # seconds a big read waits for its turn, then 429
+
+
+class Turn:
+    """An address's big reads: the ones running (at most BIG_READS_AT_ONCE) and waiting."""
+
+    def __init__(self) -> None:
+        self.running = asyncio.Semaphore(BIG_READS_AT_ONCE)
+        self.users = 0
 
 
 def request_cost(limit: str | None, export: bool) -> float:
@@ -37,31 +49,47 @@ class HistoryLimiter:
     ) -> None:
         self.rate = Rate(burst, per_minute)
         self.buckets: Buckets = buckets or LocalBuckets()
-        self._big_reads: Counter[str] = Counter()  # per address key, under way in this process
+        self._turns: dict[str, Turn] = {}  # per address key with big reads in this process
 
     @contextlib.asynccontextmanager
     async def admitted(self, address: str, cost: float) -> AsyncIterator[None]:
-        """Admit the request (or raise TooMany) for as long as it runs."""
+        """Admit the request (or raise TooMany) for as long as it runs; a big read first waits
+        for its address's turn."""
         if cost < BIG_READ:
             await self.admit(address, cost)
             yield
             return
         key = address_key(address)
-        if self._big_reads[key] >= BIG_READS_AT_ONCE:
+        turn = self._turns.get(key) or self._turns.setdefault(key, Turn())
+        if turn.users >= BIG_READS_AT_ONCE + BIG_READS_WAITING:
             raise TooMany(
-                "this address already has a big price history read under way (a page of 2000 "
-                "rows or more, or a CSV export): one at a time; send the next when it is done",
+                f"this address has {turn.users} big price history reads under way or waiting "
+                "(pages of 2000 rows or more, CSV exports; they run one at a time): send the "
+                "next when one is done",
                 code="too_many_history_requests",
                 retry_after=1,
             )
-        self._big_reads[key] += 1
+        turn.users += 1
         try:
-            await self.admit(address, cost)
-            yield
+            try:
+                async with asyncio.timeout(BIG_READ_WAIT):
+                    await turn.running.acquire()
+            except TimeoutError:
+                raise TooMany(
+                    f"this address's big price history reads run one at a time, and this one "
+                    f"waited {BIG_READ_WAIT:g} s for its turn; try again when they are done",
+                    code="too_many_history_requests",
+                    retry_after=5,
+                ) from None
+            try:
+                await self.admit(address, cost)
+                yield
+            finally:
+                turn.running.release()
         finally:
-            self._big_reads[key] -= 1
-            if not self._big_reads[key]:
-                del self._big_reads[key]
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[key]
 
     async def admit(self, address: str, cost: float) -> None:
         bucket = (f"history:{address_key(address)}", self.rate)
