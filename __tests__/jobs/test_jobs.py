@@ -74,6 +74,34 @@ def test_persist_stores_every_tick_once_even_when_runs_overlap(
     assert persist.persist_ticks(redis, engine, TABLES) == 0  # nothing new: nothing written
 
 
+def test_a_killed_runs_lock_holds_the_next_runs_back_only_briefly_and_a_long_run_keeps_it(
+    engine: Engine, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed mid-run never releases its lock: the next runs skip until it expires, so
+    its lifetime must be short (here the chaos run's kill_worker stopped persisting for 120 s),
+    and a run that takes longer than that lifetime must renew it batch after batch."""
+    key = "cryptomarket:job-lock:persist"
+    assert persist.LOCK_TTL <= 15  # what a killed worker costs in persisting
+    monkeypatch.setattr(persist, "BATCH", 100)
+    monkeypatch.setattr(persist, "LOCK_TTL", 0.3)
+    add_to_stream(redis, *(Tick("btc_usd", 1.0, 1_700_000_000_000 + i) for i in range(500)))
+    real_store = persist._store
+    lifetimes: list[int] = []
+    rivals: list[int] = []
+
+    def slow_store(engine: Engine, tables: Tables, batch: persist.Batch) -> None:
+        lifetimes.append(redis.pttl(key))
+        time.sleep(0.15)  # five batches: 0.75 s, more than twice the lock's lifetime
+        rivals.append(persist.persist_ticks(redis, engine, tables))
+        real_store(engine, tables, batch)
+
+    monkeypatch.setattr(persist, "_store", slow_store)
+    assert persist.persist_ticks(redis, engine, TABLES) == 500
+    assert rivals == [0] * 5  # every overlapping run skipped: the lock stayed held throughout
+    assert 0 < max(lifetimes) <= 300
+    assert redis.exists(key) == 0  # released at the end
+
+
 def test_an_entry_read_but_not_acknowledged_is_stored_by_the_next_run(
     engine: Engine, redis: Redis
 ) -> None:

@@ -33,7 +33,7 @@ GROUP = "persist"
 CONSUMER = "persist"
 BATCH = 5_000
 MAX_BATCHES = 40  # per run; the next run goes on
-LOCK_TTL = 120.0
+LOCK_TTL = 10.0  # renewed after every batch; a killed run blocks the next for this long
 LOST_STREAM_REASON = "Redis lost these ticks before they were stored"
 NEW_STREAM_KEY = "cryptomarket:persist:new-stream"
 
@@ -62,8 +62,8 @@ class Batch:
 def persist_ticks(redis: Redis, engine: Engine, tables: Tables) -> int:
     """Store what the stream holds; returns how many ticks were written (0 when another run
     holds the lock)."""
-    with job_lock(redis, "persist", LOCK_TTL) as held:
-        if not held:
+    with job_lock(redis, "persist", LOCK_TTL) as lock:
+        if not lock.held:
             logger.info("another persist run is in progress; skipped")
             return 0
         _ensure_group(redis)
@@ -86,6 +86,9 @@ def persist_ticks(redis: Redis, engine: Engine, tables: Tables) -> int:
                 redis.delete(NEW_STREAM_KEY)  # its loss is recorded now
                 new_stream = False
             written += len(batch.ticks)
+            if not lock.extend():
+                logger.warning("persist lock lost mid-run (a batch took over %.0f s)", LOCK_TTL)
+                break
         return written
 
 
