@@ -155,4 +155,4 @@ async def test_newman_runs_the_collection_green(service: Service, tmp_path: Path
     assert stats["requests"]["failed"] == 0
     assert stats["assertions"]["failed"] == 0
     assert stats["assertions"]["total"] >= stats["requests"]["total"]  # every request checks
-    assert ended == 2  # the GET and the POST stream requests
+    assert ended == 3  # the GET and the POST stream requests, and the sign-in by stream

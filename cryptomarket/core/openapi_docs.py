@@ -75,7 +75,7 @@ OWNER_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 422: INVALID}
 STREAM_EXAMPLE = (
     "retry: 3000\n\n"
     "event: connected\n"
-    'data: {"user_id":"alice","token":"s1","timer":60,'
+    'data: {"user_id":"alice","token":null,"stream":"s1","timer":60,'
     '"subscriptions":[{"ticker":"btc_usd","timer":0}]}\n\n'
     "event: status\n"
     'data: {"upstream":"connected","at":"2026-11-24T07:39:08.147Z"}\n\n'
@@ -94,9 +94,15 @@ SSE_ROUTE_DOCS: dict[str, Any] = {
         "A `text/event-stream` that a browser `EventSource` reads. Authenticate with the session "
         "(Bearer header or cookie), the key headers, or `?token=` for a cross-origin "
         "`EventSource`.\n\n"
+        "Sign in by stream, as the original service did: `X-User-id`, `X-Client-Id` and "
+        "`X-Secret-key` for a user id not signed in yet (or with a new key) verify the key with "
+        "Deribit once, as `POST /api/v1/sessions` does (same 401, 409, 422, 429 and 503 "
+        "answers), then open the stream; the `connected` event carries the new session's token. "
+        "Sent together, the three headers win over any other credentials on the request.\n\n"
         "Events, in order:\n\n"
-        "- `connected` (first, at once): `{user_id, token, timer, subscriptions: "
-        "[{ticker, timer}]}`; `token` names this stream.\n"
+        "- `connected` (first, at once): `{user_id, token, stream, timer, subscriptions: "
+        "[{ticker, timer}]}`; `token` is the new session's token when this stream signed in "
+        "(null otherwise), `stream` names this stream.\n"
         "- `status`: the upstream state, `connected`, `reconnecting` or `stale`.\n"
         "- `price` with `id: <ticker>:<timestamp>`: `{ticker, price, timestamp, datetime}`, the "
         "latest price of each subscription at once, then every `timer` seconds (0: every tick).\n"
@@ -117,19 +123,27 @@ SSE_ROUTE_DOCS: dict[str, Any] = {
             "content": {"text/event-stream": {"example": STREAM_EXAMPLE}},
         },
         401: UNAUTHORIZED,
+        409: error(
+            "Sign in by stream: the user_id belongs to another Deribit account.",
+            "user_id_taken",
+            "user_id 'alice' belongs to another Deribit account; choose another id",
+        ),
         422: error(
-            "`timer` is not a number of seconds from 0 to 86400.",
+            "`timer` is not a number of seconds from 0 to 86400 (or a sign-in header is "
+            "malformed).",
             "invalid_input",
             "timer: must be a whole number of seconds from 0 to 86400",
         ),
         429: error(
             "The user already holds SSE_MAX_STREAMS_PER_USER streams, or its Deribit account"
-            " SSE_MAX_STREAMS_PER_ACCOUNT across its user ids.",
+            " SSE_MAX_STREAMS_PER_ACCOUNT across its user ids; or, signing in by stream, too "
+            "many sign-in attempts (code `too_many_attempts`).",
             "too_many_streams",
             "user 'alice' already has 5 open streams; close one first",
         ),
         503: error(
-            "This server holds its maximum of streams (SSE_MAX_STREAMS).",
+            "This server holds its maximum of streams (SSE_MAX_STREAMS); or, signing in by "
+            "stream, Deribit cannot be reached.",
             "too_many_streams",
             "this server holds its maximum of 10000 streams; retry shortly",
         ),

@@ -139,7 +139,8 @@ async def _prepare(request: Request) -> tuple[Runtime, Stream, bytes]:
     timer = _timer(query.get("timer"))
     token = _bounded("token", query.get("token"), MAX_TOKEN)
     last_event_id = _bounded("Last-Event-ID", request.headers.get("last-event-id"), MAX_EVENT_ID)
-    caller = await identify(runtime, presented_by(request), token)
+    address = request.client.host if request.client else "unknown"
+    caller = await identify(runtime, presented_by(request), token, sign_in_from=address)
     return (runtime, *await open_event_stream(runtime, caller, timer, last_event_id))
 
 
@@ -197,7 +198,10 @@ async def open_event_stream(
         "connected",
         {
             "user_id": caller.user_id,
-            "token": stream.id,
+            # The new session's token when this stream signed in (key headers the service did
+            # not know), for the other routes; never an existing one (the cookie is HttpOnly).
+            "token": caller.token if caller.new else None,
+            "stream": stream.id,
             "timer": stream.default_timer,
             "subscriptions": [  # in the stored order, then those subscribed meanwhile
                 {"ticker": ticker, "timer": stream.timers[ticker]}

@@ -1,7 +1,8 @@
 """Who is calling: a session token (Bearer header or cookie), or the seed's key headers.
 
 Every `{user_id}` route depends on `require_owner`: no credentials is 401, another user's id is 403.
-The SSE route also accepts `?token=`, because a cross-origin EventSource cannot send headers.
+The SSE route also accepts `?token=`, because a cross-origin EventSource cannot send headers, and
+on it key headers that match no stored key sign in (the seed's clients sign in that way).
 Open streams are checked again later (`ended_streams`, run by the hub's session re-check).
 """
 
@@ -20,6 +21,7 @@ from cryptomarket.streaming.hub import Stream
 from cryptomarket.streaming.sessions import EXPIRED, KEY_CHANGED, SIGNED_OUT
 from cryptomarket.users.schemas import USER_ID_PATTERN
 from cryptomarket.users.service import token_hash
+from cryptomarket.users.sign_in import check_key_headers, sign_in
 
 SESSION_COOKIE = "cm_session"
 
@@ -32,6 +34,7 @@ class Caller:
     # The Deribit account owning the user id (None: stored before accounts were): streams are
     # limited per account too, since one account may claim several user ids.
     account_id: int | None = None
+    new: bool = False  # signed in by this request (a stream opened with unknown key headers)
 
 
 MAX_HEADER = 512
@@ -81,30 +84,39 @@ def presented_by(request: Request) -> Presented:
     )
 
 
-async def identify(runtime: Runtime, given: Presented, token: str | None) -> Caller:
-    users = runtime.users
-    scheme, _, credentials = (given.authorization or "").partition(" ")
-    bearer = credentials.strip() if scheme.lower() == "bearer" else None
-    for candidate in (bearer, given.session_cookie, token):
-        if candidate:
-            owner = await users.user_of_token(candidate)
-            if owner is None:
-                raise NotAuthenticated(
-                    "the session is unknown, expired or ended; sign in again",
-                    code="invalid_session",
-                )
-            return Caller(owner.user_id, candidate, account_id=owner.account_id)
+async def identify(
+    runtime: Runtime, given: Presented, token: str | None, *, sign_in_from: str | None = None
+) -> Caller:
+    """The caller, from the seed's three key headers when all are sent (they win over anything
+    else the request carries: the seed's clients also send a placeholder Bearer), else from a
+    session. With `sign_in_from` (a client address: the stream route), key headers that do not
+    match a stored key sign in, as POST /api/v1/sessions does."""
     user_id, client_id, secret = given.user_id, given.client_id, given.secret_key
-    if user_id or client_id or secret:
-        if not (user_id and client_id and secret):
-            raise NotAuthenticated("X-User-id, X-Client-Id and X-Secret-key must be sent together")
-        owner = await users.user_of_key(user_id, client_id, secret)
-        if owner is None:
+    if user_id and client_id and secret:
+        owner = await runtime.users.user_of_key(user_id, client_id, secret)
+        if owner is not None:
+            return Caller(user_id, None, client_id, owner.account_id)
+        if sign_in_from is None:
             raise NotAuthenticated(
                 "X-User-id, X-Client-Id and X-Secret-key do not match a signed-in user",
                 code="invalid_credentials",
             )
-        return Caller(user_id, None, client_id, owner.account_id)
+        check_key_headers(user_id, client_id, secret)
+        created = await sign_in(runtime, sign_in_from, user_id, client_id, secret)
+        return Caller(user_id, created.token, account_id=created.profile.account_id, new=True)
+    scheme, _, credentials = (given.authorization or "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else None
+    for candidate in (bearer, given.session_cookie, token):
+        if candidate:
+            session_owner = await runtime.users.user_of_token(candidate)
+            if session_owner is None:
+                raise NotAuthenticated(
+                    "the session is unknown, expired or ended; sign in again",
+                    code="invalid_session",
+                )
+            return Caller(session_owner.user_id, candidate, account_id=session_owner.account_id)
+    if user_id or client_id or secret:
+        raise NotAuthenticated("X-User-id, X-Client-Id and X-Secret-key must be sent together")
     raise NotAuthenticated(
         "sign in first: POST /api/v1/sessions, then send the token as a Bearer header or cookie"
     )
@@ -115,6 +127,7 @@ async def get_caller(runtime: RuntimeDep, given: PresentedDep) -> Caller:
 
 
 async def get_stream_caller(
+    request: Request,
     runtime: RuntimeDep,
     given: PresentedDep,
     token: Annotated[
@@ -122,7 +135,8 @@ async def get_stream_caller(
         Query(max_length=256, description="Session token, for a cross-origin EventSource."),
     ] = None,
 ) -> Caller:
-    return await identify(runtime, given, token)
+    address = request.client.host if request.client else "unknown"
+    return await identify(runtime, given, token, sign_in_from=address)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -2,12 +2,12 @@
 
 from fastapi import APIRouter, Request, Response, status
 
-from cryptomarket.core.errors import Forbidden, NotAuthenticated
+from cryptomarket.core.errors import NotAuthenticated
 from cryptomarket.core.openapi_docs import DERIBIT_DOWN, INVALID, OWNER_ERRORS, UNAUTHORIZED, error
 from cryptomarket.runtime import RuntimeDep
 from cryptomarket.users.auth import SESSION_COOKIE, CallerDep, OwnerDep, UserIdPath
 from cryptomarket.users.schemas import SessionCreate, SessionCreated, UserOut
-from cryptomarket.users.service import DeribitRefused
+from cryptomarket.users.sign_in import sign_in
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -55,14 +55,8 @@ async def create_session(
     the Deribit account that first signed in with it: another account's key gets 409.
     """
     address = request.client.host if request.client else "unknown"
-    await runtime.sign_in_limits.admit(address, body.client_id)
-    try:
-        created = await runtime.users.sign_in(
-            body.user_id, body.client_id, body.client_secret.get_secret_value()
-        )
-    except (DeribitRefused, Forbidden):
-        await runtime.sign_in_limits.refused(address, body.client_id)
-        raise
+    secret = body.client_secret.get_secret_value()
+    created = await sign_in(runtime, address, body.user_id, body.client_id, secret)
     response.set_cookie(
         SESSION_COOKIE,
         created.token,

@@ -7,6 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.config import JsonDict
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+MAX_CLIENT_ID = 128
+MAX_SECRET = 256
 
 
 class SessionCreate(BaseModel):
@@ -22,9 +24,11 @@ class SessionCreate(BaseModel):
     )
 
     user_id: str = Field(pattern=USER_ID_PATTERN, description="Your id in this service.")
-    client_id: str = Field(min_length=1, max_length=128, description="Deribit API key Client Id.")
+    client_id: str = Field(
+        min_length=1, max_length=MAX_CLIENT_ID, description="Deribit API key Client Id."
+    )
     client_secret: SecretStr = Field(
-        min_length=1, max_length=256, description="Deribit API key Client Secret."
+        min_length=1, max_length=MAX_SECRET, description="Deribit API key Client Secret."
     )
 
 
