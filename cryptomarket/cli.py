@@ -253,6 +253,10 @@ def simulate(
         float,
         typer.Option(min=0.0, help="Hours of produced ticks sim/produced remembers (at least 1)."),
     ] = 2.0,
+    instrument_interval: Annotated[
+        float,
+        typer.Option(min=0.001, help="Mean seconds between two updates of an instrument."),
+    ] = 0.1,
     log_json: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:
     """Run the Deribit simulator at ws://HOST:PORT/ws/api/v2: no network or account needed.
@@ -270,6 +274,7 @@ def simulate(
             min_heartbeat_interval=min_heartbeat,
             record_hours=record_hours,
             chart_spacing=chart_spacing,
+            instrument_interval=instrument_interval,
             accounts=load_accounts(accounts) if accounts else list(DEFAULT_ACCOUNTS),
         )
     except ValueError as error:

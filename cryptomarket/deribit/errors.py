@@ -80,6 +80,12 @@ class TemporarilyUnavailable(DeribitError):
     retryable = True
 
 
+class RawNotForUnauthorized(DeribitError):
+    """A `raw` ticker channel asked for on a connection that has not authenticated."""
+
+    code = 13778
+
+
 class DeribitTimedOut(DeribitError):
     code = 13888
     retryable = True

@@ -20,6 +20,7 @@ class SimulatorConfig:
     max_connections_per_ip: int = 32
     chart_spacing: float = 60.0  # seconds between 1h chart points; 0 serves every live tick
     record_hours: float = 2.0  # sim/produced remembers at least this long (and at least 1 h)
+    instrument_interval: float = 0.1  # mean seconds between two updates of an instrument
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -27,6 +28,10 @@ class SimulatorConfig:
         if self.tick_interval <= 0:
             raise ValueError(f"tick interval must be positive, not {self.tick_interval}")
         check_chart_spacing(round(self.chart_spacing * 1000))
+        if self.instrument_interval <= 0:
+            raise ValueError(
+                f"instrument interval must be positive, not {self.instrument_interval}"
+            )
         if self.record_hours < 0:
             raise ValueError(f"record hours must not be negative, not {self.record_hours}")
         if self.min_heartbeat_interval <= 0:

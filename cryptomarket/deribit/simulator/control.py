@@ -15,7 +15,7 @@ from cryptomarket.deribit.errors import (
 from cryptomarket.deribit.simulator import rpc
 from cryptomarket.deribit.simulator.market import check_chart_spacing
 from cryptomarket.deribit.simulator.methods import index_name
-from cryptomarket.deribit.simulator.state import Call, Handler, InjectedError
+from cryptomarket.deribit.simulator.state import Call, Handler, InjectedError, now_ms
 
 log = logging.getLogger("cryptomarket.simulator")
 
@@ -140,15 +140,31 @@ def _timestamp(call: Call, name: str) -> int | None:
 
 def produced(call: Call) -> dict[str, object]:
     """Ground truth: every tick produced for the index with since < timestamp <= until, whether
-    or not anyone was subscribed; `complete` is false when part of that span is forgotten."""
-    name = index_name(call)
+    or not anyone was subscribed; `complete` is false when part of that span is forgotten.
+    With `instrument_name`: every frame its `100ms` channel sent, as [timestamp, mark_price]."""
     since, until = _timestamp(call, "since"), _timestamp(call, "until")
+    if "instrument_name" in call.params:
+        instrument = rpc.string(call.params, "instrument_name")
+        found = call.state.instruments.produced(instrument, since, until)
+        ticks, complete = found if found is not None else ([], True)
+        return {"instrument_name": instrument, "ticks": ticks, "complete": complete}
+    name = index_name(call)
     ticks, complete = call.state.market.produced(name, since, until)
     return {"index_name": name, "ticks": ticks, "complete": complete}
 
 
+def expire_instrument(call: Call) -> str:
+    """The instrument expires now: its last two frames go out, then its channels fall silent."""
+    name = rpc.string(call.params, "instrument_name")
+    if not call.state.instruments.expire(name, now_ms()):
+        raise rpc.invalid_params("instrument not found", "instrument_name")
+    log.info("sim: %s expires now", name)
+    return "ok"
+
+
 CONTROL_METHODS: dict[str, Handler] = {
     "sim/produced": produced,
+    "sim/expire_instrument": expire_instrument,
     "sim/set_chart_spacing": set_chart_spacing,
     "sim/fail_requests": fail_requests,
     "sim/set_price": set_price,

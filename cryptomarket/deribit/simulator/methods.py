@@ -2,10 +2,11 @@
 
 from typing import Any
 
-from cryptomarket.deribit.errors import InternalServerError
+from cryptomarket.deribit.errors import InternalServerError, RawNotForUnauthorized
 from cryptomarket.deribit.simulator import rpc, summary
 from cryptomarket.deribit.simulator.auth_methods import private_grant
 from cryptomarket.deribit.simulator.indexes import COMBO_ENABLED, INDEX_NAMES
+from cryptomarket.deribit.simulator.instrument_market import parse_channel
 from cryptomarket.deribit.simulator.market import CHART_RANGES
 from cryptomarket.deribit.simulator.state import Call, Handler, now_ms
 
@@ -77,15 +78,51 @@ def get_index_chart_data(call: Call) -> list[list[float]]:
 
 
 def subscribe(call: Call) -> list[str]:
-    """Only known index channels are acknowledged; the rest is dropped silently, like Deribit."""
-    accepted = [
-        channel
-        for channel in dict.fromkeys(rpc.channels(call.params))
-        if channel.startswith(CHANNEL_PREFIX)
-        and channel.removeprefix(CHANNEL_PREFIX) in call.state.market
-    ]
+    """Only known index and live instrument channels are acknowledged; the rest is dropped
+    silently, like Deribit. A `raw` ticker needs an authenticated connection (13778)."""
+    wanted = list(dict.fromkeys(rpc.channels(call.params)))
+    tickers = {channel: parse_channel(channel) for channel in wanted}
+    if any(t is not None and t[1] == "raw" for t in tickers.values()) and (
+        call.state.socket_grant(call.session) is None
+    ):
+        raise RawNotForUnauthorized("raw_subscriptions_not_available_for_unauthorized")
+    now = now_ms()
+    accepted = []
+    for channel in wanted:
+        ticker = tickers[channel]
+        if ticker is not None:
+            if call.state.instruments.activate(ticker[0], now):
+                accepted.append(channel)
+        elif (
+            channel.startswith(CHANNEL_PREFIX)
+            and channel.removeprefix(CHANNEL_PREFIX) in call.state.market
+        ):
+            accepted.append(channel)
     call.session.subscriptions.update(accepted)
     return accepted
+
+
+CURRENCIES = ("BTC", "ETH", "USDC", "USDT", "EURR", "any")
+KINDS = ("future", "option", "spot", "future_combo", "option_combo")
+
+
+def get_instruments(call: Call) -> list[dict[str, Any]]:
+    currency = rpc.string(call.params, "currency")
+    if currency not in CURRENCIES:
+        raise rpc.invalid_params("invalid currency", "currency")
+    kind = call.params.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise rpc.invalid_params("invalid kind", "kind")
+    expired = rpc.boolean(call.params, "expired")
+    return call.state.instruments.catalogue.listed(currency, kind, expired)
+
+
+def ticker(call: Call) -> dict[str, Any]:
+    name = rpc.string(call.params, "instrument_name")
+    data = call.state.instruments.ticker(name, now_ms())
+    if data is None:
+        raise rpc.invalid_params("instrument not found", "instrument_name")
+    return data
 
 
 def unsubscribe(call: Call) -> list[str]:
@@ -149,6 +186,8 @@ METHODS: dict[str, Handler] = {
     "public/get_index_price": get_index_price,
     "public/get_index_price_names": get_index_price_names,
     "public/get_index_chart_data": get_index_chart_data,
+    "public/get_instruments": get_instruments,
+    "public/ticker": ticker,
     "public/subscribe": subscribe,
     "public/unsubscribe": unsubscribe,
     "public/unsubscribe_all": unsubscribe_all,

@@ -41,6 +41,7 @@ class Simulator:
         self._state = SimState(config)
         self._server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._instrument_ticker: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         # Sockets per remote IP, counted from the accepted handshake (the 33rd gets HTTP 429).
         self._by_ip: dict[str, set[ServerConnection]] = {}
@@ -80,6 +81,16 @@ class Simulator:
         ticks, _ = self._state.market.produced(index_name, since, until)
         return [(int(ts), price) for ts, price in ticks]
 
+    def produced_instrument(
+        self, instrument_name: str, since: int | None = None, until: int | None = None
+    ) -> list[tuple[int, float]]:
+        """What `sim/produced` answers for an instrument: its `100ms` frames (timestamp, mark)."""
+        found = self._state.instruments.produced(instrument_name, since, until)
+        return [(int(ts), mark) for ts, mark in (found[0] if found else [])]
+
+    def expire_instrument(self, instrument_name: str) -> bool:
+        return self._state.instruments.expire(instrument_name, time.time_ns() // 1_000_000)
+
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("simulator already started")
@@ -94,14 +105,18 @@ class Simulator:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.create_task(self._tick_loop(), name="sim-ticker")
+        self._instrument_ticker = asyncio.create_task(
+            self._instrument_loop(), name="sim-instruments"
+        )
 
     async def stop(self) -> None:
         """Close every connection and stop ticking; safe to call twice."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        for task in (self._ticker, self._instrument_ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ticker = self._instrument_ticker = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -200,6 +215,27 @@ class Simulator:
                     data = {"index_name": name, "price": price, "timestamp": timestamp}
                     frame = rpc.subscription(channel, data)
                 session.send(frame)
+
+    async def _instrument_loop(self) -> None:
+        """The instruments' updates, every `instrument_interval / 4` (each on its own jittered
+        clock), while ticks are not paused."""
+        loop = asyncio.get_running_loop()
+        state = self._state
+        while True:
+            await asyncio.sleep(max(self.config.instrument_interval / 4, MIN_SLEEP))
+            if loop.time() < state.paused_until:
+                continue
+            try:
+                frames = state.instruments.step(time.time_ns() // 1_000_000)
+            except Exception:  # a bug must not stop the prices
+                log.exception("instrument updates failed")
+                continue
+            for channel, data in frames:
+                frame = None
+                for session in tuple(state.sessions.values()):
+                    if channel in session.subscriptions:
+                        frame = frame or rpc.subscription(channel, data)
+                        session.send(frame)
 
 
 def _remote_ip(connection: ServerConnection) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from cryptomarket.deribit.credits import bucket_for
 from cryptomarket.deribit.simulator.config import SimulatorConfig
+from cryptomarket.deribit.simulator.instrument_market import InstrumentMarket
 from cryptomarket.deribit.simulator.market import Market
 from cryptomarket.deribit.simulator.rpc import Params
 from cryptomarket.deribit.simulator.session import Session
@@ -45,6 +46,13 @@ class SimState:
             started_ms=now_ms(),
             record_hours=config.record_hours,
             chart_spacing_ms=round(config.chart_spacing * 1000),
+        )
+        self.instruments = InstrumentMarket(
+            self.market.seed,
+            self.market.price,
+            interval=config.instrument_interval,
+            keep_ms=max(3_600_000, int(config.record_hours * 3_600_000)),
+            now_ms=now_ms(),
         )
         self.tokens = TokenStore()
         self.nonces = NonceRegistry()
