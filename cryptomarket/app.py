@@ -18,6 +18,7 @@ from cryptomarket.core.openapi_docs import install_openapi
 from cryptomarket.core.request_id import HEADER as REQUEST_ID_HEADER
 from cryptomarket.core.request_id import RequestIdMiddleware
 from cryptomarket.core.security_headers import SecurityHeadersMiddleware
+from cryptomarket.instruments import endpoints as instruments
 from cryptomarket.kit.tarpit import Tarpit
 from cryptomarket.prices import endpoints as prices
 from cryptomarket.runtime import Runtime
@@ -138,6 +139,7 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(streaming.router)  # documents the stream; StreamFirst serves it
     app.include_router(prices.router)
+    app.include_router(instruments.router)
     app.include_router(health.router)
     app.include_router(web.router)
     return app

@@ -31,6 +31,7 @@ from cryptomarket.distributed.deribit_sockets import DeploymentSockets
 from cryptomarket.distributed.memory import RedisMemory
 from cryptomarket.distributed.outages import OutageLog
 from cryptomarket.distributed.rate_limit import RedisBuckets
+from cryptomarket.instruments.catalogue import InstrumentCatalogue
 from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.kit.buckets import LocalBuckets
 from cryptomarket.prices.backfill import chart_source
@@ -62,6 +63,7 @@ class Runtime:
     pool: DeribitPool
     bus: LocalBus
     catalogue: TickerCatalogue
+    instruments: InstrumentCatalogue
     prices: PriceService
     users: UserService
     hub: StreamHub
@@ -111,6 +113,7 @@ class Runtime:
         catalogue = TickerCatalogue(
             pool.call if cache is None else shared_index_names(pool.call, cache)
         )
+        instruments = InstrumentCatalogue(pool.call)
         prices = PriceService(database, catalogue, settings.TRACKED_TICKERS)
         hub = StreamHub(
             max_streams=settings.SSE_MAX_STREAMS,
@@ -125,6 +128,7 @@ class Runtime:
             pool=pool,
             bus=LocalBus(),
             catalogue=catalogue,
+            instruments=instruments,
             prices=prices,
             users=UserService(
                 database,

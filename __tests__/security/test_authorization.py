@@ -19,6 +19,7 @@ PUBLIC = {
     "/health",
     "/metrics",
     "/api/v1/tickers",
+    "/api/v1/instruments",
     "/api/v1/prices",
     "/api/v1/prices/latest",
     "/api/v1/prices/by-date",

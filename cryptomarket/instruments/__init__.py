@@ -1,0 +1,1 @@
+"""Deribit instruments as tickers: their listing, names, ticker frames and rows."""
