@@ -159,7 +159,9 @@ class Runtime:
         if redis is not None:
             runtime._start_distributed(redis, outages)
         elif with_ingest:
-            runtime.writer = TickWriter(database)
+            runtime.writer = TickWriter(
+                database, store_interval_ms=settings.INSTRUMENT_STORE_INTERVAL_MS
+            )
             runtime.ingest = Ingest(
                 DeribitConnection(
                     settings.DERIBIT_WS_URL,

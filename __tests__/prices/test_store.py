@@ -19,6 +19,7 @@ EXPECTED_TABLES = {
     "person",
     "person_prices",
     "price_tickers",
+    "instrument_ticks",
     "price_gaps",
     "sessions",
     "price_candles",

@@ -9,7 +9,7 @@ import httpx
 
 from __tests__.helpers import eventually
 from __tests__.service import Service
-from cryptomarket.prices.models import channel_of
+from cryptomarket.prices.kinds import channel_of
 from cryptomarket.users.limits import AttemptLimiter
 from cryptomarket.users.repository import UserRepository
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Frames a stream may have waiting; a client further behind is dropped.
     SSE_CLIENT_BUFFER: int = Field(2_000, ge=10, le=1_000_000)
     SESSION_TTL: timedelta = timedelta(hours=27)
+    # An instrument updates up to ten times a second; its stored history keeps the first update
+    # of every this many ms (0: every update). Streams get every update either way.
+    INSTRUMENT_STORE_INTERVAL_MS: int = Field(1_000, ge=0, le=3_600_000)
     # Sign-in attempts per client address (every one costs a Deribit connection): a burst, then
     # this many a minute. User ids one Deribit account may claim.
     SIGN_IN_BURST: int = Field(5, ge=1, le=10_000)

@@ -44,6 +44,7 @@ class Tables:
     price_gaps: Table
     sessions: Table
     price_candles: Table
+    instrument_ticks: Table
 
 
 @cache
@@ -92,7 +93,20 @@ def build_tables(dialect: str) -> Tables:
         PrimaryKeyConstraint("ticker", "timestamp", name="pk_price_tickers"),
         sqlite_with_rowid=False,
     )
-    # Time ranges in which ticks were missed and could not be filled.
+    # One row per stored instrument ticker update (at most one per INSTRUMENT_STORE_INTERVAL_MS
+    # per instrument): the columns of price_tickers, `price` being the mark price, so the same
+    # queries serve both kinds, and the fields of the instrument's kind (instruments/frames.py).
+    instrument_ticks = table(
+        "instrument_ticks",
+        Column("ticker", String(64), nullable=False),
+        Column("timestamp", BigInteger, nullable=False),  # Deribit's, ms
+        Column("price", Double, nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False),
+        Column("fields", JSON, nullable=False),
+        PrimaryKeyConstraint("ticker", "timestamp", name="pk_instrument_ticks"),
+        sqlite_with_rowid=False,
+    )
+    # Time ranges in which ticks were missed and could not be filled (either kind).
     price_gaps = table(
         "price_gaps",
         Column("id", Integer, primary_key=True, autoincrement=True),
@@ -131,5 +145,12 @@ def build_tables(dialect: str) -> Tables:
         Column("revoked_at", DateTime(timezone=True), nullable=True),
     )
     return Tables(
-        metadata, person, person_prices, price_tickers, price_gaps, sessions, price_candles
+        metadata,
+        person,
+        person_prices,
+        price_tickers,
+        price_gaps,
+        sessions,
+        price_candles,
+        instrument_ticks,
     )

@@ -26,6 +26,7 @@ from cryptomarket.prices.backfill import (
     chart_source,
     fill_window,
 )
+from cryptomarket.prices.kinds import kind_of
 from cryptomarket.prices.models import Gap
 from cryptomarket.prices.repository import store_ticks, upsert_gap
 
@@ -82,7 +83,7 @@ def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
 def live_spacing(connection: Connection, tables: Tables, ticker: str, before: int) -> float | None:
     """How far apart the ticker's stored ticks just before `before` are (the median), so history
     much coarser than the live ticks is not taken for them."""
-    column = tables.price_tickers.c
+    column = kind_of(ticker).table(tables).c
     stamps = connection.execute(
         select(column.timestamp)
         .where(column.ticker == ticker, column.timestamp < before)

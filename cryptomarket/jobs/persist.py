@@ -22,7 +22,9 @@ from redis import Redis
 from sqlalchemy import Engine, func, select
 
 from cryptomarket.core.tables import Tables
+from cryptomarket.instruments.store_interval import StoreInterval
 from cryptomarket.jobs.locks import job_lock
+from cryptomarket.prices.kinds import kind_of
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import store_ticks, upsert_gap
 from cryptomarket.streaming.redis_bus import TICKS_STREAM, unpack
@@ -59,9 +61,11 @@ class Batch:
     gaps: list[Gap] = field(default_factory=list)
 
 
-def persist_ticks(redis: Redis, engine: Engine, tables: Tables) -> int:
+def persist_ticks(
+    redis: Redis, engine: Engine, tables: Tables, store_interval: StoreInterval | None = None
+) -> int:
     """Store what the stream holds; returns how many ticks were written (0 when another run
-    holds the lock)."""
+    holds the lock). `store_interval`: which instrument updates are stored (all when None)."""
     with job_lock(redis, "persist", LOCK_TTL) as lock:
         if not lock.held:
             logger.info("another persist run is in progress; skipped")
@@ -77,6 +81,8 @@ def persist_ticks(redis: Redis, engine: Engine, tables: Tables) -> int:
                 continue
             if not batch.ids:
                 break
+            if store_interval is not None:
+                batch.ticks = [tick for tick in batch.ticks if store_interval.keep(tick)]
             checks_new_stream = new_stream and bool(batch.ticks)
             if checks_new_stream:
                 batch.gaps.extend(_lost_before(engine, tables, batch.ticks))
@@ -123,9 +129,9 @@ def _lost_before(engine: Engine, tables: Tables, ticks: list[Tick]) -> list[Gap]
     for tick in ticks:
         first[tick.ticker] = min(tick.timestamp, first.get(tick.ticker, tick.timestamp))
     gaps = []
-    column = tables.price_tickers.c
     with engine.connect() as connection:
         for ticker, earliest in first.items():
+            column = kind_of(ticker).table(tables).c
             newest = connection.execute(
                 select(func.max(column.timestamp)).where(column.ticker == ticker)
             ).scalar()

@@ -8,6 +8,10 @@ start, and only at live resolution: points spaced like live ticks are kept, and 
 the window they leave uncovered is a gap; coarser points cannot stand in for the ticks between
 them, so the whole window is a gap whose reason says how many points there were and how far apart.
 Coarse points are neither stored nor streamed: the price table holds live-resolution ticks only.
+
+Instruments have no such history: Deribit's `public/get_tradingview_chart_data` serves trade
+candles (1 minute at the finest), not the ticker's mark, book and greeks updated every 100 ms, so
+it cannot fill an instrument's window at live resolution; the window is a gap, with no call made.
 """
 
 import logging
@@ -20,6 +24,7 @@ from itertools import pairwise
 from typing import Any
 
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
+from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Gap, Tick
 
 logger = logging.getLogger("cryptomarket.prices.backfill")
@@ -49,6 +54,7 @@ HOLE_SPACINGS = 3
 # since older windows are only ever served coarser.
 HISTORY_CHECKED = "Deribit's history"
 FAILED_PREFIX = "backfill failed"
+NO_INSTRUMENT_HISTORY = "none"  # the range name of an instrument's (empty) history
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,9 @@ def cover(
     apart this ticker's live ticks come, if known."""
     if until - since < 2:
         return Filled()
+    if range_name == NO_INSTRUMENT_HISTORY:
+        reason = f"{HISTORY_CHECKED} of an instrument is trade candles, not its ticker: not filled"
+        return Filled([], [Gap(ticker, since + 1, until - 1, reason)])
     first = bisect_right([tick.timestamp for tick in points], since)
     inside = [tick for tick in points[first:] if tick.timestamp < until]
     # Spacing where the window is: its points and one neighbour each side (the whole range when
@@ -166,6 +175,8 @@ def cover(
 
 async def fetch_points(history: ChartSource, ticker: str, span_ms: int) -> tuple[list[Tick], str]:
     """The points of the smallest range reaching `span_ms` back, and that range's name."""
+    if is_instrument(ticker):
+        return [], NO_INSTRUMENT_HISTORY
     range_name = range_for(span_ms)
     return parse_points(ticker, await history(ticker, range_name)), range_name
 

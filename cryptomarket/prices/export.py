@@ -14,8 +14,10 @@ from typing import Any
 import anyio.to_thread
 
 from cryptomarket.core.db import Database
+from cryptomarket.core.tables import build_tables
 from cryptomarket.core.tasks import cancel_and_wait
 from cryptomarket.prices.dates import from_ms
+from cryptomarket.prices.kinds import kind_of
 from cryptomarket.prices.schemas import CandleRange
 
 TICK_HEADER = ("ticker", "timestamp", "datetime", "price")
@@ -86,7 +88,8 @@ class _SqliteTicks:
         # Used from whichever worker thread anyio picks, one call at a time.
         self.connection = sqlite3.connect(path, check_same_thread=False)
         self.connection.execute("PRAGMA busy_timeout=5000")
-        self.cursor = self.connection.execute(SQLITE_TICKS, (ticker, start, end))
+        query = SQLITE_TICKS.format(table=sqlite_table(ticker))
+        self.cursor = self.connection.execute(query, (ticker, start, end))
         self.ticker = ticker
         self.dates = IsoDates()
 
@@ -101,9 +104,19 @@ class _SqliteTicks:
 
 
 SQLITE_TICKS = (
-    "SELECT timestamp, price FROM crypto_price_tickers "  # core/tables.py: the name on SQLite
+    "SELECT timestamp, price FROM {table} "
     "WHERE ticker = ? AND timestamp >= ? AND timestamp <= ? ORDER BY timestamp"
 )
+
+
+def sqlite_table(ticker: str) -> str:
+    """The table of the ticker's kind, by its name on SQLite (an instrument's price: its mark)."""
+    return kind_of(ticker).table(build_tables("sqlite")).name
+
+
+def postgres_table(ticker: str) -> str:
+    table = kind_of(ticker).table(build_tables("postgresql"))
+    return f"{table.schema}.{table.name}"
 
 
 # The moment of a tick, and its text as the JSON answers write it (no fraction on a whole second).
@@ -113,7 +126,7 @@ COPY_TICKS = (
     "SELECT ticker, timestamp, CASE WHEN timestamp % 1000 = 0 "
     "THEN to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS"Z"') """
     "ELSE to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS.MS"000Z"') END AS datetime, price """
-    "FROM crypto.price_tickers "  # core/tables.py: the schema and name on PostgreSQL
+    "FROM {table} "
     "WHERE ticker = $1 AND timestamp >= $2 AND timestamp <= $3 ORDER BY timestamp"
 )
 
@@ -129,7 +142,13 @@ async def _copied(database: Database, ticker: str, start: int, end: int) -> Asyn
         driver: Any = raw.driver_connection  # asyncpg.Connection
         copy = asyncio.create_task(
             driver.copy_from_query(
-                COPY_TICKS, ticker, start, end, output=put, format="csv", header=True
+                COPY_TICKS.format(table=postgres_table(ticker)),
+                ticker,
+                start,
+                end,
+                output=put,
+                format="csv",
+                header=True,
             )
         )
         try:

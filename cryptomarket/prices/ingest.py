@@ -18,18 +18,18 @@ replicas and to the stream the persist job writes from.
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
 from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
-from cryptomarket.prices.models import CHANNEL_PREFIX, EPOCH, Gap, Tick, channel_of, publish_stamp
+from cryptomarket.prices.kinds import MalformedFrame, channel_of, parse_frame, ticker_of
+from cryptomarket.prices.models import EPOCH, Gap, Tick, publish_stamp
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import Event, upstream_status
@@ -219,17 +219,15 @@ class Ingest:
     # -- upstream events --------------------------------------------------------------------
 
     def _on_notification(self, channel: str, data: Any) -> None:
-        if not channel.startswith(CHANNEL_PREFIX) or not isinstance(data, dict):
+        ticker = ticker_of(channel)
+        if ticker is None:
             return
-        ticker = channel.removeprefix(CHANNEL_PREFIX)
         try:
-            price, timestamp = float(data["price"]), int(data["timestamp"])
-        except (KeyError, TypeError, ValueError):
-            logger.warning("ignored a malformed tick on %s", channel)
+            received = parse_frame(ticker, data)
+        except MalformedFrame as why:
+            logger.warning("ignored a malformed tick on %s: %s", channel, why)
             return
-        if not math.isfinite(price) or timestamp <= 0:
-            logger.warning("ignored an impossible tick on %s", channel)
-            return
+        timestamp = received.timestamp
         self.ticks_in += 1
         previous = self.last_seen.get(ticker, 0)
         self.last_seen[ticker] = max(timestamp, previous)
@@ -249,11 +247,11 @@ class Ingest:
                 self._catch_up(ticker, timestamp)
             else:
                 self._sample_spacing(ticker, timestamp)
-                self._publish(Tick(ticker, price, timestamp, publish_stamp()))
+                self._publish(replace(received, received_at=publish_stamp()))
                 return
         else:
             self._sample_spacing(ticker, timestamp)
-        catchup.held.append(Tick(ticker, price, timestamp, EPOCH))  # stamped when published
+        catchup.held.append(replace(received, received_at=EPOCH))  # stamped when published
         self._arm(ticker, catchup)
         if len(catchup.held) >= self.max_held:
             self._give_up(ticker, f"{self.max_held} live ticks held")
@@ -405,7 +403,7 @@ class Ingest:
                 self._publish_gap(event)
             elif event.timestamp not in published:  # a held tick the history had too
                 published.add(event.timestamp)
-                self._publish(Tick(ticker, event.price, event.timestamp, publish_stamp()))
+                self._publish(replace(event, received_at=publish_stamp()))
         if published:
             self.last_seen[ticker] = max(*published, self.last_seen.get(ticker, 0))
         if result.ticks or result.gaps:

@@ -1,16 +1,17 @@
-"""What flows through ingest: ticks from Deribit and the gaps where ticks are missing."""
+"""What flows through ingest: ticks from Deribit and the gaps where ticks are missing.
+
+A tick is one update of a ticker of either kind (prices/kinds.py): an index price, or an
+instrument's ticker, whose `price` is its mark price and whose other fields ride in `fields`.
+"""
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-CHANNEL_PREFIX = "deribit_price_index."
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _last_stamp_us = 0
-
-
-def channel_of(ticker: str) -> str:
-    return CHANNEL_PREFIX + ticker
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,8 @@ class Tick:
     timestamp: int  # Deribit's, ms since the epoch
     # When the ingest handed it to the bus: the publish-order stamp (see `publish_stamp`).
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
+    # An instrument's ticker fields (instruments/frames.py); None for an index price.
+    fields: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def moment(self) -> datetime:

@@ -4,11 +4,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Executable, Result, Row, and_, func, select
+from sqlalchemy import Connection, Executable, Result, Row, Table, and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cryptomarket.core.tables import Tables
+from cryptomarket.instruments.names import is_instrument
+from cryptomarket.prices.kinds import kind_of
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.rollups import candle_rows, merge_candles
 
@@ -16,32 +18,41 @@ from cryptomarket.prices.rollups import candle_rows, merge_candles
 CandleRow = Row[int, float, float, float, float, int]
 
 
-def insert_ticks(tables: Tables, dialect: str) -> Executable:
-    """Store ticks (executed with `tick_rows`); one already stored is left as it is. Returns
-    (ticker, timestamp, price) of the ticks it stored, for their candles."""
-    ticks = tables.price_tickers
+def insert_ticks(table: Table, dialect: str) -> Executable:
+    """Store ticks of one kind (executed with `tick_rows`); one already stored is left as it
+    is. Returns (ticker, timestamp, price) of the ticks it stored, for their candles."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert(ticks)
+        insert(table)
         .on_conflict_do_nothing(index_elements=["ticker", "timestamp"])
-        .returning(ticks.c.ticker, ticks.c.timestamp, ticks.c.price)
+        .returning(table.c.ticker, table.c.timestamp, table.c.price)
     )
+
+
+def by_table(tables: Tables, ticks: Sequence[Tick]) -> dict[Table, list[Tick]]:
+    """Ticks split by the table of their kind."""
+    split: dict[Table, list[Tick]] = {}
+    for tick in ticks:
+        split.setdefault(kind_of(tick.ticker).table(tables), []).append(tick)
+    return split
 
 
 def store_ticks(connection: Connection, tables: Tables, ticks: Sequence[Tick]) -> int:
     """Store ticks and fold the new ones into their candles (a sync connection, in the
     caller's transaction); returns how many were new."""
-    if not ticks:
-        return 0
     dialect = connection.dialect.name
-    stored = connection.execute(insert_ticks(tables, dialect), tick_rows(ticks)).all()
-    if stored:
-        connection.execute(merge_candles(tables, dialect), candle_rows(stored))
-    return len(stored)
+    new = 0
+    for table, own in by_table(tables, ticks).items():
+        stored = connection.execute(insert_ticks(table, dialect), tick_rows(own)).all()
+        if stored:
+            connection.execute(merge_candles(tables, dialect), candle_rows(stored))
+        new += len(stored)
+    return new
 
 
 def tick_rows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
-    return [
+    """Rows of ticks of one kind: an instrument's carry its fields."""
+    rows: list[dict[str, Any]] = [
         {
             "ticker": tick.ticker,
             "timestamp": tick.timestamp,
@@ -50,6 +61,10 @@ def tick_rows(ticks: Sequence[Tick]) -> list[dict[str, Any]]:
         }
         for tick in ticks
     ]
+    if ticks and is_instrument(ticks[0].ticker):
+        for row, tick in zip(rows, ticks, strict=True):
+            row["fields"] = dict(tick.fields or {})
+    return rows
 
 
 def upsert_gap(tables: Tables, dialect: str, gap: Gap) -> Executable:
@@ -75,15 +90,21 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _tick(row: Row[Any]) -> Tick:
-    return Tick(row.ticker, row.price, row.timestamp, aware(row.received_at))
+def fields_of(row: Row[Any]) -> dict[str, Any] | None:
+    """An instrument row's ticker fields; None for an index price's row."""
+    fields = row._mapping.get("fields")
+    return fields if isinstance(fields, dict) else None
+
+
+def tick_of(row: Row[Any]) -> Tick:
+    """A stored tick of either kind, with its publish stamp."""
+    return Tick(row.ticker, row.price, row.timestamp, aware(row.received_at), fields_of(row))
 
 
 class PriceRepository:
     def __init__(self, connection: AsyncConnection, tables: Tables) -> None:
         self.connection = connection
         self.tables = tables
-        self.ticks = tables.price_tickers
         self.gaps = tables.price_gaps
         self._insert = (
             postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
@@ -92,24 +113,31 @@ class PriceRepository:
     async def add_ticks(self, ticks: Sequence[Tick]) -> int:
         """Store ticks and fold the new ones into their candles; one already stored (same
         ticker and timestamp) is left as it is. Returns how many were new."""
-        if not ticks:
-            return 0
         dialect = self.connection.dialect.name
-        result = await self.connection.execute(insert_ticks(self.tables, dialect), tick_rows(ticks))
-        stored = result.all()
-        if stored:
-            await self.connection.execute(merge_candles(self.tables, dialect), candle_rows(stored))
-        return len(stored)
+        new = 0
+        for table, own in by_table(self.tables, ticks).items():
+            result = await self.connection.execute(insert_ticks(table, dialect), tick_rows(own))
+            stored = result.all()
+            if stored:
+                await self.connection.execute(
+                    merge_candles(self.tables, dialect), candle_rows(stored)
+                )
+            new += len(stored)
+        return new
+
+    def _ticks(self, ticker: str) -> Table:
+        return kind_of(ticker).table(self.tables)
 
     async def add_gap(self, gap: Gap) -> None:
         """Record a gap; recording the same start again widens it instead of repeating it."""
         await self.connection.execute(upsert_gap(self.tables, self.connection.dialect.name, gap))
 
     async def latest(self, ticker: str) -> Row[Any] | None:
+        ticks = self._ticks(ticker)
         result = await self.connection.execute(
-            select(self.ticks)
-            .where(self.ticks.c.ticker == ticker)
-            .order_by(self.ticks.c.timestamp.desc())
+            select(ticks)
+            .where(ticks.c.ticker == ticker)
+            .order_by(ticks.c.timestamp.desc())
             .limit(1)
         )
         return result.first()
@@ -118,11 +146,12 @@ class PriceRepository:
         self, ticker: str, *, before: int | None, limit: int
     ) -> Sequence[Row[Any]]:
         """A page of the newest ticks, older than `before` when given."""
-        query = select(self.ticks).where(self.ticks.c.ticker == ticker)
+        ticks = self._ticks(ticker)
+        query = select(ticks).where(ticks.c.ticker == ticker)
         if before is not None:
-            query = query.where(self.ticks.c.timestamp < before)
+            query = query.where(ticks.c.timestamp < before)
         result = await self.connection.execute(
-            query.order_by(self.ticks.c.timestamp.desc()).limit(limit)
+            query.order_by(ticks.c.timestamp.desc()).limit(limit)
         )
         return result.all()
 
@@ -130,32 +159,35 @@ class PriceRepository:
         self, ticker: str, start: int, end: int, *, after: int | None, limit: int
     ) -> Sequence[Row[Any]]:
         """A page of ticks in [start, end], oldest first, later than `after` when given."""
-        lower = self.ticks.c.timestamp > after if after is not None else None
-        query = select(self.ticks).where(
-            self.ticks.c.ticker == ticker,
-            self.ticks.c.timestamp >= start,
-            self.ticks.c.timestamp <= end,
+        ticks = self._ticks(ticker)
+        lower = ticks.c.timestamp > after if after is not None else None
+        query = select(ticks).where(
+            ticks.c.ticker == ticker,
+            ticks.c.timestamp >= start,
+            ticks.c.timestamp <= end,
         )
         if lower is not None:
             query = query.where(lower)
-        result = await self.connection.execute(query.order_by(self.ticks.c.timestamp).limit(limit))
+        result = await self.connection.execute(query.order_by(ticks.c.timestamp).limit(limit))
         return result.all()
 
     async def newest_after(self, ticker: str, after: int, *, limit: int) -> list[Row[Any]]:
         """The newest `limit` ticks later than `after`, oldest first (a bounded catch-up)."""
+        ticks = self._ticks(ticker)
         result = await self.connection.execute(
-            select(self.ticks)
-            .where(self.ticks.c.ticker == ticker, self.ticks.c.timestamp > after)
-            .order_by(self.ticks.c.timestamp.desc())
+            select(ticks)
+            .where(ticks.c.ticker == ticker, ticks.c.timestamp > after)
+            .order_by(ticks.c.timestamp.desc())
             .limit(limit)
         )
         return list(reversed(result.all()))
 
     async def received_at_of(self, ticker: str, timestamp: int) -> datetime | None:
         """The publish stamp of one stored tick (a primary-key lookup)."""
+        ticks = self._ticks(ticker)
         result = await self.connection.execute(
-            select(self.ticks.c.received_at).where(
-                self.ticks.c.ticker == ticker, self.ticks.c.timestamp == timestamp
+            select(ticks.c.received_at).where(
+                ticks.c.ticker == ticker, ticks.c.timestamp == timestamp
             )
         )
         value = result.scalar()
@@ -164,29 +196,32 @@ class PriceRepository:
     async def published_after(self, ticker: str, stamp: datetime, *, limit: int) -> list[Tick]:
         """The newest `limit` ticks published after `stamp`, in publish order (Last-Event-ID
         replay; the index on (ticker, received_at) serves it)."""
+        ticks = self._ticks(ticker)
         result = await self.connection.execute(
-            select(self.ticks)
-            .where(self.ticks.c.ticker == ticker, self.ticks.c.received_at > stamp)
-            .order_by(self.ticks.c.received_at.desc())
+            select(ticks)
+            .where(ticks.c.ticker == ticker, ticks.c.received_at > stamp)
+            .order_by(ticks.c.received_at.desc())
             .limit(limit)
         )
-        return [_tick(row) for row in reversed(result.all())]
+        return [tick_of(row) for row in reversed(result.all())]
 
     async def first_published_after(self, ticker: str, stamp: datetime) -> Tick | None:
         """The first tick published after `stamp`."""
+        ticks = self._ticks(ticker)
         result = await self.connection.execute(
-            select(self.ticks)
-            .where(self.ticks.c.ticker == ticker, self.ticks.c.received_at > stamp)
-            .order_by(self.ticks.c.received_at)
+            select(ticks)
+            .where(ticks.c.ticker == ticker, ticks.c.received_at > stamp)
+            .order_by(ticks.c.received_at)
             .limit(1)
         )
         row = result.first()
-        return None if row is None else _tick(row)
+        return None if row is None else tick_of(row)
 
     async def last_timestamp(self, ticker: str) -> int | None:
         """The newest stored timestamp of a ticker (an index lookup, not a scan)."""
+        ticks = self._ticks(ticker)
         result = await self.connection.execute(
-            select(func.max(self.ticks.c.timestamp)).where(self.ticks.c.ticker == ticker)
+            select(func.max(ticks.c.timestamp)).where(ticks.c.ticker == ticker)
         )
         value = result.scalar()
         return None if value is None else int(value)

@@ -19,6 +19,7 @@ from cryptomarket.core.db import Database
 from cryptomarket.core.metrics import DurationHistogram
 from cryptomarket.core.tasks import cancel_and_wait
 from cryptomarket.deribit.backoff import Backoff
+from cryptomarket.instruments.store_interval import StoreInterval
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository
 
@@ -36,8 +37,10 @@ class TickWriter:
         batch_size: int = 5_000,
         flush_interval: float = 0.5,
         backoff: Backoff | None = None,
+        store_interval_ms: int = 0,
     ) -> None:
         self.database = database
+        self.store_interval = StoreInterval(store_interval_ms)
         self.max_buffer = max_buffer
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -59,7 +62,10 @@ class TickWriter:
         return len(self._buffer)
 
     def add(self, tick: Tick) -> None:
-        """Queue a tick; never blocks. Past the bound it is dropped and its range becomes a gap."""
+        """Queue a tick; never blocks. Past the bound it is dropped and its range becomes a gap.
+        An instrument's update inside an already stored window is not stored (by design)."""
+        if not self.store_interval.keep(tick):
+            return
         if len(self._buffer) >= self.max_buffer:
             self.dropped += 1
             gap = self._overflow.get(tick.ticker)

@@ -36,12 +36,15 @@ def event_id(tick: Tick) -> str:
 
 
 def price_frame(tick: Tick) -> bytes:
-    data = {
+    """A price: an index's, or an instrument's mark with the fields of its kind beside it."""
+    data: dict[str, Any] = {
         "ticker": tick.ticker,
         "price": tick.price,
         "timestamp": tick.timestamp,
         "datetime": iso(tick.timestamp),
     }
+    if tick.fields is not None:
+        data.update(tick.fields)
     return frame("price", data, event_id(tick))
 
 

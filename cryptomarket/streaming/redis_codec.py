@@ -47,6 +47,8 @@ def pack(event: Event) -> bytes:
             "timestamp": event.timestamp,
             "received_us": to_us(event.received_at),
         }
+        if event.fields is not None:
+            header["fields"] = event.fields
         return json.dumps(header).encode() + b"\n" + events.price_frame(event)
     if isinstance(event, Gap):
         header = {
@@ -69,7 +71,14 @@ def unpack(message: bytes) -> tuple[Event, bytes | None]:
     if kind == "tick":
         received_us = header.get("received_us")
         received_at = datetime.now(UTC) if received_us is None else from_us(int(received_us))
-        tick = Tick(header["ticker"], float(header["price"]), int(header["timestamp"]), received_at)
+        fields = header.get("fields")
+        tick = Tick(
+            header["ticker"],
+            float(header["price"]),
+            int(header["timestamp"]),
+            received_at,
+            fields if isinstance(fields, dict) else None,
+        )
         return tick, frame or None
     if kind == "gap":
         gap = Gap(header["ticker"], int(header["from"]), int(header["to"]), header["reason"])

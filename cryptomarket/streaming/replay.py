@@ -31,7 +31,7 @@ from datetime import datetime
 
 from cryptomarket.core.db import Database
 from cryptomarket.prices.models import Gap, Tick
-from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import Stream, StreamHub
 
@@ -101,7 +101,10 @@ async def fetch(
             else:
                 floor = missed.floor(each)
                 rows = await repository.newest_after(each, floor, limit=limit + 1)
-                ticks = [Tick(row.ticker, row.price, row.timestamp) for row in rows]
+                ticks = [
+                    Tick(row.ticker, row.price, row.timestamp, fields=fields_of(row))
+                    for row in rows
+                ]
                 cut = len(ticks) > limit
                 oldest = (
                     await repository.between(each, floor + 1, 2**62, after=None, limit=1)

@@ -14,7 +14,7 @@ from cryptomarket.core.db import Database
 from cryptomarket.core.errors import NotFound
 from cryptomarket.distributed.control import SubscriptionChange
 from cryptomarket.prices.models import Tick
-from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.prices.service import PriceService
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.subscriptions.schemas import Created, Removed
@@ -161,4 +161,6 @@ class SubscriptionService:
             for ticker in missing:
                 row = await repository.latest(ticker)
                 if row is not None:
-                    self.hub.remember_latest(Tick(row.ticker, row.price, row.timestamp))
+                    self.hub.remember_latest(
+                        Tick(row.ticker, row.price, row.timestamp, fields=fields_of(row))
+                    )

@@ -13,6 +13,7 @@ from cryptomarket.core.config import Settings
 from cryptomarket.core.db import create_sync_engine, database_urls
 from cryptomarket.core.tables import Tables, build_tables
 from cryptomarket.distributed.connect import sync_redis
+from cryptomarket.instruments.store_interval import StoreInterval
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Resources:
     engine: Engine
     tables: Tables
     redis: Redis
+    store_interval: StoreInterval  # kept across persist runs: it remembers stored windows
 
 
 _made: dict[int, Resources] = {}
@@ -38,5 +40,6 @@ def resources(settings: Settings) -> Resources:
             engine=create_sync_engine(urls.sync_url),
             tables=build_tables(urls.dialect),
             redis=sync_redis(settings.REDIS_URL),
+            store_interval=StoreInterval(settings.INSTRUMENT_STORE_INTERVAL_MS),
         )
     return _made[pid]

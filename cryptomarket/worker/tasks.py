@@ -49,7 +49,7 @@ RETRY: dict[str, Any] = {
 @app.task(name="cryptomarket.persist_ticks", soft_time_limit=50, time_limit=60, **RETRY)
 def persist_ticks() -> int:
     r = resources(settings)
-    written = persist.persist_ticks(r.redis, r.engine, r.tables)
+    written = persist.persist_ticks(r.redis, r.engine, r.tables, r.store_interval)
     if written:
         logger.debug("persisted %d tick(s)", written)
     return written

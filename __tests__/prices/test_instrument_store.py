@@ -1,0 +1,100 @@
+"""Instrument ticks in the store, both databases: their own table with their fields, idempotent,
+one per INSTRUMENT_STORE_INTERVAL_MS, read back by the same history queries as index prices."""
+
+import json
+
+from cryptomarket.core.db import Database
+from cryptomarket.instruments.frames import parse_ticker
+from cryptomarket.instruments.store_interval import StoreInterval
+from cryptomarket.prices.models import Tick
+from cryptomarket.prices.repository import PriceRepository, tick_of
+from cryptomarket.prices.writer import TickWriter
+from cryptomarket.streaming.redis_codec import pack, unpack
+
+START = 1_790_000_000_000
+
+
+def perpetual(i: int, step: int = 100) -> Tick:
+    data = {
+        "timestamp": START + i * step,
+        "state": "open",
+        "instrument_name": "BTC-PERPETUAL",
+        "mark_price": 92_000.0 + i,
+        "index_price": 91_990.0,
+        "best_bid_price": 91_999.5 + i,
+        "best_ask_price": 92_000.5 + i,
+        "best_bid_amount": 1_000.0,
+        "best_ask_amount": 2_000.0,
+        "current_funding": 0.0001,
+        "funding_8h": 0.00003,
+        "stats": {"high": 93_000.0, "low": 90_000.0, "volume": 12.5, "price_change": 1.2},
+    }
+    tick = parse_ticker("BTC-PERPETUAL", data)
+    assert tick is not None
+    return tick
+
+
+async def test_instrument_ticks_keep_their_fields_in_their_own_table(database: Database) -> None:
+    batch = [perpetual(i) for i in range(20)]
+    mixed = [*batch, Tick("btc_usd", 91_990.0, START)]
+    for _ in range(2):  # a batch written again stores nothing twice
+        async with database.transaction() as connection:
+            await PriceRepository(connection, database.tables).add_ticks(mixed)
+    async with database.reading() as connection:
+        repository = PriceRepository(connection, database.tables)
+        rows = await repository.between("BTC-PERPETUAL", START, START + 10**6, after=None, limit=99)
+        latest = await repository.latest("BTC-PERPETUAL")
+        index = await repository.between("btc_usd", START, START + 10**6, after=None, limit=99)
+        candles = await repository.candles("BTC-PERPETUAL", 60_000, 60_000, 0, 2**62, limit=9)
+    assert [row.timestamp for row in rows] == [tick.timestamp for tick in batch]
+    assert [row.price for row in index] == [91_990.0]  # the index price stayed in its table
+    assert latest is not None
+    stored = tick_of(latest)
+    assert stored.price == 92_019.0 and stored.fields is not None
+    assert stored.fields["best_ask_price"] == 92_019.5
+    assert stored.fields["current_funding"] == 0.0001
+    assert stored.fields["stats"]["high"] == 93_000.0
+    # Candles of an instrument are over its mark price.
+    assert [(c.open, c.close, c.ticks) for c in candles] == [(92_000.0, 92_019.0, 20)]
+
+
+async def test_the_writer_stores_one_update_per_interval_and_every_index_tick(
+    database: Database,
+) -> None:
+    writer = TickWriter(database, flush_interval=0.01, store_interval_ms=1000)
+    writer.start()
+    updates = [perpetual(i, step=250) for i in range(12)]  # four a second, three seconds
+    for tick in updates:
+        writer.add(tick)
+    writer.add(Tick("btc_usd", 1.0, START))
+    writer.add(Tick("btc_usd", 2.0, START + 1))
+    await writer.stop()
+    async with database.reading() as connection:
+        repository = PriceRepository(connection, database.tables)
+        rows = await repository.between("BTC-PERPETUAL", START, START + 10**6, after=None, limit=99)
+        index = await repository.between("btc_usd", START, START + 10**6, after=None, limit=99)
+    assert [row.timestamp for row in rows] == [START, START + 1000, START + 2000]
+    assert len(index) == 2
+
+
+def test_the_store_interval_is_the_first_update_of_each_window_whatever_the_batches() -> None:
+    ticks = [perpetual(i, step=300) for i in range(10)]  # 0, 300, ..., 2700 ms
+    one = StoreInterval(1000)
+    kept = [t.timestamp - START for t in ticks if one.keep(t)]
+    assert kept == [0, 1200, 2100]
+    split = StoreInterval(1000)
+    again = [t.timestamp - START for t in ticks[:5] if split.keep(t)]
+    again += [t.timestamp - START for t in ticks[5:] if split.keep(t)]
+    assert again == kept
+    assert all(StoreInterval(0).keep(t) for t in ticks)  # 0: every update
+    assert StoreInterval(1000).keep(Tick("btc_usd", 1.0, START))
+
+
+def test_an_instrument_tick_crosses_redis_with_its_fields() -> None:
+    tick = perpetual(3)
+    received, frame = unpack(pack(tick))
+    assert isinstance(received, Tick) and received.fields == tick.fields
+    assert frame is not None
+    data = json.loads(frame.decode().split("data: ", 1)[1])
+    assert data["ticker"] == "BTC-PERPETUAL" and data["price"] == tick.price
+    assert data["best_bid_price"] == 92_002.5 and data["funding_8h"] == 0.00003

@@ -1,0 +1,25 @@
+"""What of an instrument's updates is stored: the first of every INSTRUMENT_STORE_INTERVAL_MS,
+by Deribit's timestamp (windows aligned to the epoch), so the choice is the same in whatever
+batches the ticks come and whichever process stores them; index prices are always stored.
+
+Ticks of a ticker come in timestamp order (ingest publishes them so), so the newest stored window
+per instrument is all there is to remember (one entry per instrument ever stored).
+"""
+
+from cryptomarket.instruments.names import is_instrument
+from cryptomarket.prices.models import Tick
+
+
+class StoreInterval:
+    def __init__(self, interval_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self._window: dict[str, int] = {}  # instrument -> the window of its last kept tick
+
+    def keep(self, tick: Tick) -> bool:
+        if self.interval_ms <= 0 or not is_instrument(tick.ticker):
+            return True
+        window = tick.timestamp // self.interval_ms
+        if self._window.get(tick.ticker, -1) >= window:
+            return False
+        self._window[tick.ticker] = window
+        return True
