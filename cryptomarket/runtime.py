@@ -114,13 +114,14 @@ class Runtime:
             pool.call if cache is None else shared_index_names(pool.call, cache)
         )
         instruments = InstrumentCatalogue(pool.call)
-        prices = PriceService(database, catalogue, settings.TRACKED_TICKERS)
+        prices = PriceService(database, catalogue, settings.TRACKED_TICKERS, instruments)
         hub = StreamHub(
             max_streams=settings.SSE_MAX_STREAMS,
             max_per_user=settings.SSE_MAX_STREAMS_PER_USER,
             max_per_account=settings.SSE_MAX_STREAMS_PER_ACCOUNT,
             client_buffer=settings.SSE_CLIENT_BUFFER,
         )
+        hub.on_expired = instruments.mark_expired
         runtime = cls(
             settings=settings,
             database=database,

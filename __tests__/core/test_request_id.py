@@ -14,7 +14,7 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 
 
 async def test_a_sane_id_is_echoed_on_success_and_on_errors(service: Service) -> None:
-    for path, status in (("/health", 200), ("/api/v1/prices?ticker=NOPE", 422), ("/nope", 404)):
+    for path, status in (("/health", 200), ("/api/v1/prices?ticker=NOPE!", 422), ("/nope", 404)):
         response = await service.client.get(path, headers={"X-Request-ID": "edge-7f3a.91:b/c=="})
         assert response.status_code == status
         assert response.headers["x-request-id"] == "edge-7f3a.91:b/c=="

@@ -1,6 +1,6 @@
-"""Properties of the ticker check, against the live service and the simulator's index list: any
-text is a known index name, a 422 (not an index name) or a 404 (unknown), never anything else,
-both in the service and over HTTP."""
+"""Properties of the ticker check, against the live service and the simulator's lists: any text
+is a known index name or instrument, a 422 (neither an index nor an instrument name) or a 404
+(unknown, with the list to look in), never anything else, both in the service and over HTTP."""
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from __tests__.service import Service
 from cryptomarket.core.config import TICKER_PATTERN
 from cryptomarket.core.errors import InvalidInput, NotFound
+from cryptomarket.instruments.names import INSTRUMENT_PATTERN, is_instrument
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -19,6 +20,7 @@ texts = st.one_of(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789_-. \n\t\x00/%?#", max_size=70),
     name_like.map(str.upper),
     name_like.map(lambda name: name + "\n"),
+    st.sampled_from(["BTC-PERPETUAL", "ETH-PERPETUAL", "SOL_USDC-PERPETUAL", "BTC-1JAN20"]),
 )
 
 
@@ -27,17 +29,21 @@ texts = st.one_of(
 async def test_any_text_is_known_malformed_or_unknown(service: Service, ticker: str) -> None:
     prices = service.runtime.prices
     known = set(await prices.catalogue.names())
+    instruments = {i.name for i in await service.runtime.instruments.all()}
+    instrument = is_instrument(ticker)
+    pattern = INSTRUMENT_PATTERN if instrument else TICKER_PATTERN
     try:
         assert await prices.check_ticker(ticker) == ticker
     except InvalidInput as malformed:
-        assert not TICKER_PATTERN.fullmatch(ticker)
+        assert not pattern.fullmatch(ticker)
         assert malformed.status_code == 422
         return
     except NotFound as unknown:
-        assert TICKER_PATTERN.fullmatch(ticker) and ticker not in known
-        assert unknown.code == "unknown_ticker" and "/api/v1/tickers" in unknown.detail
+        assert pattern.fullmatch(ticker) and ticker not in known | instruments
+        where = "/api/v1/instruments" if instrument else "/api/v1/tickers"
+        assert unknown.code == "unknown_ticker" and where in unknown.detail
         return
-    assert ticker in known or ticker in prices.always_known
+    assert ticker in known | instruments or ticker in prices.always_known
 
 
 @settings(

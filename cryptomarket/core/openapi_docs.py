@@ -49,7 +49,7 @@ INVALID_DATE = error(
     "or ISO 8601 (2024-05-01T09:30:00Z)",
 )
 UNKNOWN_TICKER = error(
-    "The ticker is not a Deribit index name.",
+    "The ticker is not a Deribit index name, nor an active (or stored) instrument.",
     "unknown_ticker",
     "unknown ticker 'nope_usd'; the supported index names are at /api/v1/tickers",
 )
@@ -161,7 +161,10 @@ TAGS = [
         "answers GET and POST and needs your own session.",
     },
     {"name": "stream", "description": "Your live prices as Server-Sent Events."},
-    {"name": "prices", "description": "Stored price history and the index names. Public."},
+    {
+        "name": "prices",
+        "description": "Stored price history, the index names and the instruments. Public.",
+    },
     {"name": "operations", "description": "Health and Prometheus metrics, for the operator."},
 ]
 

@@ -123,10 +123,19 @@ class InstrumentCatalogue:
         self._next_expiry = float("inf")  # seconds, the earliest expiry in the list
         self._tried_at = -float("inf")
         self._lock = asyncio.Lock()
+        self._seen_expire: set[str] = set()  # expired on the wire, still in the list fetched
 
     async def all(self) -> list[Instrument]:
         await self._ensure(missing=None)
-        return sorted(self._by_name.values(), key=lambda i: i.name)
+        return sorted(
+            (i for i in self._by_name.values() if not self.expired(i)), key=lambda i: i.name
+        )
+
+    def mark_expired(self, name: str) -> None:
+        """The instrument's final frame was seen: refuse it from now on, whatever the list says
+        (Deribit may expire it before its listed time, or list it a while after)."""
+        if name in self._by_name:
+            self._seen_expire.add(name)
 
     async def get(self, name: str) -> Instrument | None:
         """The active instrument called `name`, or None."""
@@ -137,6 +146,8 @@ class InstrumentCatalogue:
         return instrument
 
     def expired(self, instrument: Instrument) -> bool:
+        if instrument.name in self._seen_expire:
+            return True
         expiry = instrument.expiration_timestamp
         return instrument.expires and expiry is not None and expiry <= self._clock() * 1000
 
@@ -169,6 +180,7 @@ class InstrumentCatalogue:
         if not found:
             return
         self._by_name = found
+        self._seen_expire &= set(found)  # bounded by the list
         self._fetched_at = self._clock()
         now_ms = self._fetched_at * 1000
         expiries = [

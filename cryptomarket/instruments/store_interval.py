@@ -1,11 +1,13 @@
 """What of an instrument's updates is stored: the first of every INSTRUMENT_STORE_INTERVAL_MS,
 by Deribit's timestamp (windows aligned to the epoch), so the choice is the same in whatever
-batches the ticks come and whichever process stores them; index prices are always stored.
+batches the ticks come and whichever process stores them; and an instrument's final frame (its
+delivery price). Index prices are always stored.
 
 Ticks of a ticker come in timestamp order (ingest publishes them so), so the newest stored window
 per instrument is all there is to remember (one entry per instrument ever stored).
 """
 
+from cryptomarket.instruments.frames import is_final
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Tick
 
@@ -19,6 +21,9 @@ class StoreInterval:
         if self.interval_ms <= 0 or not is_instrument(tick.ticker):
             return True
         window = tick.timestamp // self.interval_ms
+        if is_final(tick):
+            self._window.pop(tick.ticker, None)  # nothing more comes of it
+            return True
         if self._window.get(tick.ticker, -1) >= window:
             return False
         self._window[tick.ticker] = window

@@ -32,7 +32,8 @@ Ticker = Annotated[
     Query(
         min_length=1,
         max_length=64,
-        description="Deribit index name, as listed by /api/v1/tickers.",
+        description="Deribit index name (/api/v1/tickers) or instrument name "
+        "(/api/v1/instruments).",
         examples=["btc_usd"],
     ),
 ]

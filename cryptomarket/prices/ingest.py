@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
+from cryptomarket.instruments.frames import is_final
 from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
 from cryptomarket.prices.kinds import MalformedFrame, channel_of, parse_frame, ticker_of
 from cryptomarket.prices.models import EPOCH, Gap, Tick, publish_stamp
@@ -117,6 +118,7 @@ class Ingest:
         self._catchups: dict[str, _Catchup] = {}
         self._accounted_to: dict[str, int] = {}  # per ticker, the end of its last catch-up
         self._spacing_from: dict[str, int] = {}  # per ticker, the live tick before the next
+        self._expiring: set[str] = set()  # instruments whose subscriptions are being ended
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -282,6 +284,27 @@ class Ingest:
         if self.writer is not None:
             self.writer.add(tick)
         self.bus.publish(tick)
+        if tick.fields is not None and is_final(tick) and tick.ticker not in self._expiring:
+            self._expiring.add(tick.ticker)
+            self._spawn(self._expire(tick.ticker))
+
+    async def _expire(self, ticker: str) -> None:
+        """An instrument sent its final frame: every subscription of it ends (the streams were
+        told by the frame itself, streaming/hub.py) and its channel is released."""
+        logger.info("%s expired: its subscriptions end", ticker)
+        try:
+            async with self.database.transaction() as connection:
+                ended = await UserRepository(connection, self.database.tables).end_ticker(ticker)
+            logger.info("%s: %d subscription(s) ended", ticker, len(ended))
+        except Exception as error:  # the store may be down: the next recount retries
+            logger.warning("%s: subscriptions not ended: %s", ticker, type(error).__name__)
+        finally:
+            self._expiring.discard(ticker)
+        await self._recount(ticker, unreadable=0)
+        self.last_seen.pop(ticker, None)
+        self.live_spacing.pop(ticker, None)
+        self._spacing_from.pop(ticker, None)
+        self._accounted_to.pop(ticker, None)
 
     def _publish_gap(self, gap: Gap) -> None:
         if self.writer is not None:

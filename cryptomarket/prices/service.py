@@ -3,7 +3,7 @@
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 from pydantic import TypeAdapter
@@ -12,6 +12,8 @@ from sqlalchemy import Row
 from cryptomarket.core.config import TICKER_PATTERN
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import InvalidInput, NotFound, Unavailable
+from cryptomarket.instruments.catalogue import InstrumentCatalogue
+from cryptomarket.instruments.names import INSTRUMENT_PATTERN, INSTRUMENTS_URL, is_instrument
 from cryptomarket.kit.json import OFF_LOOP_ITEMS
 from cryptomarket.prices.candles import (
     bucket_start,
@@ -20,7 +22,7 @@ from cryptomarket.prices.candles import (
     touched_by_gaps,
 )
 from cryptomarket.prices.dates import InvalidDate, from_ms, parse_datetime, to_ms
-from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.prices.schemas import (
     Candle,
     CandleRange,
@@ -41,7 +43,11 @@ MAX_LIMIT = 10_000
 def point(row: Row[Any]) -> PricePoint:
     # Rows from our own table are already valid: skip validation.
     return PricePoint.model_construct(
-        ticker=row.ticker, price=row.price, timestamp=row.timestamp, datetime=from_ms(row.timestamp)
+        ticker=row.ticker,
+        price=row.price,
+        timestamp=row.timestamp,
+        datetime=from_ms(row.timestamp),
+        **(fields_of(row) or {}),
     )
 
 
@@ -55,6 +61,18 @@ async def items(rows: Sequence[Row[Any]]) -> list[PriceItem]:
 
 
 def _items(rows: Sequence[Row[Any]]) -> list[PriceItem]:
+    if rows and "fields" in rows[0]._mapping:  # an instrument's rows
+        instrument_rows: list[dict[str, Any]] = [
+            {
+                "ticker": r.ticker,
+                "price": r.price,
+                "timestamp": r.timestamp,
+                "datetime": from_ms(r.timestamp),
+                **(r.fields or {}),  # its kind's fields: PriceItem's optional keys
+            }
+            for r in rows
+        ]
+        return cast(list[PriceItem], instrument_rows)
     return [
         {
             "ticker": r.ticker,
@@ -80,17 +98,26 @@ def next_cursor(rows: Sequence[Row[Any]], limit: int) -> str | None:
 
 class PriceService:
     def __init__(
-        self, database: Database, catalogue: TickerCatalogue, always_known: Iterable[str] = ()
+        self,
+        database: Database,
+        catalogue: TickerCatalogue,
+        always_known: Iterable[str] = (),
+        instruments: InstrumentCatalogue | None = None,
     ) -> None:
         self.database = database
         self.catalogue = catalogue
         self.always_known = frozenset(always_known)
+        self.instruments = instruments
 
-    async def check_ticker(self, ticker: str) -> str:
-        """The ticker if Deribit knows it: 422 when malformed, 404 when unknown."""
+    async def check_ticker(self, ticker: str, *, stored: bool = False) -> str:
+        """The ticker if Deribit knows it: 422 when malformed, 404 when unknown. `stored`: an
+        instrument that expired is accepted while its history is stored (the history routes)."""
+        if is_instrument(ticker):
+            return await self._check_instrument(ticker, stored=stored)
         if not TICKER_PATTERN.fullmatch(ticker):
             raise InvalidInput(
-                f"ticker {ticker[:64]!r} is not an index name (lower case, like btc_usd)"
+                f"ticker {ticker[:64]!r} is neither an index name (lower case, like btc_usd) "
+                "nor an instrument name (upper case, like BTC-PERPETUAL)"
             )
         if ticker in self.always_known:
             return ticker
@@ -107,8 +134,33 @@ class PriceService:
             )
         return ticker
 
+    async def _check_instrument(self, ticker: str, *, stored: bool) -> str:
+        if not INSTRUMENT_PATTERN.fullmatch(ticker):
+            raise InvalidInput(
+                f"ticker {ticker[:64]!r} is not an instrument name (like BTC-PERPETUAL)"
+            )
+        if self.instruments is None:
+            raise NotFound(f"instruments are not served here: {ticker!r}", code="unknown_ticker")
+        try:
+            active = await self.instruments.get(ticker) is not None
+        except CatalogueUnavailable:
+            raise Unavailable(
+                f"cannot check instrument {ticker!r} now: Deribit's instrument list is unreachable"
+            ) from None
+        if not active and stored:
+            async with self.database.reading() as connection:
+                repository = PriceRepository(connection, self.database.tables)
+                active = await repository.last_timestamp(ticker) is not None
+        if not active:
+            raise NotFound(
+                f"unknown instrument {ticker!r} (or it expired); the active instruments are at "
+                f"{INSTRUMENTS_URL}",
+                code="unknown_ticker",
+            )
+        return ticker
+
     async def latest(self, ticker: str) -> PricePoint:
-        await self.check_ticker(ticker)
+        await self.check_ticker(ticker, stored=True)
         async with self.database.reading() as connection:
             row = await PriceRepository(connection, self.database.tables).latest(ticker)
         if row is None:
@@ -116,7 +168,7 @@ class PriceService:
         return point(row)
 
     async def newest_first(self, ticker: str, *, limit: int, cursor: str | None) -> PricePage:
-        await self.check_ticker(ticker)
+        await self.check_ticker(ticker, stored=True)
         before = read_cursor(cursor)
         async with self.database.reading() as connection:
             rows = await PriceRepository(connection, self.database.tables).newest_first(
@@ -134,7 +186,7 @@ class PriceService:
     ) -> tuple[int, int]:
         """A range's ends in ms once the dates and the ticker are checked (an export)."""
         start, end = parse_range(start_date, end_date)
-        await self.check_ticker(ticker)
+        await self.check_ticker(ticker, stored=True)
         return to_ms(start), to_ms(end)
 
     async def between(
@@ -147,7 +199,7 @@ class PriceService:
         cursor: str | None,
     ) -> PriceRange:
         start, end = parse_range(start_date, end_date)
-        await self.check_ticker(ticker)
+        await self.check_ticker(ticker, stored=True)
         after = read_cursor(cursor)
         async with self.database.reading() as connection:
             rows = await PriceRepository(connection, self.database.tables).between(
@@ -174,7 +226,7 @@ class PriceService:
     ) -> CandleRange:
         name, width = parse_resolution(resolution)
         start, end = parse_range(start_date, end_date)
-        await self.check_ticker(ticker)
+        await self.check_ticker(ticker, stored=True)
         after = read_cursor(cursor)
         # Whole buckets: from the one holding start_date to the end of the one holding end_date.
         first = bucket_start(to_ms(start), width)

@@ -48,6 +48,19 @@ def price_frame(tick: Tick) -> bytes:
     return frame("price", data, event_id(tick))
 
 
+def expired_frame(tick: Tick) -> bytes:
+    """An instrument expired (its final frame was `tick`): the subscription ends."""
+    fields = tick.fields or {}
+    data = {
+        "ticker": tick.ticker,
+        "timestamp": tick.timestamp,
+        "datetime": iso(tick.timestamp),
+        "state": fields.get("state"),
+        "delivery_price": fields.get("delivery_price"),
+    }
+    return frame("expired", data)
+
+
 def gap_frame(gap: Gap) -> bytes:
     return frame("gap", {"ticker": gap.ticker, "from": gap.from_ts, "to": gap.to_ts})
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptomarket.core.errors import TooMany, Unavailable
+from cryptomarket.instruments.frames import is_final
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
@@ -191,6 +192,8 @@ class StreamHub:
         # Open streams' sessions and keys, re-checked against the store (streaming/sessions.py).
         self.sessions = SessionRecheck(self._streams, self.end_stream, self._due_changed.set)
         self.events_sent = 0  # frames handed to streams, since start
+        # Told the name of each instrument whose final frame went out (its catalogue forgets it).
+        self.on_expired: Callable[[str], None] | None = None
 
     @property
     def ping_interval(self) -> float:
@@ -405,6 +408,21 @@ class StreamHub:
                 if tick.ticker in stream.timers:
                     sent += stream.push_price(tick, frame)
         self.events_sent += sent
+        if tick.fields is not None and is_final(tick):
+            self._expire(tick, frame)
+
+    def _expire(self, tick: Tick, frame: bytes) -> None:
+        """An instrument's final frame: every stream on it gets that price (whatever its timer),
+        then the `expired` event, and its subscription ends (the store's ends in the ingest)."""
+        expired = events.expired_frame(tick)
+        for stream in self._streams():
+            if tick.ticker in stream.timers:
+                self.events_sent += stream.push_price(tick, frame) + stream.push(expired)
+                self.unsubscribe(stream, tick.ticker)
+        self.latest.pop(tick.ticker, None)
+        self.recent.pop(tick.ticker, None)
+        if self.on_expired is not None:
+            self.on_expired(tick.ticker)
 
     def _streams(self) -> list[Stream]:
         return [stream for streams in self._by_user.values() for stream in streams]

@@ -33,7 +33,13 @@ router = APIRouter(
 ALREADY_SUBSCRIBED = {"user_id": "alice", "ticker": "btc_usd", "timer": 0, "created": False}
 
 TickerPath = Annotated[
-    str, Path(min_length=1, max_length=64, description="Deribit index name.", examples=["btc_usd"])
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        description="Deribit index name (btc_usd) or instrument name (BTC-PERPETUAL).",
+        examples=["btc_usd"],
+    ),
 ]
 Timer = Annotated[
     int | None,

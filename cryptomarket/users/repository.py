@@ -202,6 +202,15 @@ class UserRepository:
         )
         return sorted(result.scalars())
 
+    async def end_ticker(self, ticker: str) -> list[str]:
+        """Remove every subscription of a ticker (an expired instrument); returns whose."""
+        result = await self.connection.execute(
+            delete(self.subscriptions)
+            .where(self.subscriptions.c.ticker == ticker)
+            .returning(self.subscriptions.c.user_id)
+        )
+        return sorted(result.scalars())
+
     async def subscribed_tickers(self) -> dict[str, int]:
         """How many users subscribe each ticker."""
         result = await self.connection.execute(
