@@ -18,7 +18,11 @@ class StoreInterval:
         self._window: dict[str, int] = {}  # instrument -> the window of its last kept tick
 
     def keep(self, tick: Tick) -> bool:
-        if self.interval_ms <= 0 or not is_instrument(tick.ticker):
+        if not is_instrument(tick.ticker):
+            return True
+        if tick.fields is not None and "mark_price" not in tick.fields:
+            return False  # a notice of the ingest's (an instrument found gone), not an update
+        if self.interval_ms <= 0:
             return True
         window = tick.timestamp // self.interval_ms
         if is_final(tick):

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
-from cryptomarket.deribit.errors import DeribitError, DeribitTransportError
-from cryptomarket.instruments.frames import is_final
+from cryptomarket.deribit.errors import DeribitError, DeribitTransportError, InvalidParams
+from cryptomarket.instruments.frames import is_final, parse_ticker
+from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
 from cryptomarket.prices.kinds import MalformedFrame, channel_of, parse_frame, ticker_of
 from cryptomarket.prices.models import EPOCH, Gap, Tick, publish_stamp
@@ -45,6 +46,8 @@ MAX_LIVE_SPACING_MS = 10_000  # longer between two live ticks is a pause, not th
 # very fast tickers from being judged on a few ms of jitter at the producer.
 HOLE_SPACINGS = 3
 HOLE_FLOOR_MS = 1_000
+# An instrument that sends nothing for this long (it updates ten times a second) is asked about.
+SILENT_AFTER = 60.0
 
 
 class Publisher(Protocol):
@@ -95,6 +98,7 @@ class Ingest:
         stale_after: float = 10.0,
         hold_timeout: float = 15.0,
         max_held: int = 10_000,
+        silent_after: float = SILENT_AFTER,
     ) -> None:
         self.connection = connection
         self.writer = writer
@@ -105,6 +109,7 @@ class Ingest:
         self.stale_after = stale_after
         self.hold_timeout = hold_timeout
         self.max_held = max_held
+        self.silent_after = silent_after
         self.status = "connecting"
         self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
         # How far apart each ticker's live ticks come (ms, a moving average): history spaced
@@ -119,6 +124,8 @@ class Ingest:
         self._accounted_to: dict[str, int] = {}  # per ticker, the end of its last catch-up
         self._spacing_from: dict[str, int] = {}  # per ticker, the live tick before the next
         self._expiring: set[str] = set()  # instruments whose subscriptions are being ended
+        # When each watched instrument was last asked about (or first watched), ms.
+        self._watched_since: dict[str, float] = {}
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -146,6 +153,7 @@ class Ingest:
         await self.connection.subscribe(channel_of(ticker) for ticker in sorted(self.tracked))
         self.connection.start()
         self._spawn(self._watch_staleness())
+        self._spawn(self._watch_silent_instruments())
 
     async def stop(self) -> None:
         for remove in self._removers:
@@ -302,6 +310,7 @@ class Ingest:
             self._expiring.discard(ticker)
         await self._recount(ticker, unreadable=0)
         self.last_seen.pop(ticker, None)
+        self._watched_since.pop(ticker, None)
         self.live_spacing.pop(ticker, None)
         self._spacing_from.pop(ticker, None)
         self._accounted_to.pop(ticker, None)
@@ -438,6 +447,46 @@ class Ingest:
                 result.coarse,
                 f"; then {len(catchup.held)} held" if catchup.held else "",
             )
+
+    async def _watch_silent_instruments(self) -> None:
+        """An instrument silent for SILENT_AFTER seconds while connected is asked about with
+        `public/ticker`: Deribit documents no message when a channel ends, so an instrument
+        that expired without a final frame on its channel (or before a restart of ours, its
+        channel then acknowledged with nothing) is found here and ended the same way."""
+        while True:
+            await asyncio.sleep(self.silent_after / 2)
+            if self.status != "connected":
+                continue
+            now = time.time() * 1000
+            for ticker in sorted(self.tickers):
+                if not is_instrument(ticker) or ticker in self._expiring:
+                    continue
+                heard = max(
+                    self.last_seen.get(ticker, 0), self._watched_since.setdefault(ticker, now)
+                )
+                if now - heard > self.silent_after * 1000:
+                    await self._ask_about(ticker)
+
+    async def _ask_about(self, ticker: str) -> None:
+        self._watched_since[ticker] = time.time() * 1000  # asked: not again before SILENT_AFTER
+        try:
+            result = await self.connection.call("public/ticker", {"instrument_name": ticker})
+        except InvalidParams:  # "instrument not found": gone (expired) or never listed
+            logger.info("%s: silent and unknown to Deribit: ended", ticker)
+            # A notice, not a Deribit update (no mark): the streams end it, nothing is stored.
+            notice = {"state": "closed"}
+            self.bus.publish(Tick(ticker, 0.0, int(time.time() * 1000), publish_stamp(), notice))
+            self._expiring.add(ticker)
+            self._spawn(self._expire(ticker))
+            return
+        except (DeribitError, DeribitTransportError) as error:
+            logger.warning("%s: silent, and public/ticker failed: %s", ticker, error)
+            return
+        tick = parse_ticker(ticker, result) if isinstance(result, dict) else None
+        if tick is not None and is_final(tick) and tick.timestamp > self.last_seen.get(ticker, 0):
+            logger.info("%s: silent, and expired: its final state published", ticker)
+            self.last_seen[ticker] = tick.timestamp
+            self._publish(replace(tick, received_at=publish_stamp()))
 
     async def _watch_staleness(self) -> None:
         """Connected but no tick for `stale_after` seconds: tell the clients the data is stale."""

@@ -391,6 +391,9 @@ class StreamHub:
                     self.events_sent += 1
 
     def _publish_tick(self, tick: Tick, frame: bytes | None) -> None:
+        if tick.fields is not None and "mark_price" not in tick.fields and is_final(tick):
+            self._expire(tick, None)  # the ingest found it gone: a notice, no price
+            return
         current = self.latest.get(tick.ticker)
         if current is not None and tick.timestamp <= current[0].timestamp:
             return
@@ -411,13 +414,15 @@ class StreamHub:
         if tick.fields is not None and is_final(tick):
             self._expire(tick, frame)
 
-    def _expire(self, tick: Tick, frame: bytes) -> None:
+    def _expire(self, tick: Tick, frame: bytes | None) -> None:
         """An instrument's final frame: every stream on it gets that price (whatever its timer),
         then the `expired` event, and its subscription ends (the store's ends in the ingest)."""
         expired = events.expired_frame(tick)
         for stream in self._streams():
             if tick.ticker in stream.timers:
-                self.events_sent += stream.push_price(tick, frame) + stream.push(expired)
+                if frame is not None:
+                    self.events_sent += stream.push_price(tick, frame)
+                self.events_sent += stream.push(expired)
                 self.unsubscribe(stream, tick.ticker)
         self.latest.pop(tick.ticker, None)
         self.recent.pop(tick.ticker, None)

@@ -88,6 +88,11 @@ class Simulator:
         found = self._state.instruments.produced(instrument_name, since, until)
         return [(int(ts), mark) for ts, mark in (found[0] if found else [])]
 
+    def instrument_names(self, kind: str | None = None) -> list[str]:
+        """The live instruments' names (of one kind: future or option)."""
+        live = self._state.instruments.catalogue.live.values()
+        return sorted(i.name for i in live if kind is None or i.kind == kind)
+
     def expire_instrument(self, instrument_name: str) -> bool:
         return self._state.instruments.expire(instrument_name, time.time_ns() // 1_000_000)
 

@@ -1,0 +1,54 @@
+"""Instruments in ingest: an expiry ends the stored subscriptions and the channel, whether Deribit
+sends a final frame on the channel, or the channel just falls silent (an instrument that expired
+while the gateway was down, or one that is no longer listed at all)."""
+
+import asyncio
+
+from __tests__.helpers import eventually_async
+from __tests__.prices.conftest import StartIngest
+from __tests__.prices.test_ingest import store_subscription
+from cryptomarket.core.db import Database
+from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.instruments.frames import is_final
+from cryptomarket.prices.models import Tick
+from cryptomarket.streaming.bus import Event
+from cryptomarket.users.repository import UserRepository
+
+
+async def subscribers(database: Database, ticker: str) -> int:
+    async with database.reading() as connection:
+        return await UserRepository(connection, database.tables).subscribers_of(ticker)
+
+
+async def test_a_silent_instrument_is_asked_about_and_ended_when_gone(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    expired = simulator.instrument_names("option")[0]
+    assert simulator.expire_instrument(expired)  # before the ingest starts: it never sees a frame
+    await asyncio.sleep(0.1)  # the simulator's next step moves it to the expired list
+    for user, ticker in (("alice", expired), ("bob", "ETH-1JAN20"), ("carol", "BTC-PERPETUAL")):
+        await store_subscription(database, user, ticker, add=True)
+    ingest = await start_ingest(database, set(), silent_after=0.6)
+    finals: list[Tick] = []
+
+    def heard(event: Event) -> None:
+        if isinstance(event, Tick) and event.fields is not None and is_final(event):
+            finals.append(event)
+
+    ingest.bus.subscribe(heard)  # type: ignore[attr-defined]
+    await ingest.connection.wait_ready()
+    await ingest.follow({expired: 1, "ETH-1JAN20": 1, "BTC-PERPETUAL": 1})
+
+    async def ended() -> bool:
+        return (
+            await subscribers(database, expired) == 0
+            and await subscribers(database, "ETH-1JAN20") == 0
+        )
+
+    await eventually_async(ended, timeout=10, what="the silent instruments ended")
+    by_name = {tick.ticker: tick for tick in finals}
+    assert (by_name[expired].fields or {}).get("delivery_price") is not None  # its last state
+    assert "mark_price" not in (by_name["ETH-1JAN20"].fields or {})  # only a notice
+    assert ingest.tickers == {"BTC-PERPETUAL"}  # the live one goes on
+    assert f"ticker.{expired}.100ms" not in ingest.connection.channels
+    assert await subscribers(database, "BTC-PERPETUAL") == 1
