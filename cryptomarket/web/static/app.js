@@ -53,6 +53,9 @@
     cancelAll: $("cancel-all"),
     log: $("log"),
     tickerList: $("ticker-list"),
+    accountCard: $("account-card"),
+    accountSummary: $("account-summary"),
+    balances: $("balances"),
     historyForm: $("history-form"),
     histTicker: $("hist-ticker"),
     histStart: $("hist-start"),
@@ -214,6 +217,29 @@
     const parts = [state.userId, `account ${profile.account_id}`];
     if (profile.type) parts.push(profile.type);
     ui.userLabel.textContent = parts.join(" · ");
+    showAccount(profile);
+  }
+
+  /** The signed-in user's Deribit account data, as GET /api/v1/users/{id} gives it. */
+  function showAccount(profile) {
+    const who = [profile.username, profile.email].filter(Boolean).join(" · ");
+    const fetched = profile.fetched_at ? new Date(profile.fetched_at) : null;
+    ui.accountSummary.textContent =
+      `Account ${profile.account_id}${profile.type ? ` (${profile.type})` : ""}` +
+      (who ? `: ${who}` : "") +
+      (fetched ? `. Fetched from Deribit at ${clock.format(fetched)}.` : ".");
+    const rows = Object.entries(profile.balances || {}).map(([currency, balance]) => {
+      const row = element("tr");
+      row.dataset.currency = currency;
+      row.append(element("th", null, currency));
+      for (const key of ["balance", "equity", "available_funds"]) {
+        const value = balance[key];
+        row.append(element("td", null, value === null || value === undefined ? "—" : String(value)));
+      }
+      return row;
+    });
+    ui.balances.replaceChildren(...rows);
+    ui.accountCard.hidden = false;
   }
 
   function signedOut() {
@@ -227,6 +253,8 @@
     ui.signInCard.hidden = false;
     ui.liveCard.hidden = true;
     ui.userBox.hidden = true;
+    ui.accountCard.hidden = true;
+    ui.balances.replaceChildren();
     setStream("off");
     startHealthPolling();
   }
@@ -283,6 +311,7 @@
     source.addEventListener("price", (event) => onPrice(JSON.parse(event.data)));
     source.addEventListener("status", (event) => onStatus(JSON.parse(event.data)));
     source.addEventListener("gap", (event) => onGap(JSON.parse(event.data)));
+    source.addEventListener("expired", (event) => onExpired(JSON.parse(event.data)));
     source.addEventListener("error", () => {
       if (source !== state.source) return;
       if (source.readyState === EventSource.CLOSED) {
@@ -384,7 +413,37 @@
     const time = row.querySelector(".sub-time");
     time.textContent = clock.format(new Date(tick.timestamp));
     time.dateTime = tick.datetime;
+    if ("mark_price" in tick) showBook(row, tick);
     describeRow(sub);
+  }
+
+  /** An instrument's book beside its mark: bid / ask, and funding for a perpetual. */
+  function showBook(row, tick) {
+    const side = (price, amount) =>
+      price === null || price === undefined || !amount ? "—" : formatPrice(price);
+    const parts = [
+      `bid ${side(tick.best_bid_price, tick.best_bid_amount)}`,
+      `ask ${side(tick.best_ask_price, tick.best_ask_amount)}`,
+      `mark ${formatPrice(tick.mark_price)}`,
+    ];
+    if (typeof tick.current_funding === "number") {
+      parts.push(`funding ${(tick.current_funding * 100).toFixed(4)} %`);
+    }
+    if (typeof tick.mark_iv === "number") parts.push(`IV ${tick.mark_iv.toFixed(1)} %`);
+    const book = row.querySelector(".sub-book");
+    book.textContent = parts.join(" · ");
+    book.hidden = false;
+    row.dataset.bid = String(tick.best_bid_price);
+    row.dataset.ask = String(tick.best_ask_price);
+  }
+
+  function onExpired(data) {
+    const delivery = typeof data.delivery_price === "number"
+      ? `, delivered at ${formatPrice(data.delivery_price)}`
+      : "";
+    log(`${data.ticker} expired${delivery}: its subscription ended`, "warn");
+    state.cancelled.add(data.ticker); // a late price of it must not bring the row back
+    removeRow(data.ticker);
   }
 
   function onStatus(data) {
@@ -431,12 +490,15 @@
     cancel.setAttribute("aria-label", `Cancel ${ticker}`);
     cancel.addEventListener("click", () => cancelOne(ticker, cancel));
     const time = element("time", "sub-time", "waiting…");
+    const book = element("span", "sub-book");
+    book.hidden = true; // an instrument's bid / ask / mark, once its first price is in
     row.append(
       element("span", "sub-name", ticker),
       element("span", "sub-price", "—"),
       cancel,
       element("span", "sub-meta"),
       time,
+      book,
     );
     return row;
   }
@@ -462,7 +524,7 @@
 
   ui.subscribeForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const ticker = ui.subTicker.value.trim().toLowerCase();
+    const ticker = tickerName(ui.subTicker.value);
     const timer = ui.subTimer.value.trim();
     if (!ticker || state.userId === null) return;
     const query = timer === "" ? "" : `?timer=${encodeURIComponent(timer)}`;
@@ -540,19 +602,43 @@
 
   // ---- tickers -----------------------------------------------------------------------------
 
+  /** What was typed, as a ticker: instrument names are upper case, index names lower case, so
+   * "BTC_USD" means the index btc_usd unless an instrument is called so. */
+  function tickerName(value) {
+    const typed = value.trim();
+    const listed = (name) => ui.tickerList.querySelector(`option[value="${CSS.escape(name)}"]`);
+    if (listed(typed)) return typed;
+    if (listed(typed.toLowerCase())) return typed.toLowerCase();
+    return typed === typed.toUpperCase() && /[A-Z]/.test(typed) ? typed : typed.toLowerCase();
+  }
+
+  /** Index names and instruments in one list the ticker inputs search as you type. */
   async function loadTickers() {
-    try {
-      const { tickers } = await api("GET", "/api/v1/tickers");
-      ui.tickerList.replaceChildren(
-        ...tickers.map((name) => {
-          const option = document.createElement("option");
-          option.value = name;
-          return option;
-        }),
-      );
-    } catch (error) {
-      log(`The ticker list is unavailable: ${error.message}`, "warn");
+    const option = (name, label) => {
+      const node = document.createElement("option");
+      node.value = name;
+      if (label) node.label = label;
+      return node;
+    };
+    const [indexes, instruments] = await Promise.allSettled([
+      api("GET", "/api/v1/tickers"),
+      api("GET", "/api/v1/instruments"),
+    ]);
+    const options = [];
+    if (indexes.status === "fulfilled") {
+      options.push(...indexes.value.tickers.map((name) => option(name, "index")));
+    } else {
+      log(`The index list is unavailable: ${indexes.reason.message}`, "warn");
     }
+    if (instruments.status === "fulfilled") {
+      for (const item of instruments.value.instruments) {
+        const label = item.strike ? `${item.family} ${item.option_type}` : item.family;
+        options.push(option(item.instrument_name, label));
+      }
+    } else {
+      log(`The instrument list is unavailable: ${instruments.reason.message}`, "warn");
+    }
+    ui.tickerList.replaceChildren(...options);
   }
 
   // ---- history chart -----------------------------------------------------------------------
@@ -587,7 +673,7 @@
 
   /** What the form asks for: {ticker, start, end, resolution: null for ticks}, or {problem}. */
   function historyRequest() {
-    const ticker = ui.histTicker.value.trim().toLowerCase();
+    const ticker = tickerName(ui.histTicker.value);
     const start = fromLocalInput(ui.histStart.value);
     const end = fromLocalInput(ui.histEnd.value);
     if (!ticker || !start) return { problem: "Pick a ticker and a start time." };
