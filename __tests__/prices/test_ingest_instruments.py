@@ -7,6 +7,7 @@ import asyncio
 from __tests__.helpers import eventually_async
 from __tests__.prices.conftest import StartIngest
 from __tests__.prices.test_ingest import store_subscription
+from __tests__.simulated import sim_control
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.instruments.frames import is_final
@@ -43,6 +44,7 @@ async def test_a_silent_instrument_is_asked_about_and_ended_when_gone(
         return (
             await subscribers(database, expired) == 0
             and await subscribers(database, "ETH-1JAN20") == 0
+            and ingest.tickers == {"BTC-PERPETUAL"}  # recounted: their channels released
         )
 
     await eventually_async(ended, timeout=10, what="the silent instruments ended")
@@ -52,3 +54,44 @@ async def test_a_silent_instrument_is_asked_about_and_ended_when_gone(
     assert ingest.tickers == {"BTC-PERPETUAL"}  # the live one goes on
     assert f"ticker.{expired}.100ms" not in ingest.connection.channels
     assert await subscribers(database, "BTC-PERPETUAL") == 1
+
+
+async def test_index_and_instrument_channels_are_counted_together_and_apart(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    ingest = await start_ingest(database, {"btc_usd"})
+    await ingest.connection.wait_ready()
+    index, instrument = "deribit_price_index.sol_usdc", "ticker.SOL_USDC-PERPETUAL.100ms"
+    subscribes = simulator.calls["public/subscribe"]
+    for user in ("alice", "bob"):
+        for ticker in ("sol_usdc", "SOL_USDC-PERPETUAL"):
+            await store_subscription(database, user, ticker, add=True)
+            await ingest.acquire(ticker)
+    assert {index, instrument} <= ingest.connection.channels
+    assert simulator.calls["public/subscribe"] == subscribes + 2  # once each, never per user
+    await store_subscription(database, "alice", "SOL_USDC-PERPETUAL", add=False)
+    await ingest.release("SOL_USDC-PERPETUAL")
+    assert instrument in ingest.connection.channels  # bob still watches it
+    await store_subscription(database, "bob", "SOL_USDC-PERPETUAL", add=False)
+    await ingest.release("SOL_USDC-PERPETUAL")
+    assert instrument not in ingest.connection.channels
+    assert index in ingest.connection.channels  # the index of the same name is another count
+    assert ingest.tickers == {"btc_usd", "sol_usdc"}
+
+    # Both come back after a reconnect, and ticks of both flow.
+    await store_subscription(database, "alice", "SOL_USDC-PERPETUAL", add=True)
+    await ingest.acquire("SOL_USDC-PERPETUAL")
+    seen: set[str] = set()
+    ingest.bus.subscribe(  # type: ignore[attr-defined]
+        lambda event: seen.add(event.ticker) if isinstance(event, Tick) else None
+    )
+    seen.clear()
+    await sim_control(simulator, ("sim/drop_connections", {}))
+
+    async def both() -> bool:
+        return {"sol_usdc", "SOL_USDC-PERPETUAL"} <= seen and {
+            index,
+            instrument,
+        } <= ingest.connection.channels
+
+    await eventually_async(both, timeout=10, what="both kinds flowing after a reconnect")
