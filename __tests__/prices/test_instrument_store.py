@@ -1,11 +1,14 @@
 """Instrument ticks in the store, both databases: their own table with their fields, idempotent,
 one per INSTRUMENT_STORE_INTERVAL_MS, read back by the same history queries as index prices."""
 
+import csv
+import io
 import json
 
 from cryptomarket.core.db import Database
 from cryptomarket.instruments.frames import parse_ticker
 from cryptomarket.instruments.store_interval import StoreInterval
+from cryptomarket.prices.export import tick_csv
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository, tick_of
 from cryptomarket.prices.writer import TickWriter
@@ -98,3 +101,19 @@ def test_an_instrument_tick_crosses_redis_with_its_fields() -> None:
     data = json.loads(frame.decode().split("data: ", 1)[1])
     assert data["ticker"] == "BTC-PERPETUAL" and data["price"] == tick.price
     assert data["best_bid_price"] == 92_002.5 and data["funding_8h"] == 0.00003
+
+
+async def test_an_instruments_csv_has_its_fields_as_columns(database: Database) -> None:
+    batch = [perpetual(i) for i in range(5)]
+    async with database.transaction() as connection:
+        await PriceRepository(connection, database.tables).add_ticks(batch)
+    text = b"".join(
+        [chunk async for chunk in tick_csv(database, "BTC-PERPETUAL", START, START + 10**6)]
+    ).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [int(row["timestamp"]) for row in rows] == [tick.timestamp for tick in batch]
+    first = rows[0]
+    assert list(first)[:4] == ["ticker", "timestamp", "datetime", "price"]
+    assert float(first["best_bid_price"]) == 91_999.5 and first["state"] == "open"
+    assert float(first["stats_high"]) == 93_000.0 and first["greeks_delta"] == ""
+    assert float(first["current_funding"]) == 0.0001 and first["delivery_price"] == ""

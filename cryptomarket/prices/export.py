@@ -16,11 +16,19 @@ import anyio.to_thread
 from cryptomarket.core.db import Database
 from cryptomarket.core.tables import build_tables
 from cryptomarket.core.tasks import cancel_and_wait
+from cryptomarket.instruments.frames import GROUPS, NUMBER_OR_TEXT, NUMBERS, TEXTS
+from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.dates import from_ms
 from cryptomarket.prices.kinds import kind_of
 from cryptomarket.prices.schemas import CandleRange
 
 TICK_HEADER = ("ticker", "timestamp", "datetime", "price")
+# An instrument's rows add the fields of its ticker, nested ones flattened (stats_volume).
+INSTRUMENT_PATHS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *((name, (name,)) for name in (*NUMBERS, *TEXTS, *NUMBER_OR_TEXT)),
+    *((f"{group}_{key}", (group, key)) for group, keys in GROUPS.items() for key in keys),
+)
+INSTRUMENT_HEADER = (*TICK_HEADER, *(column for column, _ in INSTRUMENT_PATHS))
 CANDLE_HEADER = ("start", "datetime", "open", "high", "low", "close", "count", "gap")
 CURSOR_ROWS = 10_000
 QUEUED = 8  # COPY chunks (about 64 KiB each) read ahead of a slow client
@@ -67,7 +75,8 @@ async def _formatted(database: Database, ticker: str, start: int, end: int) -> A
     """SQLite: read and format in a worker thread, on a connection of its own (rows through
     SQLAlchemy and aiosqlite cost three quarters of an export's time), a chunk per hop, so the
     event loop only hands the chunks on."""
-    yield (",".join(TICK_HEADER) + "\n").encode()
+    header = INSTRUMENT_HEADER if is_instrument(ticker) else TICK_HEADER
+    yield (",".join(header) + "\n").encode()
     path = database.urls.sync_url.database or ""
     reader = await anyio.to_thread.run_sync(_SqliteTicks, path, ticker, start, end)
     try:
@@ -88,7 +97,13 @@ class _SqliteTicks:
         # Used from whichever worker thread anyio picks, one call at a time.
         self.connection = sqlite3.connect(path, check_same_thread=False)
         self.connection.execute("PRAGMA busy_timeout=5000")
-        query = SQLITE_TICKS.format(table=sqlite_table(ticker))
+        self.instrument = is_instrument(ticker)
+        extra = "".join(
+            f", json_extract(fields, '$.{'.'.join(path)}')" for _, path in INSTRUMENT_PATHS
+        )
+        query = SQLITE_TICKS.format(
+            table=sqlite_table(ticker), fields=extra if self.instrument else ""
+        )
         self.cursor = self.connection.execute(query, (ticker, start, end))
         self.ticker = ticker
         self.dates = IsoDates()
@@ -96,6 +111,10 @@ class _SqliteTicks:
     def next_chunk(self) -> bytes:
         rows = self.cursor.fetchmany(CURSOR_ROWS)
         ticker, dates = self.ticker, self.dates
+        if self.instrument:
+            return "".join(
+                f"{ticker},{row[0]},{dates(row[0])},{row[1]!r},{_cells(row[2:])}\n" for row in rows
+            ).encode()
         return "".join([f"{ticker},{ts},{dates(ts)},{price!r}\n" for ts, price in rows]).encode()
 
     def close(self) -> None:
@@ -103,8 +122,22 @@ class _SqliteTicks:
         self.connection.close()
 
 
+def _cells(values: tuple[Any, ...]) -> str:
+    """An instrument's field values as CSV cells: empty for null, text quoted when it must be."""
+    cells = []
+    for value in values:
+        if value is None:
+            cells.append("")
+        elif isinstance(value, str):
+            needs = any(c in value for c in ',"\r\n')
+            cells.append('"' + value.replace('"', '""') + '"' if needs else value)
+        else:
+            cells.append(repr(value))
+    return ",".join(cells)
+
+
 SQLITE_TICKS = (
-    "SELECT timestamp, price FROM {table} "
+    "SELECT timestamp, price{fields} FROM {table} "
     "WHERE ticker = ? AND timestamp >= ? AND timestamp <= ? ORDER BY timestamp"
 )
 
@@ -123,12 +156,23 @@ def postgres_table(ticker: str) -> str:
 _MOMENT = "(to_timestamp(timestamp / 1000) + (timestamp % 1000) * interval '1 millisecond')"
 _UTC = _MOMENT + " AT TIME ZONE 'UTC'"
 COPY_TICKS = (
-    "SELECT ticker, timestamp, CASE WHEN timestamp % 1000 = 0 "
+    "SELECT ticker, timestamp, CASE WHEN timestamp % 1000 = 0 "  # noqa: S608  # our own names; values bound
     "THEN to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS"Z"') """
-    "ELSE to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS.MS"000Z"') END AS datetime, price """
-    "FROM {table} "
+    "ELSE to_char(" + _UTC + """, 'YYYY-MM-DD"T"HH24:MI:SS.MS"000Z"') END AS datetime, price"""
+    "{fields} FROM {table} "
     "WHERE ticker = $1 AND timestamp >= $2 AND timestamp <= $3 ORDER BY timestamp"
 )
+
+
+def _postgres_fields(ticker: str) -> str:
+    if not is_instrument(ticker):
+        return ""
+    columns = []
+    for column, path in INSTRUMENT_PATHS:
+        *groups, last = path
+        reach = "".join(f"->'{group}'" for group in groups)
+        columns.append(f", fields{reach}->>'{last}' AS {column}")
+    return "".join(columns)
 
 
 async def _copied(database: Database, ticker: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -142,7 +186,7 @@ async def _copied(database: Database, ticker: str, start: int, end: int) -> Asyn
         driver: Any = raw.driver_connection  # asyncpg.Connection
         copy = asyncio.create_task(
             driver.copy_from_query(
-                COPY_TICKS.format(table=postgres_table(ticker)),
+                COPY_TICKS.format(table=postgres_table(ticker), fields=_postgres_fields(ticker)),
                 ticker,
                 start,
                 end,
