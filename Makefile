@@ -65,8 +65,9 @@ test: install servers newman browser lint  ## the whole suite: lint, type check,
 bench: install servers browser  ## benchmarks under bench/: print their figures, write bench/results/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
-soak: install  ## 10 min of 2,000 streams with churn at 10 ticks/s: writes bench/results/soak.md and soak.png
+soak: install  ## 10 min of 2,000 streams with churn at 10 ticks/s, then 10 min of 1,000 streams of an instrument at 10 updates/s: bench/results/soak*.md and .png
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+	$(BIN)/python -m bench.soak --ticker BTC-PERPETUAL --streams 1000 $(SOAK_ARGS)
 
 redis-week: install servers  ## a week of two tickers (1.2M ticks) through the compose Redis settings
 	$(BIN)/python -m __tests__.distributed.redis_pressure --days 7 $(REDIS_WEEK_ARGS)

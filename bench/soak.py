@@ -17,9 +17,15 @@ Delivery: a direct subscriber of the simulator records every btc_usd tick. For e
 connection, the ticks made between its first and its last price must all have arrived; delivery is
 received / expected over all connections.
 
+`--ticker BTC-PERPETUAL` soaks an instrument instead: its `ticker.BTC-PERPETUAL.100ms` channel
+updates up to ten times a second (the simulator's `--instrument-interval`, 0.1 s), each update a
+frame of ~600 bytes with the perpetual's fields, to every stream.
+
 Writes bench/results/soak.md (markdown, machine and command beside the figures) and
-bench/results/soak.png (latency p50/p99 and RSS over time).
-Run: `make soak` (10 minutes, 2,000 streams) or `python -m bench.soak --streams 200 --minutes 2`.
+bench/results/soak.png (latency p50/p99 and RSS over time); an instrument's run writes
+soak-instrument.md and soak-instrument.png.
+Run: `make soak` (10 minutes, 2,000 streams of btc_usd, then 1,000 of BTC-PERPETUAL) or
+`python -m bench.soak --streams 200 --minutes 2 [--ticker BTC-PERPETUAL]`.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ from websockets.asyncio.client import connect as ws_connect
 from bench import charts
 from bench.common import command_line, machine, markdown_table, percentile
 from bench.sse_common import Child, free_port, raise_nofile, spawn, wait_port
+from cryptomarket.instruments.names import is_instrument
+from cryptomarket.prices.kinds import channel_of
 
 HOST = "127.0.0.1"
-TICKER = "btc_usd"
+TRACKED = "btc_usd"
 PER_USER = 1000  # SSE_MAX_STREAMS_PER_USER's maximum
 RESULTS = Path(__file__).parent / "results"
 PRICE = re.compile(rb'"timestamp":(\d+)')
@@ -126,13 +134,11 @@ class Client:
             writer.close()
 
 
-async def reference_ticks(url: str, out: list[int], ready: asyncio.Event) -> None:
-    """Every btc_usd tick of the simulator, straight from it."""
+async def reference_ticks(url: str, ticker: str, out: list[int], ready: asyncio.Event) -> None:
+    """Every tick of the ticker the simulator sends, straight from it."""
     async with ws_connect(url) as ws:
         request = {"jsonrpc": "2.0", "id": 1, "method": "public/subscribe"}
-        await ws.send(
-            json.dumps({**request, "params": {"channels": [f"deribit_price_index.{TICKER}"]}})
-        )
+        await ws.send(json.dumps({**request, "params": {"channels": [channel_of(ticker)]}}))
         ready.set()
         async for frame in ws:
             message = json.loads(frame)
@@ -209,6 +215,8 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
                     str(sim_port),
                     "--tick-interval",
                     str(args.tick_interval),
+                    "--instrument-interval",
+                    str(args.instrument_interval),
                     "--min-heartbeat",
                     "1",
                     "--accounts",
@@ -226,9 +234,10 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
             "DERIBIT_WS_URL": sim_url,
             "PROJECT_MODE": "testing",
             "DERIBIT_HEARTBEAT_INTERVAL": "10",
-            "TRACKED_TICKERS": TICKER,
+            "TRACKED_TICKERS": TRACKED,
             "SSE_MAX_STREAMS_PER_USER": str(PER_USER),
             "SSE_OPEN_BURST": str(PER_USER),  # every stream opens at once
+            "SSE_OPENS_PER_MINUTE": str(PER_USER),  # and the churn reopens them, 10 % a minute
             "SSE_MAX_STREAMS_PER_ACCOUNT": str(PER_USER),  # each user signs in with its own key
             "LOG_LEVEL": "WARNING",
         }
@@ -245,7 +254,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
 
         reference: list[int] = []
         ref_ready = asyncio.Event()
-        ref_task = asyncio.create_task(reference_ticks(sim_url, reference, ref_ready))
+        ref_task = asyncio.create_task(reference_ticks(sim_url, args.ticker, reference, ref_ready))
         await ref_ready.wait()
 
         tokens = []
@@ -263,7 +272,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
                 token = signed.json()["token"]
                 tokens.append(token)
                 subscribed = await http.get(
-                    f"/api/v1/market/soak{i}/create_order/{TICKER}?timer=0",
+                    f"/api/v1/market/soak{i}/create_order/{args.ticker}?timer=0",
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 subscribed.raise_for_status()
@@ -355,8 +364,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         f"Command: `{command_line()}`",
         "",
-        f"{args.streams} streams of btc_usd at timer=0, {args.churn:.0%} reconnecting per minute "
-        f"({result['churned']} reconnects), simulator ticking every {args.tick_interval} s, "
+        f"{args.streams} streams of {args.ticker} at timer=0, {args.churn:.0%} reconnecting per "
+        f"minute ({result['churned']} reconnects), simulator {rate(args)}, "
         f"{args.minutes} min, warm-up {args.warmup} s excluded from the spreads. Stalls are "
         "measured inside the server by cryptomarket/core/loop_monitor.py.",
         "",
@@ -378,7 +387,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         "## Over time",
         "",
-        "![latency p50 and p99, and the server's RSS, over the run](soak.png)",
+        f"![latency p50 and p99, and the server's RSS, over the run]({stem(args)}.png)",
         "",
         "Chart: top, tick-to-client latency p50 and p99; bottom, the server's RSS; x: seconds "
         "since the start, one sample per row of the table below.",
@@ -395,12 +404,24 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stem(args: argparse.Namespace) -> str:
+    return "soak-instrument" if is_instrument(args.ticker) else "soak"
+
+
+def rate(args: argparse.Namespace) -> str:
+    if is_instrument(args.ticker):
+        return f"updating the instrument every {args.instrument_interval} s on average"
+    return f"ticking every {args.tick_interval} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--churn", type=float, default=0.10, help="share reconnecting per minute")
     parser.add_argument("--tick-interval", type=float, default=0.1)
+    parser.add_argument("--ticker", default=TRACKED, help="an index name or an instrument")
+    parser.add_argument("--instrument-interval", type=float, default=0.1)
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds left out of spreads")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -409,9 +430,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cm-soak-") as tmp:
         result = asyncio.run(soak(args, Path(tmp)))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.md").write_text(report(args, result))
-    chart(args.out / "soak.png", result["samples"])
-    print((args.out / "soak.md").read_text())
+    (args.out / f"{stem(args)}.md").write_text(report(args, result))
+    chart(args.out / f"{stem(args)}.png", result["samples"])
+    print((args.out / f"{stem(args)}.md").read_text())
 
 
 if __name__ == "__main__":
