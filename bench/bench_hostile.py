@@ -50,7 +50,8 @@ import httpx
 import psutil
 
 from bench.common import command_line, machine, markdown_table, percentile
-from bench.soak import PRICE, TICKER, reference_ticks
+from bench.soak import PRICE, reference_ticks
+from bench.soak import TRACKED as TICKER
 from bench.sse_common import Child, cpu_seconds, free_port, raise_nofile, spawn, wait_port
 from cryptomarket.deribit.simulator.indexes import INDEX_NAMES
 
@@ -399,7 +400,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[Window, Window]:  # 
         reference: list[int] = []
         ready = asyncio.Event()
         reference_task = asyncio.create_task(
-            reference_ticks(env["DERIBIT_WS_URL"], reference, ready)
+            reference_ticks(env["DERIBIT_WS_URL"], TICKER, reference, ready)
         )
         await ready.wait()
 
