@@ -12,7 +12,12 @@ while more than half the buffer bound is queued, so nothing is dropped (checked)
 
 Baseline, measured in the same run on its own fresh table: `PriceRepository.add_ticks` of the
 same batches, one transaction each, no writer. The ratio writer / baseline is the writer's cost.
-Target (issue): >= 20,000 ticks/s into PostgreSQL. The PostgreSQL server is the test suite's
+Target (issue): >= 20,000 ticks/s into PostgreSQL.
+
+`--instruments`: the same for instrument ticks (BTC-PERPETUAL and ETH-PERPETUAL updating ten
+times a second, each with a perpetual's fields as Deribit sends them), every update stored
+(INSTRUMENT_STORE_INTERVAL_MS=0, the heaviest setting), into instrument_ticks; writes
+bench/results/ingest-instruments.md. The PostgreSQL server is the test suite's
 throwaway one: fsync, synchronous_commit and full_page_writes are OFF, so commits cost less than
 on a durable production server. Writes bench/results/ingest.md.
 """
@@ -58,6 +63,7 @@ from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
 
 T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
+INSTRUMENT_RUN = False  # --instruments
 TARGET = {"postgresql": 20_000.0}
 PRODUCER_CHUNK = 1_000
 DEFAULTS = {
@@ -65,6 +71,52 @@ DEFAULTS = {
     for name, p in inspect.signature(TickWriter.__init__).parameters.items()
     if p.default is not inspect.Parameter.empty
 }
+
+
+INSTRUMENTS = ("BTC-PERPETUAL", "ETH-PERPETUAL")
+
+
+def make_instrument_ticks(count: int) -> list[Tick]:
+    """`count` instrument updates: each instrument ten times a second, with its fields."""
+    ticks: list[Tick] = []
+    mark = {"BTC-PERPETUAL": 42_000.0, "ETH-PERPETUAL": 2_300.0}
+    step = 0
+    while len(ticks) < count:
+        ms = T0 * 1000 + step * 100
+        received = datetime.fromtimestamp(ms / 1000 + 0.05, UTC)
+        for name in INSTRUMENTS:
+            if len(ticks) == count:
+                break
+            mark[name] += 0.5 if step % 7 < 4 else -0.5
+            price = mark[name]
+            fields = {
+                "state": "open",
+                "mark_price": price,
+                "index_price": price - 12.5,
+                "last_price": price + 0.5,
+                "best_bid_price": price - 0.5,
+                "best_ask_price": price + 0.5,
+                "best_bid_amount": 117_660.0,
+                "best_ask_amount": 186_520.0,
+                "open_interest": 1_132_329_370.0,
+                "min_price": round(price * 0.985, 1),
+                "max_price": round(price * 1.015, 1),
+                "settlement_price": 42_010.0,
+                "estimated_delivery_price": price - 12.5,
+                "current_funding": 0.0,
+                "funding_8h": 0.00001742,
+                "interest_value": 0.0028213400122472977,
+                "stats": {
+                    "high": 43_612.0,
+                    "low": 41_277.5,
+                    "price_change": 2.3275,
+                    "volume": 11_897.27,
+                    "volume_usd": 1_092_371_540.0,
+                },
+            }
+            ticks.append(Tick(name, price, ms, received, fields))
+        step += 1
+    return ticks
 
 
 def make_ticks(count: int) -> list[Tick]:
@@ -125,7 +177,9 @@ class CpuClock:
 
 async def count_rows(database: Database) -> int:
     async with database.reading() as connection:
-        ticks = database.tables.price_tickers
+        ticks = (
+            database.tables.instrument_ticks if INSTRUMENT_RUN else database.tables.price_tickers
+        )
         return int(
             (await connection.execute(select(func.count()).select_from(ticks))).scalar() or 0
         )
@@ -145,7 +199,7 @@ def window_rates(samples: list[tuple[float, int]]) -> list[float]:
 
 async def through_writer(database: Database, ticks: list[Tick], watch: LoadWatch) -> Run:
     """The real write path: TickWriter with its defaults, until `flush()` returns."""
-    writer = TickWriter(database)
+    writer = TickWriter(database, store_interval_ms=0)
     high_water = writer.max_buffer // 2
     progress: list[tuple[float, int]] = []
     first = watch.mark()
@@ -375,12 +429,27 @@ def main() -> None:
         help="ticks of an extra, profiled writer run per database (0: no profile)",
     )
     parser.add_argument("--output", type=Path, default=None, help="default bench/results/ingest.md")
+    parser.add_argument(
+        "--instruments", action="store_true", help="instrument ticks, every update stored"
+    )
     args = parser.parse_args()
+    global INSTRUMENT_RUN  # noqa: PLW0603  # one kind per run: count_rows counts its table
+    make = make_instrument_ticks if args.instruments else make_ticks
+    if args.instruments:
+        INSTRUMENT_RUN = True
+        if args.postgres_ticks == parser.get_default("postgres_ticks"):
+            args.postgres_ticks = 300_000
+        if args.sqlite_ticks == parser.get_default("sqlite_ticks"):
+            args.sqlite_ticks = 100_000
     exit_on_sigterm()
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     batch_size = DEFAULTS["batch_size"]
 
-    report = Report("ingest", "Ingest: sustained ticks per second through TickWriter")
+    report = (
+        Report("ingest-instruments", "Ingest of instrument ticks (every update stored)")
+        if args.instruments
+        else Report("ingest", "Ingest: sustained ticks per second through TickWriter")
+    )
     watch = LoadWatch()
     busy = LoadWatch.busy_processes()
     report.text(
@@ -397,7 +466,7 @@ def main() -> None:
     with temporary_dir("bench-ingest-") as tmp:
         if "postgresql" in databases:
             started = time.monotonic()
-            ticks = make_ticks(args.postgres_ticks)
+            ticks = make(args.postgres_ticks)
             with postgres_server(tmp / "pg") as server:
                 report.postgres_version = server.psql("SHOW server_version")
 
@@ -421,7 +490,7 @@ def main() -> None:
             phases.append(("PostgreSQL", time.monotonic() - started))
         if "sqlite" in databases:
             started = time.monotonic()
-            ticks = make_ticks(args.sqlite_ticks)
+            ticks = make(args.sqlite_ticks)
 
             def make_sqlite(name: str) -> Database:
                 return Database(f"sqlite:///{tmp / name}.sqlite3")
