@@ -95,7 +95,9 @@ def test_the_store_interval_is_the_first_update_of_each_window_whatever_the_batc
 
 def test_an_instrument_tick_crosses_redis_with_its_fields() -> None:
     tick = perpetual(3)
-    received, frame = unpack(pack(tick))
+    message = pack(tick)
+    assert message.count(b'"funding_8h"') == 1  # its fields travel once, in the frame
+    received, frame = unpack(message)
     assert isinstance(received, Tick) and received.fields == tick.fields
     assert frame is not None
     data = json.loads(frame.decode().split("data: ", 1)[1])
@@ -117,3 +119,14 @@ async def test_an_instruments_csv_has_its_fields_as_columns(database: Database) 
     assert float(first["best_bid_price"]) == 91_999.5 and first["state"] == "open"
     assert float(first["stats_high"]) == 93_000.0 and first["greeks_delta"] == ""
     assert float(first["current_funding"]) == 0.0001 and first["delivery_price"] == ""
+
+
+def test_an_entry_of_the_former_encoding_still_unpacks_with_its_fields() -> None:
+    """Entries written before the fields moved to the frame stay in the stream for a while."""
+    tick = perpetual(4)
+    header, _, frame = pack(tick).partition(b"\n")
+    old_header = json.loads(header)
+    del old_header["instrument"]
+    old_header["fields"] = dict(tick.fields or {})
+    received, _ = unpack(json.dumps(old_header).encode() + b"\n" + frame)
+    assert isinstance(received, Tick) and received.fields == tick.fields

@@ -2,7 +2,9 @@
 
 A tick travels as a one-line JSON header followed by its SSE frame, encoded once by the publisher:
 replicas pass those very bytes on to their clients. The header carries the tick's publish-order
-stamp (`received_at`) as integer microseconds since the epoch, `received_us`.
+stamp (`received_at`) as integer microseconds since the epoch, `received_us`. An instrument's
+fields travel once, in the frame (its `data` holds them beside ticker, price and timestamp): the
+header only says `"instrument": true`, which halves what its updates cost in the Redis stream.
 """
 
 import json
@@ -48,7 +50,7 @@ def pack(event: Event) -> bytes:
             "received_us": to_us(event.received_at),
         }
         if event.fields is not None:
-            header["fields"] = event.fields
+            header["instrument"] = True  # its fields are read back from the frame
         return json.dumps(header).encode() + b"\n" + events.price_frame(event)
     if isinstance(event, Gap):
         header = {
@@ -63,6 +65,24 @@ def pack(event: Event) -> bytes:
     return json.dumps(header).encode()
 
 
+TICK_KEYS = frozenset({"ticker", "price", "timestamp", "datetime"})
+
+
+def fields_of_frame(frame: bytes) -> dict[str, Any] | None:
+    """An instrument's fields from its SSE price frame (streaming/events.py writes them)."""
+    start = frame.find(b"\ndata: ")
+    if start < 0:
+        return None
+    end = frame.find(b"\n", start + 7)
+    try:
+        data = json.loads(frame[start + 7 : end if end >= 0 else None])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {key: value for key, value in data.items() if key not in TICK_KEYS}
+
+
 def unpack(message: bytes) -> tuple[Event, bytes | None]:
     """The event, and for a tick the SSE frame its publisher encoded."""
     head, _, frame = message.partition(b"\n")
@@ -71,7 +91,9 @@ def unpack(message: bytes) -> tuple[Event, bytes | None]:
     if kind == "tick":
         received_us = header.get("received_us")
         received_at = datetime.now(UTC) if received_us is None else from_us(int(received_us))
-        fields = header.get("fields")
+        fields = header.get("fields")  # written so before the fields moved to the frame
+        if header.get("instrument") and frame:
+            fields = fields_of_frame(frame)
         tick = Tick(
             header["ticker"],
             float(header["price"]),
