@@ -214,7 +214,7 @@ async def through_writer(database: Database, ticks: list[Tick], watch: LoadWatch
             for tick in ticks[i : i + PRODUCER_CHUNK]:
                 add(tick)
             await asyncio.sleep(0)
-            while writer.buffered >= high_water:
+            while writer.room_used >= high_water:
                 waits += 1
                 await asyncio.sleep(0.001)
         await writer.flush()
@@ -287,7 +287,7 @@ async def profile_writer(database: Database, ticks: list[Tick], top: int = 25) -
             for tick in ticks[i : i + PRODUCER_CHUNK]:
                 writer.add(tick)
             await asyncio.sleep(0)
-            while writer.buffered >= writer.max_buffer // 2:
+            while writer.room_used >= writer.max_buffer // 2:
                 await asyncio.sleep(0.001)
         await writer.flush()
     finally:

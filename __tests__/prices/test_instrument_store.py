@@ -130,3 +130,19 @@ def test_an_entry_of_the_former_encoding_still_unpacks_with_its_fields() -> None
     old_header["fields"] = dict(tick.fields or {})
     received, _ = unpack(json.dumps(old_header).encode() + b"\n" + frame)
     assert isinstance(received, Tick) and received.fields == tick.fields
+
+
+async def test_the_write_buffer_bounds_memory_whatever_the_kind(database: Database) -> None:
+    """An instrument's tick holds about ten index ticks' memory: it takes ten times the room, so
+    a long outage with instruments stored at every update cannot outgrow the bound."""
+    writer = TickWriter(database, max_buffer=100, store_interval_ms=0)  # not started: no writes
+    for i in range(20):
+        writer.add(perpetual(i))
+    assert writer.buffered == 10 and writer.dropped == 10  # ten of ten rooms each
+    assert writer.room_used == 100
+    await writer.flush()
+    assert writer.room_used == 0
+    for i in range(100):
+        writer.add(Tick("btc_usd", 1.0, START + i))
+    assert writer.buffered == 100 and writer.dropped == 10
+    await writer.stop()

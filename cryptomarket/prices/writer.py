@@ -3,9 +3,10 @@
 Ingest hands every tick to `add`, which never blocks. A background task writes what has gathered
 at least every `flush_interval` seconds (or as soon as a batch is full). While the database is
 down, the batch stays at the head of the buffer and is written again after a backoff, so nothing
-in the buffer is lost. When the buffer is full, new ticks are not kept: each ticker's dropped range
-is recorded as a gap once the database is back (filling recorded gaps from Deribit later is the
-job of the periodic gap backfill).
+in the buffer is lost. The bound is one on memory: an instrument's tick takes INSTRUMENT_ROOM
+times an index tick's room. When the buffer is full, new ticks are not kept: each ticker's dropped
+range is recorded as a gap once the database is back (filling recorded gaps from Deribit later is
+the job of the periodic gap backfill).
 Writes are idempotent, so a batch written twice (a commit whose answer was lost) stores once.
 """
 
@@ -26,6 +27,13 @@ from cryptomarket.prices.repository import PriceRepository
 logger = logging.getLogger("cryptomarket.prices.writer")
 
 OVERFLOW_REASON = "the database was unavailable and the write buffer was full"
+# The bound counts index ticks; an instrument's tick, with its fields, holds about ten times the
+# memory, so it takes ten times the room: the bound is one on memory whatever the mix.
+INSTRUMENT_ROOM = 10
+
+
+def room_of(tick: Tick) -> int:
+    return 1 if tick.fields is None else INSTRUMENT_ROOM
 
 
 class TickWriter:
@@ -46,6 +54,7 @@ class TickWriter:
         self.flush_interval = flush_interval
         self.backoff = backoff or Backoff(initial=0.2, maximum=5.0)
         self._buffer: deque[Tick] = deque()
+        self._room = 0  # of max_buffer, taken by what is buffered (room_of each tick)
         self._overflow: dict[str, Gap] = {}
         self._gaps: list[Gap] = []
         self._batch_ready = asyncio.Event()
@@ -61,12 +70,18 @@ class TickWriter:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def room_used(self) -> int:
+        """Of `max_buffer`: one per index tick, INSTRUMENT_ROOM per instrument tick."""
+        return self._room
+
     def add(self, tick: Tick) -> None:
         """Queue a tick; never blocks. Past the bound it is dropped and its range becomes a gap.
         An instrument's update inside an already stored window is not stored (by design)."""
         if not self.store_interval.keep(tick):
             return
-        if len(self._buffer) >= self.max_buffer:
+        room = room_of(tick)
+        if self._room + room > self.max_buffer:
             self.dropped += 1
             gap = self._overflow.get(tick.ticker)
             start = tick.timestamp if gap is None else min(gap.from_ts, tick.timestamp)
@@ -74,6 +89,7 @@ class TickWriter:
             self._overflow[tick.ticker] = Gap(tick.ticker, start, end, OVERFLOW_REASON)
             return
         self._buffer.append(tick)
+        self._room += room
         if len(self._buffer) >= self.batch_size:
             self._batch_ready.set()
 
@@ -161,7 +177,7 @@ class TickWriter:
             for gap in gaps:
                 await repository.add_gap(gap)
         for _ in batch:
-            self._buffer.popleft()
+            self._room -= room_of(self._buffer.popleft())
         self.written += len(batch)
         if gaps:
             del self._gaps[:taken_gaps]  # gaps queued while this transaction ran stay queued
