@@ -145,6 +145,9 @@ async def sign_in(http: httpx.AsyncClient, user: str, key: str, secret: str) -> 
     return await http.post("/api/v1/sessions", json=body)
 
 
+REPLAY_LOOPS = 4  # attack (c)'s reopening loops, side by side
+
+
 async def until(stop: asyncio.Event, every: float, action: Callable[[], Awaitable[None]]) -> None:
     """`action` every `every` seconds (0: back to back) until `stop` is set."""
     while not stop.is_set():
@@ -241,7 +244,10 @@ async def attacker(
 
         async def replays() -> None:
             # Subscribing is paced by Deribit's credits (3,000 a subscribe call): replay meanwhile.
-            await asyncio.gather(follow_everything(), until(stop, 0, replay))
+            # Several loops at once, as an attacker would: one loop's pace depends on how fast
+            # the server answers, and a slow machine would keep it under the opens' burst.
+            loops = (until(stop, 0, replay) for _ in range(REPLAY_LOOPS))
+            await asyncio.gather(follow_everything(), *loops)
 
         async def lock_out() -> None:
             answer = await sign_in(http, "victim", "victim", "not-the-secret")
