@@ -7,6 +7,7 @@ every field is optional and only its type is checked.
 """
 
 import math
+from datetime import datetime
 from typing import Any
 
 from cryptomarket.prices.models import Tick
@@ -80,6 +81,16 @@ def parse_ticker(instrument: str, data: dict[str, Any]) -> Tick | None:
         if isinstance(values, dict):
             fields[group] = {key: _number(values[key]) for key in keys if key in values}
     return Tick(instrument, mark, timestamp, fields=fields)
+
+
+def expiry_notice(instrument: str, timestamp: int, stamp: datetime) -> Tick:
+    """The ingest's word that an instrument is gone though Deribit sent no final frame: final
+    (it ends the streams and subscriptions) but no update of Deribit's (no mark), never stored."""
+    return Tick(instrument, 0.0, timestamp, stamp, {"state": "closed"})
+
+
+def is_notice(tick: Tick) -> bool:
+    return tick.fields is not None and "mark_price" not in tick.fields
 
 
 def is_final(tick: Tick) -> bool:

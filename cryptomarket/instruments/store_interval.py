@@ -7,7 +7,7 @@ Ticks of a ticker come in timestamp order (ingest publishes them so), so the new
 per instrument is all there is to remember (one entry per instrument ever stored).
 """
 
-from cryptomarket.instruments.frames import is_final
+from cryptomarket.instruments.frames import is_final, is_notice
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Tick
 
@@ -20,8 +20,8 @@ class StoreInterval:
     def keep(self, tick: Tick) -> bool:
         if not is_instrument(tick.ticker):
             return True
-        if tick.fields is not None and "mark_price" not in tick.fields:
-            return False  # a notice of the ingest's (an instrument found gone), not an update
+        if is_notice(tick):
+            return False  # the ingest's word that an instrument is gone, not an update
         if self.interval_ms <= 0:
             return True
         window = tick.timestamp // self.interval_ms

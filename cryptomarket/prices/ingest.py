@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError, InvalidParams
-from cryptomarket.instruments.frames import is_final, parse_ticker
+from cryptomarket.instruments.frames import expiry_notice, is_final, parse_ticker
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
 from cryptomarket.prices.kinds import MalformedFrame, channel_of, parse_frame, ticker_of
@@ -215,9 +215,11 @@ class Ingest:
             # Unwatched, it is not ingested: its next tick after a re-watch is no hole.
             self.live_spacing.pop(ticker, None)
             self._spacing_from.pop(ticker, None)
+            self._watched_since.pop(ticker, None)
 
     def _ticker_lock(self, ticker: str) -> asyncio.Lock:
-        # One per ticker ever watched: bounded by Deribit's index list.
+        # One per ticker ever watched: index names and every instrument users subscribed (a lock
+        # cannot be dropped safely while another task may be waiting on it).
         return self._locks.setdefault(ticker, asyncio.Lock())
 
     async def _change(self, change: Callable[[list[str]], Awaitable[object]], ticker: str) -> None:
@@ -473,9 +475,7 @@ class Ingest:
             result = await self.connection.call("public/ticker", {"instrument_name": ticker})
         except InvalidParams:  # "instrument not found": gone (expired) or never listed
             logger.info("%s: silent and unknown to Deribit: ended", ticker)
-            # A notice, not a Deribit update (no mark): the streams end it, nothing is stored.
-            notice = {"state": "closed"}
-            self.bus.publish(Tick(ticker, 0.0, int(time.time() * 1000), publish_stamp(), notice))
+            self.bus.publish(expiry_notice(ticker, int(time.time() * 1000), publish_stamp()))
             self._expiring.add(ticker)
             self._spawn(self._expire(ticker))
             return

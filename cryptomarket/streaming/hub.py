@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptomarket.core.errors import TooMany, Unavailable
-from cryptomarket.instruments.frames import is_final
+from cryptomarket.instruments.frames import is_final, is_notice
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
@@ -391,8 +391,8 @@ class StreamHub:
                     self.events_sent += 1
 
     def _publish_tick(self, tick: Tick, frame: bytes | None) -> None:
-        if tick.fields is not None and "mark_price" not in tick.fields and is_final(tick):
-            self._expire(tick, None)  # the ingest found it gone: a notice, no price
+        if is_notice(tick):
+            self._expire(tick, None)  # the ingest found it gone: no price to show
             return
         current = self.latest.get(tick.ticker)
         if current is not None and tick.timestamp <= current[0].timestamp:
