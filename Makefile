@@ -65,6 +65,7 @@ test: install servers newman browser lint  ## the whole suite: lint, type check,
 bench: install servers browser  ## benchmarks under bench/: print their figures, write bench/results/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 	@echo "== bench/bench_ingest.py --instruments"; $(BIN)/python -m bench.bench_ingest --instruments
+	@echo "== bench/bench_sse.py --ticker BTC-PERPETUAL"; $(BIN)/python -m bench.bench_sse --ticker BTC-PERPETUAL
 
 soak: install  ## 10 min of 2,000 streams with churn at 10 ticks/s, then 10 min of 1,000 streams of an instrument at 10 updates/s: bench/results/soak*.md and .png
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

@@ -228,7 +228,9 @@ def distributed_env(bench: Bench, found: Backends) -> dict[str, str]:
         TRACKED_TICKERS=TICKER,
         SSE_MAX_STREAMS="20000",
         SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
-        SSE_OPEN_BURST=str(bench.per_user),  # every stream opens at once
+        # Every stream of a run opens at once, after the warm-up's: no opens' limit in the way.
+        SSE_OPEN_BURST="100000",
+        SSE_OPENS_PER_MINUTE="1000000",
         # Every bench user signs in with the one simulator key: its account holds every stream.
         SSE_MAX_STREAMS_PER_ACCOUNT="20000",
         MAX_USER_IDS_PER_ACCOUNT="1000",

@@ -1,28 +1,31 @@
 """SSE fan-out benchmark: `cryptomarket serve` against a minimal sse-starlette broadcaster.
 
     .venv/bin/python -m bench.bench_sse [--sizes 1000,5000,10000] [--seconds 20]
+    .venv/bin/python -m bench.bench_sse --ticker BTC-PERPETUAL   # an instrument, 10 updates/s
 
-One Deribit simulator (`cryptomarket simulate`, one tick per second) feeds both servers. For every
+One Deribit simulator (`cryptomarket simulate`, one index tick per second, an instrument's
+`100ms` channel about ten updates a second) feeds both servers. For every
 size N and each server, in a fresh process so that memory figures start clean:
 
 1. start the server (`.venv/bin/cryptomarket serve`, or `bench/sse_baseline.py` under uvicorn);
    for the product, sign in `bench-<k>` users with the simulator's `sim-alice` key and subscribe
-   each to btc_usd with timer=0;
+   each to the ticker (`--ticker`, btc_usd by default) with timer=0;
 2. read its RSS, open N SSE streams from load-generator processes (`bench/sse_loadgen.py`, raw
    asyncio sockets), wait a warm-up, read its RSS again: memory per stream = the growth / N;
 3. over `--seconds`, count the price events each stream receives whose tick timestamp lies in the
    window, with latency = receipt wall clock − the tick's timestamp (the simulator stamps ticks
    with this machine's wall clock), and read the server's CPU time;
 4. delivery = events received / (N × ticks the simulator produced in the window); the simulator's
-   own tick history (`public/get_index_chart_data`, range 1h, lists every live tick) says which.
+   record of what it sent (`sim/produced`, for an index or an instrument) says which.
 
 Both servers keep a Deribit heartbeat of `--heartbeat` seconds, 10 by default: Deribit's minimum,
 the product's default, and the least it accepts outside PROJECT_MODE=testing (which the benchmark
 sets for shorter ones). With 1 s the simulator drops any socket whose event loop stalls for about a
 second, which at 10,000 streams a full garbage collection does, and ticks are then lost upstream.
 
-The tables go to stdout and to `bench/results/sse.md`. `--gc-log` runs each server under
-`bench/sse_gclog.py` and adds its full-GC pauses; `--py-spy PATH` records a profile of the window.
+The tables go to stdout and to `bench/results/sse.md` (`sse-instrument.md` for an instrument).
+`--gc-log` runs each server under `bench/sse_gclog.py` and adds its full-GC pauses;
+`--py-spy PATH` records a profile of the window.
 """
 # ruff: noqa: RUF001, RUF002, RUF003  # the tables use ×, − and – on purpose
 
@@ -64,11 +67,14 @@ from bench.sse_common import (
     spawn,
     wait_port,
 )
+from cryptomarket.instruments.names import is_instrument
+from cryptomarket.prices.kinds import channel_of
 
 HOST = "127.0.0.1"
 TICKER = "btc_usd"
 SIM_CLIENT_ID, SIM_CLIENT_SECRET = "sim-alice", "sim-alice-secret"
-RESULTS = ROOT / "bench" / "results" / "sse.md"
+RESULTS = ROOT / "bench" / "results"
+INSTRUMENT_SIZES = "500,1000,2000"  # ten updates a second: 2,000 streams are 20,000 events/s
 PRODUCT, BASELINE = "cryptomarket", "sse-starlette"
 WANTED_STREAMS_PER_USER = 20_000
 
@@ -265,10 +271,12 @@ def start_product(bench: Bench, n: int, tag: str, gc_log: Path | None) -> Server
         DATABASE_URL=f"sqlite:///{bench.tmp}/bench.sqlite3",
         DERIBIT_WS_URL=bench.sim_url,
         DERIBIT_HEARTBEAT_INTERVAL=str(bench.args.heartbeat),
-        TRACKED_TICKERS=TICKER,
+        TRACKED_TICKERS=TICKER,  # an instrument is subscribed by its users alone
         SSE_MAX_STREAMS="20000",
         SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
-        SSE_OPEN_BURST=str(bench.per_user),  # every stream opens at once
+        # Every stream of a run opens at once, after the warm-up's: no opens' limit in the way.
+        SSE_OPEN_BURST="100000",
+        SSE_OPENS_PER_MINUTE="1000000",
         # Every bench user signs in with the one simulator key: its account holds every stream.
         SSE_MAX_STREAMS_PER_ACCOUNT="20000",
         MAX_USER_IDS_PER_ACCOUNT="1000",
@@ -312,7 +320,7 @@ def signed_in(bench: Bench, client: httpx.Client, user: str) -> str:
         answer.raise_for_status()
         token = bench.tokens[user] = answer.json()["token"]
     client.get(
-        f"/api/v1/market/{user}/create_order/{TICKER}",
+        f"/api/v1/market/{user}/create_order/{bench.args.ticker}",
         params={"timer": 0},
         headers={"Authorization": f"Bearer {token}"},
     ).raise_for_status()
@@ -332,7 +340,7 @@ def start_baseline(bench: Bench, tag: str, gc_log: Path | None) -> Server:
         "--deribit-url",
         bench.sim_url,
         "--ticker",
-        TICKER,
+        bench.args.ticker,
         "--heartbeat",
         str(bench.args.heartbeat),
     ]
@@ -352,28 +360,34 @@ def start_baseline(bench: Bench, tag: str, gc_log: Path | None) -> Server:
 # -- the simulator -----------------------------------------------------------------------------
 
 
-def simulator_ticks(sim_url: str, since: int, until: int) -> list[int]:
-    """Timestamps of the ticks the simulator produced with since <= ts < until."""
+def simulator_ticks(sim_url: str, ticker: str, since: int, until: int) -> list[int]:
+    """Timestamps of the ticks (an instrument's `100ms` frames) the simulator sent with
+    since <= ts < until: its own record, `sim/produced`."""
     from websockets.sync.client import connect  # noqa: PLC0415
 
+    name = "instrument_name" if is_instrument(ticker) else "index_name"
     request = {
         "jsonrpc": "2.0",
         "id": 1,
-        "method": "public/get_index_chart_data",
-        "params": {"index_name": TICKER, "range": "1h"},
+        "method": "sim/produced",
+        "params": {name: ticker, "since": since - 1, "until": until - 1},
     }
-    with connect(sim_url, open_timeout=10) as ws:
+    with connect(sim_url, open_timeout=10, max_size=None) as ws:
         ws.send(json.dumps(request))
         while (message := json.loads(ws.recv(timeout=10))).get("id") != 1:
             pass
-    return sorted(int(ts) for ts, _ in message["result"] if since <= int(ts) < until)
+    result = message["result"]
+    if not result["complete"]:
+        raise RuntimeError(f"the simulator forgot part of the window of {ticker}")
+    return sorted({int(ts) for ts, *_ in result["ticks"]})
 
 
 class UpstreamProbe:
     """A direct subscriber of the simulator: the latency floor before any server is involved."""
 
-    def __init__(self, sim_url: str) -> None:
+    def __init__(self, sim_url: str, ticker: str) -> None:
         self.sim_url = sim_url
+        self.channel = channel_of(ticker)
         self.samples: list[tuple[int, float]] = []  # (timestamp, receipt − timestamp in ms)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upstream-probe", daemon=True)
@@ -386,7 +400,7 @@ class UpstreamProbe:
             "jsonrpc": "2.0",
             "id": 1,
             "method": "public/subscribe",
-            "params": {"channels": [f"deribit_price_index.{TICKER}"]},
+            "params": {"channels": [self.channel]},
         }
         with contextlib.suppress(Exception), connect(self.sim_url, open_timeout=10) as ws:
             ws.send(json.dumps(subscribe))
@@ -624,7 +638,7 @@ def measure_window(
 
 def collect(bench: Bench, reports: list[dict[str, Any]], result: Result, w0: int, w1: int) -> None:
     """Merge the clients' counts with the simulator's ticks of the window."""
-    ticks = simulator_ticks(bench.sim_url, w0, w1)
+    ticks = simulator_ticks(bench.sim_url, bench.args.ticker, w0, w1)
     result.ticks = len(ticks)
     result.upstream_ms = bench.probe.latency(w0, w1)
     per_tick: dict[int, int] = {}
@@ -906,6 +920,19 @@ def revision() -> str:
     return f"commit {head}" + (" with uncommitted changes under cryptomarket/" if dirty else "")
 
 
+def load(bench: Bench) -> str:
+    ticker = bench.args.ticker
+    simulator = "one Deribit simulator (`cryptomarket simulate --tick-interval 1"
+    if not is_instrument(ticker):
+        return f"{simulator}`), {ticker} only; every stream at timer=0, one event a second each"
+    return (
+        f"{simulator} --instrument-interval {bench.args.instrument_interval:g}`), the instrument "
+        f"{ticker} only, through its `ticker.{ticker}.100ms` channel (an update about every "
+        f"{bench.args.instrument_interval * 1000:g} ms, each event with the perpetual's fields); "
+        "every stream at timer=0, so every update to every client"
+    )
+
+
 def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall: float) -> str:
     args = bench.args
     sizes = sorted({size for _, size in runs})
@@ -913,20 +940,20 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
     command += "".join(" " + shlex.quote(a) for a in sys.argv[1:]) + "`"
     users = math.ceil(max(sizes) / bench.per_user)
     lines = [
-        "# SSE fan-out: cryptomarket serve vs a minimal sse-starlette broadcaster",
+        "# SSE fan-out: cryptomarket serve vs a minimal sse-starlette broadcaster"
+        + (f", instrument {args.ticker}" if is_instrument(args.ticker) else ""),
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
         f"total run time {wall / 60:.1f} min",
         f"- machine: {machine}",
         f"- code: {revision()}",
         f"- command: {command}",
-        "- load: one Deribit simulator (`cryptomarket simulate --tick-interval 1`), btc_usd only; "
-        "every stream at timer=0, so one price event per second per client; simulator, server "
+        f"- load: {load(bench)}; simulator, server "
         f"and client processes share the machine; {args.warmup:g} s warm-up after the streams "
         f"are open, then a {args.seconds:g} s window; both servers keep a {args.heartbeat} s "
         "Deribit heartbeat; each server is a fresh process per size",
         "- delivery = price events with a timestamp in the window received by all clients / "
-        "(N × ticks the simulator produced in the window, from its own tick history); "
+        "(N × ticks the simulator produced in the window, from its record `sim/produced`); "
         "latency = receipt wall clock − the tick's timestamp (simulator → server → client); "
         "memory per stream = (RSS with N streams after warm-up − RSS before) / streams open, "
         f"RSS before read after {args.warm_streams} streams were opened and closed; "
@@ -949,7 +976,7 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
 
 
 def draw(
-    runs: dict[tuple[str, int], Result], sizes: list[int], kinds: list[str], path: Path
+    runs: dict[tuple[str, int], Result], sizes: list[int], kinds: list[str], path: Path, title: str
 ) -> None:
     """Latency p50/p99 and memory per stream of each server, by number of clients."""
     charts.by_size(
@@ -961,14 +988,20 @@ def draw(
             for q in ("p50", "p99")
         },
         {kind: [runs[kind, size].kb_per_conn for size in sizes] for kind in kinds},
-        "SSE fan-out, one tick per second per client (timer=0)",
+        title,
     )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="SSE fan-out: cryptomarket vs sse-starlette")
     add = parser.add_argument
-    add("--sizes", default="1000,5000,10000", help="comma-separated client counts")
+    add("--ticker", default=TICKER, help="an index name or an instrument (BTC-PERPETUAL)")
+    add(
+        "--sizes",
+        default="",
+        help=f"client counts (1000,5000,10000; {INSTRUMENT_SIZES} for an instrument)",
+    )
+    add("--instrument-interval", type=float, default=0.1, help="simulator: s between updates")
     add("--seconds", type=float, default=20.0, help="the measurement window")
     add("--warmup", type=float, default=5.0, help="seconds between opening and measuring")
     add("--settle", type=float, default=3.0, help="seconds between server start and RSS_0")
@@ -982,9 +1015,14 @@ def parse_args() -> argparse.Namespace:
     add("--py-spy", default="", help="path of py-spy: record each server's window")
     add("--quiet-wait", type=float, default=120, help="wait up to this long for a quiet machine")
     add("--quiet-threshold", type=float, default=25, help="%% of a core others may use then")
-    add("--output", default=str(RESULTS), help="markdown file to write ('' for none)")
+    add("--output", default=None, help="markdown file to write ('' for none)")
     add("--keep-logs", action="store_true", help="keep the servers' and clients' logs")
-    return parser.parse_args()
+    args = parser.parse_args()
+    instrument = is_instrument(args.ticker)
+    args.sizes = args.sizes or (INSTRUMENT_SIZES if instrument else "1000,5000,10000")
+    if args.output is None:
+        args.output = str(RESULTS / ("sse-instrument.md" if instrument else "sse.md"))
+    return args
 
 
 def main() -> None:
@@ -1025,6 +1063,8 @@ def main() -> None:
                 "1",
                 "--min-heartbeat",
                 "1",
+                "--instrument-interval",
+                str(args.instrument_interval),
             ],
             env=clean_env(),
             cwd=tmp,
@@ -1032,7 +1072,7 @@ def main() -> None:
         )
         wait_port(HOST, sim_port, 30, simulator)
         sim_url = f"ws://{HOST}:{sim_port}/ws/api/v2"
-        probe = UpstreamProbe(sim_url)
+        probe = UpstreamProbe(sim_url, args.ticker)
         bench = Bench(
             args, sim_url, tmp, logs, product_streams_per_user(WANTED_STREAMS_PER_USER), probe
         )
@@ -1044,7 +1084,12 @@ def main() -> None:
             out = Path(args.output)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text)
-            draw(runs, sizes, kinds, out.with_suffix(".png"))
+            title = (
+                f"SSE fan-out, {args.ticker}, ~{1 / args.instrument_interval:g} updates/s (timer=0)"
+                if is_instrument(args.ticker)
+                else "SSE fan-out, one tick per second per client (timer=0)"
+            )
+            draw(runs, sizes, kinds, out.with_suffix(".png"), title)
             print(f"written to {out} and {out.with_suffix('.png').name}")
         print(f"real time: {wall:.0f} s", flush=True)
     finally:

@@ -7,6 +7,9 @@ client (that is the library's way). No auth, no database, no subscriptions: only
 
     python -m bench.sse_baseline --port 8100 --deribit-url ws://127.0.0.1:8765/ws/api/v2
     GET /sse  ->  event: price / id: btc_usd:<ms> / data: {"ticker", "price", "timestamp", ...}
+
+`--ticker BTC-PERPETUAL` forwards an instrument's `100ms` channel instead: the mark as `price`,
+and the frame's other fields beside it, as the product's event carries them.
 """
 
 from __future__ import annotations
@@ -26,30 +29,31 @@ from sse_starlette import EventSourceResponse
 
 from cryptomarket.deribit.connection import DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
+from cryptomarket.instruments.names import is_instrument
+from cryptomarket.prices.kinds import channel_of
 
-CHANNEL_PREFIX = "deribit_price_index."
+NOT_FIELDS = frozenset({"instrument_name", "timestamp", "mark_price"})
 
 
 def create_app(deribit_url: str, ticker: str, heartbeat: float) -> FastAPI:
     clients: set[asyncio.Queue[dict[str, Any]]] = set()
+    channel_wanted = channel_of(ticker)
+    instrument = is_instrument(ticker)
 
     def on_tick(channel: str, data: Any) -> None:
-        if channel != CHANNEL_PREFIX + ticker or not isinstance(data, dict):
+        if channel != channel_wanted or not isinstance(data, dict):
             return
         timestamp = int(data["timestamp"])
         moment = datetime.fromtimestamp(timestamp / 1000, UTC)
-        message = {
-            "event": "price",
-            "id": f"{ticker}:{timestamp}",
-            "data": json.dumps(
-                {
-                    "ticker": ticker,
-                    "price": data["price"],
-                    "timestamp": timestamp,
-                    "datetime": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                }
-            ),
+        event = {
+            "ticker": ticker,
+            "price": data["mark_price" if instrument else "price"],
+            "timestamp": timestamp,
+            "datetime": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
+        if instrument:
+            event.update((k, v) for k, v in data.items() if k not in NOT_FIELDS)
+        message = {"event": "price", "id": f"{ticker}:{timestamp}", "data": json.dumps(event)}
         for queue in clients:
             queue.put_nowait(message)
 
@@ -59,7 +63,7 @@ def create_app(deribit_url: str, ticker: str, heartbeat: float) -> FastAPI:
             deribit_url, budget=CreditBudget(), heartbeat_interval=heartbeat, name="baseline"
         )
         upstream.on_notification(on_tick)
-        await upstream.subscribe([CHANNEL_PREFIX + ticker])
+        await upstream.subscribe([channel_wanted])
         upstream.start()
         try:
             yield
