@@ -42,10 +42,11 @@ from cryptomarket.prices.service import PriceService
 from cryptomarket.prices.tickers import TickerCatalogue
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import LocalBus
-from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.limits import OpenLimiter
 from cryptomarket.streaming.redis_bus import RedisBus, read_latest
 from cryptomarket.streaming.sessions import SIGNED_OUT
+from cryptomarket.streaming.stream import Stream
 from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
 from cryptomarket.users.limits import AttemptLimiter
 from cryptomarket.users.repository import UserRepository

@@ -95,3 +95,26 @@ async def test_index_and_instrument_channels_are_counted_together_and_apart(
         } <= ingest.connection.channels
 
     await eventually_async(both, timeout=10, what="both kinds flowing after a reconnect")
+
+
+async def test_an_instrument_no_longer_watched_leaves_nothing_behind(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    """Daily options come and go for months: what the ingest keeps per instrument must go with
+    its last watcher, or it grows with every instrument ever watched."""
+    ingest = await start_ingest(database, {"btc_usd"})
+    await ingest.connection.wait_ready()
+    await store_subscription(database, "alice", "BTC-PERPETUAL", add=True)
+    await ingest.acquire("BTC-PERPETUAL")
+
+    async def flowing() -> bool:
+        return {"BTC-PERPETUAL", "btc_usd"} <= set(ingest.last_seen)
+
+    await eventually_async(flowing, timeout=10, what="ticks of both")
+    await store_subscription(database, "alice", "BTC-PERPETUAL", add=False)
+    await ingest.release("BTC-PERPETUAL")
+    assert "ticker.BTC-PERPETUAL.100ms" not in ingest.connection.channels
+    assert "BTC-PERPETUAL" not in ingest.last_seen
+    assert "BTC-PERPETUAL" not in ingest.live_spacing
+    assert len(ingest._changing) == 0  # the per-ticker lock went with its last user
+    assert "btc_usd" in ingest.last_seen  # a tracked index keeps where it stands

@@ -4,10 +4,11 @@ one per INSTRUMENT_STORE_INTERVAL_MS, read back by the same history queries as i
 import csv
 import io
 import json
+from dataclasses import replace
 
 from cryptomarket.core.db import Database
 from cryptomarket.instruments.frames import parse_ticker
-from cryptomarket.instruments.store_interval import StoreInterval
+from cryptomarket.instruments.store_interval import FORGET_AFTER_MS, StoreInterval
 from cryptomarket.prices.export import tick_csv
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository, tick_of
@@ -91,6 +92,18 @@ def test_the_store_interval_is_the_first_update_of_each_window_whatever_the_batc
     assert again == kept
     assert all(StoreInterval(0).keep(t) for t in ticks)  # 0: every update
     assert StoreInterval(1000).keep(Tick("btc_usd", 1.0, START))
+
+
+def test_the_store_interval_forgets_instruments_long_past_their_window() -> None:
+    interval = StoreInterval(1000)
+    assert interval.keep(perpetual(0))
+    assert not interval.keep(perpetual(1))  # same window: dropped, so it is remembered
+    later = replace(perpetual(0), timestamp=START + FORGET_AFTER_MS + 5_000)
+    other = replace(later, ticker="ETH-PERPETUAL")
+    assert interval.keep(other)
+    assert len(interval) == 1  # BTC-PERPETUAL's window is long over: only ETH's is kept
+    assert interval.keep(later)  # and BTC's next update, in a later window, is kept as before
+    assert not interval.keep(replace(later, timestamp=later.timestamp + 100))
 
 
 def test_an_instrument_tick_crosses_redis_with_its_fields() -> None:

@@ -1,8 +1,11 @@
-"""The stream hub on its own: what closed streams and changed timers leave behind."""
+"""The stream hub on its own: what closed streams, changed timers and instruments no longer
+watched leave behind."""
 
 import gc
 
-from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.prices.models import Tick
+from cryptomarket.streaming.hub import FORGET_QUIET_MS, StreamHub
+from cryptomarket.streaming.stream import Stream
 
 
 async def test_closed_streams_and_changed_timers_do_not_pile_up() -> None:
@@ -19,3 +22,19 @@ async def test_closed_streams_and_changed_timers_do_not_pile_up() -> None:
     gc.collect()
     assert sum(isinstance(obj, Stream) for obj in gc.get_objects()) < 200
     hub.close(kept)
+
+
+async def test_quiet_instruments_no_one_watches_are_forgotten() -> None:
+    hub = StreamHub(max_streams=100, max_per_user=100)
+    now = 1_790_000_000_000
+    old = now - FORGET_QUIET_MS - 1
+    for ticker in ("BTC-PERPETUAL", "ETH-PERPETUAL", "BTC-27MAR26", "btc_usd"):
+        hub.publish(Tick(ticker, 1.0, old, fields={"mark_price": 1.0}))
+    hub.publish(
+        Tick("SOL_USDC-PERPETUAL", 1.0, now - 1_000, fields={"mark_price": 1.0})
+    )  # quiet, not for long
+    stream = hub.open("alice", None)
+    hub.subscribe(stream, "ETH-PERPETUAL", 0)  # watched here: kept, however quiet
+    assert sorted(hub.forget_quiet_instruments(now)) == ["BTC-27MAR26", "BTC-PERPETUAL"]
+    assert set(hub.latest) == set(hub.recent) == {"ETH-PERPETUAL", "SOL_USDC-PERPETUAL", "btc_usd"}
+    hub.close(stream)

@@ -16,8 +16,8 @@ from __tests__.simulated import sim_control
 from __tests__.sse import Event, open_stream
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.prices.models import Gap
-from cryptomarket.streaming.hub import Stream as HubStream
 from cryptomarket.streaming.limits import OpenLimiter
+from cryptomarket.streaming.stream import Stream as HubStream
 
 
 def prices(events: list[Event], ticker: str | None = None) -> list[int]:

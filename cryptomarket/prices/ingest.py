@@ -29,6 +29,7 @@ from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.errors import DeribitError, DeribitTransportError, InvalidParams
 from cryptomarket.instruments.frames import expiry_notice, is_final, parse_ticker
 from cryptomarket.instruments.names import is_instrument
+from cryptomarket.kit.keyed_lock import KeyedLock
 from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
 from cryptomarket.prices.kinds import MalformedFrame, channel_of, parse_frame, ticker_of
 from cryptomarket.prices.models import EPOCH, Gap, Tick, publish_stamp
@@ -117,7 +118,7 @@ class Ingest:
         self.live_spacing: dict[str, float] = {}
         self.ticks_in = 0  # ticks received (for /metrics)
         self._refs: Counter[str] = Counter()  # stored subscribers per ticker, as last read
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._changing = KeyedLock()  # one change of a ticker's count at a time
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catchups: dict[str, _Catchup] = {}
@@ -182,14 +183,14 @@ class Ingest:
         """Set the watcher counts to `counts` (recounted from the store), subscribing and
         unsubscribing upstream only the difference."""
         for ticker in sorted(set(self._refs) | set(counts)):
-            async with self._ticker_lock(ticker):
+            async with self._changing.hold(ticker):
                 await self._set_count(ticker, counts.get(ticker, 0))
 
     async def _recount(self, ticker: str, *, unreadable: int) -> None:
         """Set `ticker`'s count from the store, one change of a ticker at a time: the last
         recount reads after every committed change whose recount came before it, so the count
         (and the channel) always end as what is stored, whatever order the callers run in."""
-        async with self._ticker_lock(ticker):
+        async with self._changing.hold(ticker):
             try:
                 async with self.database.reading() as connection:
                     repository = UserRepository(connection, self.database.tables)
@@ -212,15 +213,7 @@ class Ingest:
             await self._change(self.connection.subscribe, ticker)
         elif count == 0 and channel in self.connection.channels:
             await self._change(self.connection.unsubscribe, ticker)
-            # Unwatched, it is not ingested: its next tick after a re-watch is no hole.
-            self.live_spacing.pop(ticker, None)
-            self._spacing_from.pop(ticker, None)
-            self._watched_since.pop(ticker, None)
-
-    def _ticker_lock(self, ticker: str) -> asyncio.Lock:
-        # One per ticker ever watched: index names and every instrument users subscribed (a lock
-        # cannot be dropped safely while another task may be waiting on it).
-        return self._locks.setdefault(ticker, asyncio.Lock())
+            self._forget(ticker)
 
     async def _change(self, change: Callable[[list[str]], Awaitable[object]], ticker: str) -> None:
         try:
@@ -311,11 +304,18 @@ class Ingest:
         finally:
             self._expiring.discard(ticker)
         await self._recount(ticker, unreadable=0)
-        self.last_seen.pop(ticker, None)
-        self._watched_since.pop(ticker, None)
+        self._forget(ticker)
+
+    def _forget(self, ticker: str) -> None:
+        """An unwatched ticker is not ingested: its next tick after a re-watch is no hole. What
+        is kept per instrument goes too, or it would grow with every instrument ever watched
+        (index names are few, and their newest timestamp is what a restart's gap starts from)."""
         self.live_spacing.pop(ticker, None)
         self._spacing_from.pop(ticker, None)
-        self._accounted_to.pop(ticker, None)
+        self._watched_since.pop(ticker, None)
+        if is_instrument(ticker):
+            self.last_seen.pop(ticker, None)
+            self._accounted_to.pop(ticker, None)
 
     def _publish_gap(self, gap: Gap) -> None:
         if self.writer is not None:

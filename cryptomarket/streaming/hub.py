@@ -11,17 +11,19 @@ import asyncio
 import heapq
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from cryptomarket.core.errors import TooMany, Unavailable
 from cryptomarket.instruments.frames import is_final, is_notice
+from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
 from cryptomarket.streaming.sessions import SIGNED_OUT, SessionRecheck
+from cryptomarket.streaming.stream import Stream
 
 logger = logging.getLogger("cryptomarket.streaming")
 
@@ -33,128 +35,11 @@ RECENT_TICKS = 600
 # Gaps published lately, for streams that open after them: a restarted server records its
 # outage's gap as its clients come back, and their first price is older than the gap's end.
 RECENT_GAPS = 1_000
-
-
-class Stream:
-    """One open SSE connection: its subscriptions and the frames waiting for it.
-
-    Thousands of these live at once, so each is small: slots, a list as the buffer, and at most
-    one future, made only while its writer waits for something to write.
-    """
-
-    __slots__ = (
-        "_buffer",
-        "_waiter",
-        "account_id",
-        "changed_while_opening",
-        "closed",
-        "default_timer",
-        "dropped",
-        "id",
-        "key_id",
-        "last_sent",
-        "max_buffered",
-        "on_drop",
-        "quiet_sweeps",
-        "timers",
-        "token",
-        "user_id",
-        "writer",
-    )
-
-    def __init__(
-        self,
-        id: str,
-        user_id: str,
-        default_timer: int,
-        max_buffered: int = 2_000,
-        on_drop: Callable[["Stream"], None] | None = None,
-        *,
-        token: str | None = None,
-        key_id: str | None = None,
-        account_id: int | None = None,
-    ) -> None:
-        self.id = id
-        self.user_id = user_id
-        self.account_id = account_id  # the Deribit account owning user_id, if known
-        self.token = token  # the session it was opened with (None: the key headers)
-        self.key_id = key_id  # the client id of the key headers it was opened with
-        self.default_timer = default_timer
-        self.max_buffered = max_buffered  # a client this far behind is dropped
-        # Called when the stream is dropped: unregister it and abort the response writing to it.
-        self.on_drop = on_drop
-        self.timers: dict[str, int] = {}  # ticker -> effective seconds
-        self.last_sent: dict[str, int] = {}  # ticker -> newest timestamp sent
-        self.closed = False
-        self.dropped = False
-        self.quiet_sweeps = 0  # ping sweeps since the last frame: the hub pings idle streams
-        self.writer: asyncio.Task[Any] | None = None
-        self._buffer: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
-        # Tickers changed by create/cancel while the stream's stored subscriptions were being
-        # read: those changes are newer than what was read. None once the stream is set up.
-        self.changed_while_opening: set[str] | None = set()
-
-    def push(self, frame: bytes) -> bool:
-        if self.closed:
-            return False
-        # One latest price per subscription may arrive at once (on connect) on top of the bound.
-        if len(self._buffer) >= self.max_buffered + len(self.timers):
-            logger.warning(
-                "stream %s of %s dropped: %d events unread",
-                self.id,
-                self.user_id,
-                len(self._buffer),
-            )
-            self.dropped = True
-            self._buffer.clear()
-            self.close()
-            if self.on_drop is not None:
-                self.on_drop(self)
-            return False
-        self._buffer.append(frame)
-        self.quiet_sweeps = 0
-        self._wake()
-        return True
-
-    def push_price(self, tick: Tick, frame: bytes) -> bool:
-        """A price, unless this stream already has it or a newer one."""
-        if tick.timestamp > self.last_sent.get(tick.ticker, 0):
-            self.last_sent[tick.ticker] = tick.timestamp
-            return self.push(frame)
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-        self._wake()
-
-    def forget(self) -> None:
-        """Drop what a closed stream still holds, so stale timer entries pin nothing big."""
-        self._buffer.clear()
-        self.timers.clear()
-        self.last_sent.clear()
-
-    async def next_chunk(self) -> bytes | None:
-        """Every frame buffered so far, as one chunk; waits while there is none. None: the
-        stream is over (closed after its buffer was written, or dropped)."""
-        while True:
-            if self.dropped:
-                return None  # too slow to keep: what it missed stays missed
-            if self._buffer:
-                chunk = b"".join(self._buffer)
-                self._buffer.clear()
-                return chunk
-            if self.closed:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+# An instrument no stream here watches and none came of for this long (cancelled, not expired:
+# expired ones go at once) loses its latest price and replay ring, which the store and the
+# Redis stream still hold: else they would stay for every instrument ever watched.
+FORGET_QUIET_MS = 15 * 60 * 1000
+FORGET_EVERY = 60.0  # seconds between two looks for such instruments
 
 
 class StreamHub:
@@ -429,6 +314,21 @@ class StreamHub:
         if self.on_expired is not None:
             self.on_expired(tick.ticker)
 
+    def forget_quiet_instruments(self, now_ms: int) -> list[str]:
+        """Drop what is kept of instruments unwatched here and quiet for FORGET_QUIET_MS."""
+        watched = {ticker for stream in self._streams() for ticker in stream.timers}
+        quiet = [
+            ticker
+            for ticker, (tick, _) in self.latest.items()
+            if is_instrument(ticker)
+            and ticker not in watched
+            and now_ms - tick.timestamp > FORGET_QUIET_MS
+        ]
+        for ticker in quiet:
+            del self.latest[ticker]
+            self.recent.pop(ticker, None)
+        return quiet
+
     def _streams(self) -> list[Stream]:
         return [stream for streams in self._by_user.values() for stream in streams]
 
@@ -463,7 +363,7 @@ class StreamHub:
 
     async def _run_timers(self) -> None:
         loop = asyncio.get_running_loop()
-        last_sweep = loop.time()
+        last_sweep = last_forget = loop.time()
         while True:
             self._due_changed.clear()
             now = loop.time()
@@ -482,6 +382,9 @@ class StreamHub:
                 self._ping_quiet_streams()
                 last_sweep = now
                 next_sweep = now + self._ping_interval / PING_SWEEPS
+            if now >= last_forget + FORGET_EVERY:
+                self.forget_quiet_instruments(int(time.time() * 1000))
+                last_forget = now
             wake_at = min(self._due[0][0], next_sweep) if self._due else next_sweep
             if (session_check := self.sessions.due(now)) is not None:
                 wake_at = min(wake_at, session_check)

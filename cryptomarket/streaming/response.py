@@ -15,7 +15,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cryptomarket.core.server import ABORT, abort_connection
-from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.streaming.stream import Stream
 
 logger = logging.getLogger("cryptomarket.streaming")
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cryptomarket.streaming.hub import Stream
+    from cryptomarket.streaming.stream import Stream
 
 logger = logging.getLogger("cryptomarket.streaming")
 

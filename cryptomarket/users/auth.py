@@ -17,8 +17,8 @@ from sqlalchemy import select
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import Forbidden, InvalidInput, NotAuthenticated
 from cryptomarket.runtime import Runtime, RuntimeDep
-from cryptomarket.streaming.hub import Stream
 from cryptomarket.streaming.sessions import EXPIRED, KEY_CHANGED, SIGNED_OUT
+from cryptomarket.streaming.stream import Stream
 from cryptomarket.users.schemas import USER_ID_PATTERN
 from cryptomarket.users.service import token_hash
 from cryptomarket.users.sign_in import check_key_headers, sign_in
