@@ -41,6 +41,26 @@ def test_database_names_losses_a_removed_gap_had_covered():
     assert any("later removed" in line for line in check.details)
 
 
+def test_database_wants_the_first_update_of_each_window_of_an_instrument():
+    """Five updates a second, one a second stored: the first of each second is due; a later one
+    stored instead (its first missed with no gap) is a loss; an extra one of the window is fine."""
+    ticks = [(1400 + 200 * i, 90_000.0 + i) for i in range(13)]  # 1400 .. 3800
+    produced = {"BTC-PERPETUAL": ticks}
+    first = [ticks[3], ticks[8]]  # 2000, 3000 (the first of 1000..1999 may be before 1400)
+    check = ledger.database(
+        produced, {"BTC-PERPETUAL": first}, [], [], no_fault, store_interval_ms=1000
+    )
+    assert check.holds and check.counts["due"] == 2 and check.counts["produced"] == 13
+    late = {"BTC-PERPETUAL": [ticks[4], ticks[8], ticks[9]]}  # 2200 for 2000, and 3200
+    check = ledger.database(produced, late, [], [], no_fault, store_interval_ms=1000)
+    assert not check.holds and check.counts["lost"] == 1 and check.counts["foreign"] == 0
+    gapped = [("BTC-PERPETUAL", 1900, 2100, "upstream lost")]
+    check = ledger.database(produced, late, gapped, [], no_fault, store_interval_ms=1000)
+    assert check.holds and check.counts["in_gap"] == 1
+    wrong = {"BTC-PERPETUAL": [*first, (3500, 1.0)]}  # no update of the window had that mark
+    assert not ledger.database(produced, wrong, [], [], no_fault, store_interval_ms=1000).holds
+
+
 def stream(chain: str, prices: list[int], gaps: list[tuple[int, int]] = ()) -> Connection:
     connection = Connection("c", "http://replica", chain, None, opened_ms=1000, closed_ms=100_000)
     connection.tickers = {"btc_usd"}

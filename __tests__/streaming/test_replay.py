@@ -6,7 +6,7 @@ two tickers stamped a few ms apart, published in either order.
 """
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from __tests__.databases import fresh_database_url
 from __tests__.helpers import eventually
 from __tests__.service import running_service
 from __tests__.sse import Event, SSEParser, open_stream
+from cryptomarket.core.config import Settings
 from cryptomarket.core.db import Database, urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.simulator import Simulator
@@ -65,11 +66,13 @@ class Serving:
     subscriptions: StoredSubscriptions
     hub: StreamHub = field(default_factory=lambda: StreamHub(max_streams=10, max_per_user=10))
     stream_opens: OpenLimiter = field(default_factory=lambda: OpenLimiter(burst=10_000))
+    settings: Settings = field(default_factory=lambda: Settings(INSTRUMENT_STORE_INTERVAL_MS=1000))
 
-    async def publish(self, *ticks: Tick) -> None:
+    async def publish(self, *ticks: Tick, stored: bool = True) -> None:
         """As ingest does: the writer stores each tick, the bus hands it to the hub."""
-        async with self.database.transaction() as connection:
-            await PriceRepository(connection, self.database.tables).add_ticks(list(ticks))
+        if stored:
+            async with self.database.transaction() as connection:
+                await PriceRepository(connection, self.database.tables).add_ticks(list(ticks))
         for tick in ticks:
             self.hub.publish(tick)
 
@@ -138,6 +141,39 @@ async def test_replay_beyond_the_hubs_recent_ticks_comes_from_the_store(database
     # The resumed tick itself is only in the store: its publish stamp is found there.
     resumed = await serving.reconnect("btc_usd:1000")
     assert sent(resumed) == [f"{t.ticker}:{t.timestamp}" for t in ticks[1:]]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "after-restart"])
+async def test_an_instrument_replayed_from_its_thinned_store_comes_with_a_gap(
+    database: Database, restarted: bool
+) -> None:
+    """Ten updates a second, one a second stored: what the store replays lacks nine in ten, and
+    the client is told so up to where the hub's recent updates take over."""
+    serving = Serving(database, StoredSubscriptions({"BTC-PERPETUAL": 0}))
+    serving.hub.recent_size = 5
+    ticks = [
+        replace(tick("BTC-PERPETUAL", 1_000 + 100 * n, n), fields={"mark_price": float(n)})
+        for n in range(40)
+    ]
+    for n, each in enumerate(ticks):
+        await serving.publish(each, stored=n % 10 == 0)  # 1000, 2000, 3000, 4000 stored
+    if restarted:
+        serving = Serving(database, serving.subscriptions)
+    resumed = await serving.reconnect("BTC-PERPETUAL:1100")
+    stored_ids = ["BTC-PERPETUAL:2000", "BTC-PERPETUAL:3000", "BTC-PERPETUAL:4000"]
+    if restarted:  # the store alone: a gap to its newest row
+        assert sent(resumed) == stored_ids
+        assert gaps(resumed) == [("BTC-PERPETUAL", 1_101, 4_000)]
+    else:  # the hub's five newest take over from 4500
+        assert sent(resumed) == [
+            *stored_ids,
+            *(f"BTC-PERPETUAL:{ts}" for ts in range(4500, 4901, 100)),
+        ]
+        assert gaps(resumed) == [("BTC-PERPETUAL", 1_101, 4_499)]
+        # From within the hub's recent updates: the rest of them, and no gap.
+        resumed = await serving.reconnect("BTC-PERPETUAL:4600")
+        assert sent(resumed) == [f"BTC-PERPETUAL:{ts}" for ts in (4700, 4800, 4900)]
+        assert gaps(resumed) == []
 
 
 async def test_a_bounded_replay_sends_a_gap_for_what_it_leaves_out(

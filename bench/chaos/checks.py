@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from bench.chaos import ledger
 from bench.chaos.clients import Recorder, now_ms
 from bench.chaos.faults import Fault
+from bench.chaos.plan import STORE_INTERVAL_MS
 from bench.chaos.simctl import SimControl
 from bench.chaos.topology import Distributed, Topology, Usage
 
@@ -102,7 +103,7 @@ async def final_checks(
         return text + (f", then {at(soon[0])}" if soon else "")
 
     checks = [
-        ledger.database(produced, rows, gaps, gap_log, blame),
+        ledger.database(produced, rows, gaps, gap_log, blame, store_interval_ms=STORE_INTERVAL_MS),
         ledger.streams(recorder.connections, produced, window, EDGE_MS, blame),
     ]
     expected = set(plan.tracked) | await asyncio.to_thread(topology.stored_subscriptions)

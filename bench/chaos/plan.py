@@ -11,6 +11,9 @@ from cryptomarket.deribit.simulator.indexes import INDEX_NAMES
 
 PASSWORD_OF = "chaos-secret-"  # noqa: S105 (the simulator accounts' made-up secrets)
 TIMER_USER = "timer0"  # the timer>0 client's user
+# Instruments beside the indexes, on their `100ms` channels: perpetuals, which never expire mid-run.
+INSTRUMENTS = ("BTC-PERPETUAL", "ETH-PERPETUAL")
+STORE_INTERVAL_MS = 1000  # the gateway's INSTRUMENT_STORE_INTERVAL_MS (its default)
 
 
 @dataclass
@@ -63,6 +66,9 @@ def make_plan(mode: str, seed: int, tickers: int, tick_interval: float) -> Plan:
     for ticker in held:
         if not any(ticker in t for t in users.values()):
             users["steady0"].append(ticker)
+    users["steady0"] += INSTRUMENTS  # both on one stream, each on another one too
+    users["steady2"].append(INSTRUMENTS[0])
+    users["steady3"].append(INSTRUMENTS[1])
     storm_only = [n for n in INDEX_NAMES if "-" not in n and n not in names][:3]
     storm_tickers = sorted({*rng.sample(held, k=2), tracked[0], *storm_only})
     storm_users = ["storm0", "storm1", "storm2"]

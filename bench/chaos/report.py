@@ -75,7 +75,9 @@ def write(report: Report, outcomes: list[Outcome], minutes: float, path: Path) -
     report.text(
         f"{minutes:g} minute(s) of seeded faults per mode. Ground truth: `sim/produced`, every "
         "tick the simulator produced. A tick stored with its price, or inside a gap recorded at "
-        "the end, is accounted for; anything else is silently lost."
+        "the end, is accounted for; anything else is silently lost. Of an instrument, the first "
+        "update of each INSTRUMENT_STORE_INTERVAL_MS is due in the database (`due` counts "
+        "those), and every update on every stream."
     )
     for outcome in outcomes:
         plan = outcome.plan

@@ -15,6 +15,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from cryptomarket.instruments.names import is_instrument
+
 CALL_TIMEOUT = 30.0
 PRODUCED_SPAN_MS = 60_000  # ground truth is fetched a minute at a time: frames stay small
 
@@ -56,8 +58,9 @@ class SimControl:
                 raise RuntimeError(f"{method} failed: {answer['error']}")
             return answer["result"]
 
-    async def produced(self, index_name: str, since: int, until: int) -> list[tuple[int, float]]:
-        """Every tick the simulator produced for the index in (since, until], oldest first.
+    async def produced(self, ticker: str, since: int, until: int) -> list[tuple[int, float]]:
+        """Every tick the simulator produced for the index in (since, until], oldest first (for an
+        instrument: every frame of its `100ms` channel, with its mark price).
 
         Raises when the simulator has already forgotten part of the span: a ledger on partial
         ground truth would call real losses fine.
@@ -66,11 +69,10 @@ class SimControl:
         start = since
         while start < until:
             end = min(until, start + PRODUCED_SPAN_MS)
-            answer = await self.call(
-                "sim/produced", {"index_name": index_name, "since": start, "until": end}
-            )
+            name = "instrument_name" if is_instrument(ticker) else "index_name"
+            answer = await self.call("sim/produced", {name: ticker, "since": start, "until": end})
             if not answer["complete"]:
-                raise RuntimeError(f"sim/produced: {index_name} ({start}, {end}] is incomplete")
+                raise RuntimeError(f"sim/produced: {ticker} ({start}, {end}] is incomplete")
             ticks.extend((int(ts), float(price)) for ts, price in answer["ticks"])
             start = end
         return ticks

@@ -24,10 +24,11 @@ from sqlalchemy import create_engine, text
 
 from __tests__.distributed.processes import Process, Processes
 from __tests__.servers import PostgresServer, RedisServer, free_port
-from bench.chaos.plan import Plan, write_accounts
+from bench.chaos.plan import STORE_INTERVAL_MS, Plan, write_accounts
 from bench.common import ROOT
 from cryptomarket.core.db import urls_for
 from cryptomarket.core.migrate import upgrade
+from cryptomarket.instruments.names import is_instrument
 
 LEADING = "leading: this process now holds the upstream connection"
 LOST = "lost the lease"
@@ -106,6 +107,7 @@ class Topology:
             *("-m", "cryptomarket", "simulate", "--port", str(self.sim_port)),
             *("--tick-interval", str(self.plan.tick_interval), "--seed", str(self.plan.seed)),
             *("--min-heartbeat", "1", "--accounts", str(self.plan.accounts_file)),
+            *("--instrument-interval", str(self.plan.tick_interval)),
         )
         await sim.logged("Deribit simulator listening")
 
@@ -124,6 +126,7 @@ class Topology:
             "SSE_OPEN_BURST": "10000",  # churn reopens streams on purpose
             "JOBS_PERSIST_INTERVAL": "0.5",
             "JOBS_GAP_INTERVAL": "5",
+            "INSTRUMENT_STORE_INTERVAL_MS": str(STORE_INTERVAL_MS),
         }
 
     def stop(self) -> None:
@@ -234,11 +237,14 @@ class Topology:
     def table(self, name: str) -> str:
         return f"crypto.{name}" if self.plan.mode == "distributed" else f"crypto_{name}"
 
+    def ticks_table(self, ticker: str) -> str:
+        return self.table("instrument_ticks" if is_instrument(ticker) else "price_tickers")
+
     def rows(self, ticker: str, since: int, until: int) -> list[tuple[int, float]]:
         return [
             (int(ts), float(price))
             for ts, price in self._query(
-                f"SELECT timestamp, price FROM {self.table('price_tickers')} "
+                f"SELECT timestamp, price FROM {self.ticks_table(ticker)} "
                 "WHERE ticker = :t AND timestamp > :a AND timestamp <= :b ORDER BY timestamp",
                 {"t": ticker, "a": since, "b": until},
             )
@@ -246,7 +252,7 @@ class Topology:
 
     def newest(self, ticker: str) -> int | None:
         found = self._query(
-            f"SELECT max(timestamp) FROM {self.table('price_tickers')} WHERE ticker = :t",
+            f"SELECT max(timestamp) FROM {self.ticks_table(ticker)} WHERE ticker = :t",
             {"t": ticker},
         )
         return None if found[0][0] is None else int(found[0][0])

@@ -34,7 +34,7 @@ from cryptomarket.kit.addresses import address_key
 from cryptomarket.kit.tarpit import Tarpit
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
-from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.replay import Missed
 from cryptomarket.streaming.replay import fetch as fetch_missed
 from cryptomarket.streaming.replay import frames as replay_frames
@@ -44,6 +44,7 @@ from cryptomarket.streaming.response import (
     connection_abort,
     write_events,
 )
+from cryptomarket.streaming.stream import Stream
 from cryptomarket.subscriptions.schemas import MAX_TIMER
 from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
 
@@ -246,4 +247,10 @@ async def _missed(
         for ticker, own in subscriptions.items()
         if (stream.default_timer if own is None else own) == 0
     ]
-    return await fetch_missed(runtime.hub, runtime.database, every_tick, resume)
+    return await fetch_missed(
+        runtime.hub,
+        runtime.database,
+        every_tick,
+        resume,
+        store_interval_ms=runtime.settings.INSTRUMENT_STORE_INTERVAL_MS,
+    )

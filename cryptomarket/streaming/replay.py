@@ -18,6 +18,10 @@ T, each other ticker after T + UNCERTAIN_MS, and those get a `gap` event for the
 which the client may or may not have had their ticks. Rows stored before publish stamps existed
 carry the moment they were written instead: close to publish order, not exact.
 
+An instrument's store keeps one update per INSTRUMENT_STORE_INTERVAL_MS: what is replayed of it
+from the store, before the hub's recent ticks take over, lacks the updates in between, and a `gap`
+event says so (the stored ones are replayed still: the client's chart stays drawn).
+
 The store is read first (`fetch`, which awaits); the hub's recent ticks are merged in by `frames`,
 in the same step of the event loop as the stream's subscriptions start, so a tick published in
 between is in one or the other, never in both or in neither.
@@ -30,10 +34,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptomarket.core.db import Database
+from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.streaming import events
-from cryptomarket.streaming.hub import Stream, StreamHub
+from cryptomarket.streaming.hub import StreamHub
+from cryptomarket.streaming.stream import Stream
 
 REPLAY_LIMIT = 1_000  # ticks per ticker a reconnecting client may catch up on
 REPLAY_BUDGET = 5_000  # ticks in all: 47 every-tick tickers get about 100 each
@@ -41,6 +47,7 @@ REPLAY_FLOOR = 10  # ticks per ticker however many tickers share the budget
 UNCERTAIN_MS = 5_000  # without a publish stamp: how far another ticker's ticks may be out of step
 LEFT_OUT = "not replayed: more were missed than a reconnect replays"
 UNCERTAIN = "not replayed: the resumed event is unknown, these may or may not have been sent"
+THINNED = "not replayed: an instrument is stored once per INSTRUMENT_STORE_INTERVAL_MS"
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Missed:
     timestamp: int
     stamp: datetime | None  # its publish stamp; None: not found
     tickers: list[str]  # the stream's every-tick subscriptions
+    store_interval_ms: int = 0  # INSTRUMENT_STORE_INTERVAL_MS: 0, every update is stored
     stored: dict[str, list[Tick]] = field(default_factory=dict)
     first_stored: dict[str, int] = field(default_factory=dict)  # when the store's answer was cut
     # X:T sent by a timer: the publish stamp of X's next tick, from which the replay is certain.
@@ -76,10 +84,16 @@ class Missed:
 
 
 async def fetch(
-    hub: StreamHub, database: Database, tickers: list[str], resume: tuple[str, int]
+    hub: StreamHub,
+    database: Database,
+    tickers: list[str],
+    resume: tuple[str, int],
+    *,
+    store_interval_ms: int = 0,
 ) -> Missed:
     ticker, timestamp = resume
-    missed = Missed(ticker, timestamp, publish_stamp(hub, ticker, timestamp), tickers)
+    stamp = publish_stamp(hub, ticker, timestamp)
+    missed = Missed(ticker, timestamp, stamp, tickers, store_interval_ms=store_interval_ms)
     if not tickers:
         return missed
     limit = missed.limit
@@ -134,7 +148,10 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
     for ticker in missed.tickers:
         if ticker in skipped:
             continue
-        ticks = _merged(missed.stored.get(ticker, ()), _recent(hub, missed, ticker))
+        stored, recent = missed.stored.get(ticker, []), _recent(hub, missed, ticker)
+        ticks = _merged(stored, recent)
+        if (thinned := _thinned(missed, ticker, stored, recent)) is not None:
+            gaps.append(thinned)
         if missed.out_of_order:
             uncertain = [t for t in ticks if certain_from is None or t.received_at < certain_from]
             if uncertain:
@@ -161,6 +178,19 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
     gaps.extend(gap for gap in missed.recorded_gaps if gap.ticker not in skipped)
     gaps.sort(key=lambda gap: (gap.from_ts, gap.ticker))
     return [events.gap_frame(gap) for gap in gaps] + [events.price_frame(t) for t in replayed]
+
+
+def _thinned(missed: Missed, ticker: str, stored: list[Tick], recent: list[Tick]) -> Gap | None:
+    """The span an instrument is replayed from its thinned store, up to the hub's recent ticks."""
+    if missed.store_interval_ms <= 0 or not is_instrument(ticker):
+        return None
+    takes_over = recent[0].timestamp if recent else math.inf
+    older = [tick.timestamp for tick in stored if tick.timestamp < takes_over]
+    if not older:
+        return None
+    since = missed.timestamp + 1 if ticker == missed.ticker else missed.timestamp - UNCERTAIN_MS
+    until = recent[0].timestamp - 1 if recent else older[-1]
+    return Gap(ticker, min(since, older[0]), until, THINNED)
 
 
 def _certain_from(hub: StreamHub, missed: Missed) -> datetime | None:
