@@ -25,7 +25,9 @@ Writes bench/results/soak.md (markdown, machine and command beside the figures) 
 bench/results/soak.png (latency p50/p99 and RSS over time); an instrument's run writes
 soak-instrument.md and soak-instrument.png.
 Run: `make soak` (10 minutes, 2,000 streams of btc_usd, then 1,000 of BTC-PERPETUAL) or
-`python -m bench.soak --streams 200 --minutes 2 [--ticker BTC-PERPETUAL]`.
+`python -m bench.soak --streams 200 --minutes 2 [--ticker BTC-PERPETUAL] [--tracemalloc DIR]`
+(`--tracemalloc`: the server runs under bench/tracemalloc_run.py, a heap snapshot a minute; compare
+them with `python -m bench.tracemalloc_run --compare DIR`; its RSS and latency then say nothing).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from bench import charts
 from bench.common import command_line, machine, markdown_table, percentile
-from bench.sse_common import Child, free_port, raise_nofile, spawn, wait_port
+from bench.sse_common import ROOT, Child, free_port, raise_nofile, spawn, wait_port
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.kinds import channel_of
 
@@ -241,9 +243,20 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
             "SSE_MAX_STREAMS_PER_ACCOUNT": str(PER_USER),  # each user signs in with its own key
             "LOG_LEVEL": "WARNING",
         }
+        argv = [executable, "serve", "--host", HOST, "--port", str(port)]
+        if args.tracemalloc is not None:  # snapshots of the server's heap, once a minute
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.tracemalloc_run",
+                str(args.tracemalloc),
+                "60",
+                *argv,
+            ]
+            env["PYTHONPATH"] = str(ROOT)
         server = spawn(
             "serve",
-            [executable, "serve", "--host", HOST, "--port", str(port)],
+            argv,
             env=env,
             cwd=tmp,
             log_path=tmp / "serve.log",
@@ -425,6 +438,7 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds left out of spreads")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tracemalloc", type=Path, help="write the server's heap snapshots here")
     args = parser.parse_args()
     raise_nofile()
     with tempfile.TemporaryDirectory(prefix="cm-soak-") as tmp:
