@@ -7,7 +7,9 @@ One Deribit simulator (`cryptomarket simulate`, one index tick per second, an in
 `100ms` channel about ten updates a second) feeds both servers. For every
 size N and each server, in a fresh process so that memory figures start clean:
 
-1. start the server (`.venv/bin/cryptomarket serve`, or `bench/sse_baseline.py` under uvicorn);
+1. start the server (`.venv/bin/cryptomarket serve`, `bench/sse_baseline.py` under uvicorn, or
+   the floor: `bench/sse_raw.py`, a bare asyncio protocol on uvloop writing each frame to every
+   socket);
    for the product, sign in `bench-<k>` users with the simulator's `sim-alice` key and subscribe
    each to the ticker (`--ticker`, btc_usd by default) with timer=0;
 2. read its RSS, open N SSE streams from load-generator processes (`bench/sse_loadgen.py`, raw
@@ -75,7 +77,8 @@ TICKER = "btc_usd"
 SIM_CLIENT_ID, SIM_CLIENT_SECRET = "sim-alice", "sim-alice-secret"
 RESULTS = ROOT / "bench" / "results"
 INSTRUMENT_SIZES = "500,1000,2000"  # ten updates a second: 2,000 streams are 20,000 events/s
-PRODUCT, BASELINE = "cryptomarket", "sse-starlette"
+PRODUCT, BASELINE, RAW = "cryptomarket", "sse-starlette", "raw-asyncio"
+SERVERS = (PRODUCT, BASELINE, RAW)  # RAW: the floor, bench/sse_raw.py
 WANTED_STREAMS_PER_USER = 20_000
 
 # The issue's targets.
@@ -83,6 +86,7 @@ TARGET_SIZE = 10_000
 TARGET_DELIVERY = 99.0  # % at TARGET_SIZE clients
 TARGET_KB_PER_CONN = 20.0
 TARGET_P99_MS_AT_1000 = 50.0
+FLOOR_FACTOR = 1.5  # issue 14: CPU per event and p99 within this of the raw floor
 
 # -- processes we start ------------------------------------------------------------------------
 
@@ -327,12 +331,13 @@ def signed_in(bench: Bench, client: httpx.Client, user: str) -> str:
     return token
 
 
-def start_baseline(bench: Bench, tag: str, gc_log: Path | None) -> Server:
+def start_baseline(bench: Bench, tag: str, gc_log: Path | None, kind: str = BASELINE) -> Server:
+    """sse-starlette (bench/sse_baseline.py), or the raw floor (bench/sse_raw.py)."""
     port = free_port()
     argv = [
         PYTHON,
         "-m",
-        "bench.sse_baseline",
+        "bench.sse_baseline" if kind == BASELINE else "bench.sse_raw",
         "--host",
         HOST,
         "--port",
@@ -352,9 +357,10 @@ def start_baseline(bench: Bench, tag: str, gc_log: Path | None) -> Server:
         logs=bench.logs,
     )
     wait_port(HOST, port, 60, child)
-    with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
-        client.get("/clients").raise_for_status()
-    return Server(BASELINE, child, port, sse_requests(port, "/sse", None))
+    if kind == BASELINE:
+        with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
+            client.get("/clients").raise_for_status()
+    return Server(kind, child, port, sse_requests(port, "/sse", None))
 
 
 # -- the simulator -----------------------------------------------------------------------------
@@ -539,7 +545,7 @@ class Result:
 
 def run_one(bench: Bench, kind: str, n: int) -> Result:
     args = bench.args
-    tag = f"{'product' if kind == PRODUCT else 'baseline'}-{n}"
+    tag = f"{ {PRODUCT: 'product', BASELINE: 'baseline', RAW: 'raw'}[kind] }-{n}"
     result = Result(kind, n, float(args.seconds))
     gc_log = bench.logs / f"gc-{tag}.log" if args.gc_log else None
     result.others_before = wait_for_quiet(args.quiet_wait, args.quiet_threshold)
@@ -547,7 +553,7 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
     if kind == PRODUCT:
         server = start_product(bench, n, tag, gc_log)
     else:
-        server = start_baseline(bench, tag, gc_log)
+        server = start_baseline(bench, tag, gc_log, kind)
     loadgens: LoadGens | None = None
     try:
         time.sleep(args.settle)  # ticks flowing, start-up garbage gone
@@ -759,22 +765,22 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×"
 
 
-def size_table(product: Result | None, baseline: Result | None) -> list[str]:
-    results = [r for r in (product, baseline) if r is not None]
-    both = product is not None and baseline is not None
+def size_table(product: Result | None, others: list[Result]) -> list[str]:
+    """One size's figures, each server a column, then the product's ratio to each other one."""
+    results = [r for r in (product, *others) if r is not None]
+    against = others if product is not None else []
     head = "| metric | " + " | ".join(r.kind for r in results) + " |"
-    lines = [
-        head + (" cryptomarket / sse-starlette |" if both else ""),
-        "|---|" + "---:|" * (len(results) + both),
-    ]
+    head += "".join(f" cryptomarket / {other.kind} |" for other in against)
+    lines = [head, "|---|" + "---:|" * (len(results) + len(against))]
 
-    def row(name: str, values: list[str], rel: str | None = None) -> None:
-        lines.append(f"| {name} | " + " | ".join(values) + (f" | {rel or '–'} |" if both else " |"))
+    def row(name: str, values: list[str], rel: list[str] | None = None) -> None:
+        ratios = rel if rel is not None else ["–"] * len(against)
+        lines.append(f"| {name} | " + " | ".join([*values, *ratios]) + " |")
 
-    def compare(value: Any) -> str | None:
-        if product is None or baseline is None:
+    def compare(value: Any) -> list[str] | None:
+        if product is None:
             return None
-        return ratio(value(product), value(baseline))
+        return [ratio(value(product), value(other)) for other in against]
 
     def pair(values: dict[str, float], a: str, b: str, fmt: str = ",.1f") -> str:
         return f"{values.get(a, math.nan):{fmt}} / {values.get(b, math.nan):{fmt}}"
@@ -896,6 +902,18 @@ def verdicts(runs: dict[tuple[str, int], Result]) -> list[str]:
             f"{p.kb_per_conn:.1f} vs {b.kb_per_conn:.1f} KiB/stream | "
             f"{'yes' if not behind else '**no**: behind on ' + ', '.join(behind)} |"
         )
+    for size in sizes:
+        p, r = runs.get((PRODUCT, size)), runs.get((RAW, size))
+        if p is None or r is None:
+            continue
+        cpu = (
+            p.cpu_ms_per_1k_events / r.cpu_ms_per_1k_events if r.cpu_ms_per_1k_events else math.nan
+        )
+        p99 = p.p("p99") / r.p("p99") if r.p("p99") else math.nan
+        out.append(
+            f"| within {FLOOR_FACTOR:g}× of the raw floor at {size:,} clients (issue 14): CPU per "
+            f"event, p99 | {cpu:.2f}×, {p99:.2f}× | {yes(max(cpu, p99) <= FLOOR_FACTOR)} |"
+        )
     return out
 
 
@@ -940,7 +958,7 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
     command += "".join(" " + shlex.quote(a) for a in sys.argv[1:]) + "`"
     users = math.ceil(max(sizes) / bench.per_user)
     lines = [
-        "# SSE fan-out: cryptomarket serve vs a minimal sse-starlette broadcaster"
+        "# SSE fan-out: cryptomarket serve vs a minimal sse-starlette broadcaster and a raw floor"
         + (f", instrument {args.ticker}" if is_instrument(args.ticker) else ""),
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
@@ -966,7 +984,8 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
     ]
     for size in sizes:
         lines += [f"## {size:,} clients", ""]
-        lines += size_table(runs.get((PRODUCT, size)), runs.get((BASELINE, size)))
+        others = [runs[kind, size] for kind in (BASELINE, RAW) if (kind, size) in runs]
+        lines += size_table(runs.get((PRODUCT, size)), others)
         lines.append("")
     lines += ["## Targets", "", *verdicts(runs), ""]
     return "\n".join(lines)
@@ -1010,7 +1029,7 @@ def parse_args() -> argparse.Namespace:
     add("--loadgens", type=int, default=0, help="client processes (0: 1 to 2,000 streams, else 2)")
     add("--concurrency", type=int, default=200, help="connects in flight per client process")
     add("--heartbeat", type=int, default=10, help="both servers' Deribit heartbeat (s)")
-    add("--servers", default=f"{PRODUCT},{BASELINE}", help="which servers to run")
+    add("--servers", default=",".join(SERVERS), help="which servers to run")
     add("--gc-log", action="store_true", help="log and report the servers' full-GC pauses")
     add("--py-spy", default="", help="path of py-spy: record each server's window")
     add("--quiet-wait", type=float, default=120, help="wait up to this long for a quiet machine")
