@@ -562,7 +562,10 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
         processes = args.loadgens or (1 if n <= 2000 else 2)
         loadgens = LoadGens(processes, bench.logs, tag)
         print(f"[{now()}] {kind} x {n}: opening the streams from {processes} client process(es)")
+        profiler = start_profiler(bench, server, f"{tag}-opens", seconds=600)
         opened = loadgens.open(n, server.port, server.requests, args.concurrency)
+        if profiler is not None:
+            stop_profiler(profiler, result, now=True)
         result.opened, result.failed = opened["opened"], opened["failed"]
         result.open_seconds, result.open_errors = opened["seconds"], opened["errors"]
         print(
@@ -717,7 +720,10 @@ def gc_pauses(path: Path, since: int, until: int) -> dict[str, float]:
 # -- optional profiling of the server under load ----------------------------------------------
 
 
-def start_profiler(bench: Bench, server: Server, tag: str) -> tuple[Child, Path] | None:
+def start_profiler(
+    bench: Bench, server: Server, tag: str, seconds: float | None = None
+) -> tuple[Child, Path] | None:
+    """py-spy on the server for `seconds` (the window's length by default)."""
     if not bench.args.py_spy:
         return None
     out = bench.logs / f"py-spy-{tag}.txt"
@@ -728,7 +734,7 @@ def start_profiler(bench: Bench, server: Server, tag: str) -> tuple[Child, Path]
         str(server.child.pid),
         "--nonblocking",
         "--duration",
-        str(int(bench.args.seconds)),
+        str(int(seconds or bench.args.seconds)),
         "--format",
         "raw",
         "--output",
@@ -739,8 +745,12 @@ def start_profiler(bench: Bench, server: Server, tag: str) -> tuple[Child, Path]
     return child, out
 
 
-def stop_profiler(profiler: tuple[Child, Path], result: Result) -> None:
+def stop_profiler(profiler: tuple[Child, Path], result: Result, *, now: bool = False) -> None:
+    """Wait for the profile to be written (`now`: end the recording first)."""
     child, out = profiler
+    if now:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.popen.pid, signal.SIGINT)  # py-spy writes what it has, then exits
     with contextlib.suppress(Exception):
         child.popen.wait(30)
     stop(child)

@@ -84,9 +84,11 @@ class Database:
 
     def __init__(self, url: URL | str, *, pool_size: int = 10) -> None:
         self.urls = urls_for(url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        # A server connection may have been cut while it sat in the pool; a SQLite file's cannot
+        # (and a ping there is one more hop through the connection's thread per checkout).
+        options: dict[str, Any] = {}
         if self.dialect == "postgresql":
-            options |= {"pool_size": pool_size, "max_overflow": pool_size}
+            options |= {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size}
         self.engine: AsyncEngine = create_async_engine(self.urls.async_url, **options)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

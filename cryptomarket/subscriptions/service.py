@@ -13,6 +13,7 @@ from typing import Protocol
 from cryptomarket.core.db import Database
 from cryptomarket.core.errors import NotFound
 from cryptomarket.distributed.control import SubscriptionChange
+from cryptomarket.kit.batched import Batched
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.prices.service import PriceService
@@ -69,10 +70,17 @@ class SubscriptionService:
         self.watchers = watchers
         self.announcer = announcer
         self.latest = latest  # a shared cache of the newest tick per ticker, asked before the store
+        # Users asked for at about once (a storm of reconnecting streams) share one query.
+        self._stored: Batched[str, dict[str, int | None]] = Batched(self._subscriptions_of)
 
     async def subscriptions(self, user_id: str) -> dict[str, int | None]:
+        """The user's stored subscriptions (ticker -> own timer), in ticker order."""
+        return dict(await self._stored.get(user_id) or {})
+
+    async def _subscriptions_of(self, user_ids: list[str]) -> dict[str, dict[str, int | None]]:
         async with self.database.reading() as connection:
-            return await UserRepository(connection, self.database.tables).subscriptions_of(user_id)
+            repository = UserRepository(connection, self.database.tables)
+            return await repository.subscriptions_of_users(user_ids)
 
     async def subscribe(self, user_id: str, ticker: str, timer: int | None) -> Created:
         await self.prices.check_ticker(ticker)

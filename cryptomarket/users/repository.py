@@ -131,20 +131,20 @@ class UserRepository:
             )
         )
 
-    async def session_owner(self, token_hash: str, now: datetime) -> Owner | None:
-        """The user of a live session (not revoked, not expired), with its Deribit account."""
+    async def session_owners(self, token_hashes: list[str], now: datetime) -> dict[str, Owner]:
+        """The users of those sessions that are live (not revoked, not expired), with their
+        Deribit accounts, by token hash."""
         sessions, person = self.sessions, self.person
         result = await self.connection.execute(
-            select(sessions.c.user_id, person.c.deribit_account_id)
+            select(sessions.c.token_hash, sessions.c.user_id, person.c.deribit_account_id)
             .join(person, person.c.user_id == sessions.c.user_id)
             .where(
-                sessions.c.token_hash == token_hash,
+                sessions.c.token_hash.in_(token_hashes),
                 sessions.c.revoked_at.is_(None),
                 sessions.c.expires_at > now,
             )
         )
-        row = result.first()
-        return None if row is None else Owner(row.user_id, row.deribit_account_id)
+        return {row.token_hash: Owner(row.user_id, row.deribit_account_id) for row in result}
 
     async def revoke_session(self, token_hash: str, now: datetime) -> None:
         await self.connection.execute(
@@ -161,12 +161,21 @@ class UserRepository:
     # -- subscriptions ----------------------------------------------------------------------
 
     async def subscriptions_of(self, user_id: str) -> dict[str, int | None]:
+        return (await self.subscriptions_of_users([user_id])).get(user_id, {})
+
+    async def subscriptions_of_users(self, user_ids: list[str]) -> dict[str, dict[str, int | None]]:
+        """Each user's subscriptions (ticker -> own timer), by ticker; users with none are
+        left out."""
+        subscriptions = self.subscriptions
         result = await self.connection.execute(
-            select(self.subscriptions.c.ticker, self.subscriptions.c.timer)
-            .where(self.subscriptions.c.user_id == user_id)
-            .order_by(self.subscriptions.c.ticker)
+            select(subscriptions.c.user_id, subscriptions.c.ticker, subscriptions.c.timer)
+            .where(subscriptions.c.user_id.in_(user_ids))
+            .order_by(subscriptions.c.user_id, subscriptions.c.ticker)
         )
-        return {ticker: timer for ticker, timer in result.all()}
+        found: dict[str, dict[str, int | None]] = {}
+        for user_id, ticker, timer in result.all():
+            found.setdefault(user_id, {})[ticker] = timer
+        return found
 
     async def subscribe(
         self, user_id: str, ticker: str, timer: int | None, now: datetime

@@ -29,6 +29,7 @@ from cryptomarket.deribit.errors import (
 )
 from cryptomarket.deribit.errors import Forbidden as DeribitForbidden
 from cryptomarket.deribit.pool import DeribitPool
+from cryptomarket.kit.batched import Batched
 from cryptomarket.users.repository import Claimed, Owner, UserRepository
 from cryptomarket.users.schemas import Profile, SessionCreated, UserOut
 from cryptomarket.users.secrets import SecretBox, SecretUnreadable
@@ -80,6 +81,8 @@ class UserService:
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetches: dict[Credentials, asyncio.Future[Profile]] = {}
+        # Sessions asked for at about once (a storm of reconnecting streams) share one query.
+        self._owners: Batched[str, Owner] = Batched(self._session_owners)
 
     async def sign_in(self, user_id: str, client_id: str, client_secret: str) -> SessionCreated:
         """Check the key with Deribit, keep the user, open a session."""
@@ -136,9 +139,12 @@ class UserService:
         """The user (and Deribit account) of a live session token, or None."""
         if not token or len(token) > 256:
             return None
+        return await self._owners.get(token_hash(token))
+
+    async def _session_owners(self, token_hashes: list[str]) -> dict[str, Owner]:
         async with self.database.reading() as connection:
-            return await UserRepository(connection, self.database.tables).session_owner(
-                token_hash(token), datetime.now(UTC)
+            return await UserRepository(connection, self.database.tables).session_owners(
+                token_hashes, datetime.now(UTC)
             )
 
     async def user_of_key(self, user_id: str, client_id: str, client_secret: str) -> Owner | None:
