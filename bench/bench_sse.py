@@ -261,8 +261,11 @@ def product_streams_per_user(wanted: int) -> int:
     return wanted
 
 
-def gc_wrapped(argv: list[str], gc_log: Path | None) -> list[str]:
-    """`argv`, run under bench/sse_gclog.py when GC pauses are to be logged."""
+def gc_wrapped(argv: list[str], gc_log: Path | None, heap: str = "") -> list[str]:
+    """`argv`, run under bench/sse_gclog.py when GC pauses are to be logged, or under
+    bench/tracemalloc_run.py when heap snapshots are to be written to `heap`."""
+    if heap:
+        return [PYTHON, "-m", "bench.tracemalloc_run", heap, "3", *argv]
     if gc_log is None:
         return argv
     program = argv[1:] if argv[0] == PYTHON else argv  # `python -m x ...` -> `-m x ...`
@@ -288,10 +291,12 @@ def start_product(bench: Bench, n: int, tag: str, gc_log: Path | None) -> Server
     )
     if bench.args.heartbeat < 10:
         env["PROJECT_MODE"] = "testing"  # the product refuses a heartbeat below Deribit's 10 s
-    if gc_log is not None:
+    if gc_log is not None or bench.args.tracemalloc:
         env["PYTHONPATH"] = str(ROOT)
     argv = [cryptomarket_command(), "serve", "--host", HOST, "--port", str(port)]
-    child = start(f"serve-{tag}", gc_wrapped(argv, gc_log), env=env, cwd=bench.tmp, logs=bench.logs)
+    heap = bench.args.tracemalloc and f"{bench.args.tracemalloc}/{tag}"
+    wrapped = gc_wrapped(argv, gc_log, heap)
+    child = start(f"serve-{tag}", wrapped, env=env, cwd=bench.tmp, logs=bench.logs)
     wait_port(HOST, port, 60, child)
     tokens = []
     with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
@@ -1041,7 +1046,8 @@ def parse_args() -> argparse.Namespace:
     add("--heartbeat", type=int, default=10, help="both servers' Deribit heartbeat (s)")
     add("--servers", default=",".join(SERVERS), help="which servers to run")
     add("--gc-log", action="store_true", help="log and report the servers' full-GC pauses")
-    add("--py-spy", default="", help="path of py-spy: record each server's window")
+    add("--py-spy", default="", help="path of py-spy: record each server's opens and window")
+    add("--tracemalloc", default="", help="dir: the product's heap snapshots, every 3 s")
     add("--quiet-wait", type=float, default=120, help="wait up to this long for a quiet machine")
     add("--quiet-threshold", type=float, default=25, help="%% of a core others may use then")
     add("--output", default=None, help="markdown file to write ('' for none)")

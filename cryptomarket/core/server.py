@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # A stream client that stops reading must be noticed while it is a few hundred KB behind, not
@@ -23,8 +24,10 @@ SEND_BUFFER_BYTES = 256 * 1024
 # The request line and headers of one request, at most (nginx's default allows 4 x 8 KB): the
 # parser uvicorn uses here has no bound of its own, so a header flood would be held in memory.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
-# The scope's ASGI extension: a callable that resets the request's connection now.
+# The scope's ASGI extensions: a callable that resets the request's connection now; and one
+# that gives, once the response has started, its chunked body's DirectBody (or None).
 ABORT = "cryptomarket.abort"
+DIRECT = "cryptomarket.direct"
 # A closed connection that has not drained its unsent data this long is aborted (seconds).
 DRAIN_GRACE = 30.0
 DRAIN_SWEEP_TICKS = 10  # uvicorn ticks every 0.1 s: the closing connections are checked each second
@@ -40,6 +43,47 @@ def abort_connection(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):  # already gone: abort() still drops the transport
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+class DirectBody:
+    """Writes chunks of a started chunked response body straight to its connection, from any
+    code on the loop: a stream's frames go out from the hub's fan-out as it runs, with no task
+    woken and no ASGI message built per frame. The ASGI `send` still starts and ends the
+    response, and sends what could not go out here, in order (streaming/stream.py)."""
+
+    __slots__ = ("_flow", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, flow: FlowControl) -> None:
+        self._transport = transport
+        self._flow = flow
+
+    def write(self, data: bytes) -> bool:
+        """Send `data` as one chunk now; False, and nothing sent, when the connection cannot take
+        it now (its client reads slower than it gets: flow control paused it; or it closes)."""
+        if self._flow.write_paused or self._transport.is_closing():
+            return False
+        self._transport.write(_chunk_of(data))
+        return True
+
+
+class _LastChunk:
+    """The framing of the last bytes framed. A fan-out writes the same bytes object to every
+    stream in a row, so each frame is framed once, not once per stream."""
+
+    __slots__ = ("chunk", "data")
+
+    def __init__(self) -> None:
+        self.data = self.chunk = b""
+
+    def of(self, data: bytes) -> bytes:
+        """`data` as one chunk (nothing for no data: an empty chunk would end the body)."""
+        if self.data is not data:
+            self.data = data
+            self.chunk = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        return self.chunk
+
+
+_chunk_of = _LastChunk().of
 
 
 class RequestHeadTooLarge(Exception):
@@ -58,9 +102,17 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[ABORT] = self.abort_connection
+        extensions[DIRECT] = self.direct_body
 
     def abort_connection(self) -> None:
         abort_connection(self.transport)
+
+    def direct_body(self) -> DirectBody | None:
+        """The current response's DirectBody, once it started with a chunked body."""
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started or not cycle.chunked_encoding:
+            return None
+        return DirectBody(self.transport, self.flow)
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))

@@ -42,6 +42,7 @@ from cryptomarket.streaming.response import (
     STREAM_RAW_HEADERS,
     EventStreamResponse,
     connection_abort,
+    direct_body,
     write_events,
 )
 from cryptomarket.streaming.stream import Stream
@@ -114,9 +115,15 @@ class ServeEventStream:
             start = secure_start(
                 {"type": "http.response.start", "status": 200, "headers": headers}, scope
             )
-            abort = connection_abort(scope, send)
             await write_events(
-                runtime.hub, stream, opening, start, receive=receive, send=send, abort=abort
+                runtime.hub,
+                stream,
+                opening,
+                start,
+                receive=receive,
+                send=send,
+                abort=connection_abort(scope, send),
+                body=direct_body(scope),
             )
             return
         await self.answer_error(scope, receive, send)

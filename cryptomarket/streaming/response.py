@@ -14,9 +14,9 @@ from contextvars import ContextVar
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from cryptomarket.core.server import ABORT, abort_connection
+from cryptomarket.core.server import ABORT, DIRECT, abort_connection
 from cryptomarket.streaming.hub import StreamHub
-from cryptomarket.streaming.stream import Stream
+from cryptomarket.streaming.stream import Body, Stream
 
 logger = logging.getLogger("cryptomarket.streaming")
 
@@ -58,6 +58,7 @@ class EventStreamResponse(Response):
             receive=receive,
             send=send,
             abort=connection_abort(scope, send),
+            body=direct_body(scope),
         )
 
 
@@ -73,6 +74,13 @@ def connection_abort(scope: Scope, send: Send) -> Callable[[], None] | None:
     return abort
 
 
+def direct_body(scope: Scope) -> Callable[[], Body | None] | None:
+    """How to get the started response's body to write frames to at once: the extension our
+    server adds (core/server.py); none under another server."""
+    body: Callable[[], Body | None] | None = scope.get("extensions", {}).get(DIRECT)
+    return body
+
+
 async def write_events(
     hub: StreamHub,
     stream: Stream,
@@ -82,13 +90,17 @@ async def write_events(
     receive: Receive,
     send: Send,
     abort: Callable[[], None] | None = None,
+    body: Callable[[], Body | None] | None = None,
 ) -> None:
     """Send the response start, the opening, then every chunk the stream has, until it ends.
-    A dropped stream's connection is reset with `abort` (see `connection_abort`)."""
+    A dropped stream's connection is reset with `abort` (see `connection_abort`); `body` gives
+    what frames can be written to at once once the response started (see `direct_body`)."""
     stream.writer = asyncio.current_task()
     watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
     try:
         await send(start)
+        if body is not None:
+            stream.attach(body())
         chunk: bytes | None = opening
         del start, opening  # held for the stream's whole life otherwise
         while chunk is not None:

@@ -4,11 +4,17 @@ per ticker, and the frames waiting for its response to write them."""
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from cryptomarket.prices.models import Tick
 
 logger = logging.getLogger("cryptomarket.streaming")
+
+
+class Body(Protocol):
+    """Where a frame can go out at once (core/server.py's DirectBody): False when it cannot."""
+
+    def write(self, data: bytes) -> bool: ...
 
 
 class Stream:
@@ -16,10 +22,18 @@ class Stream:
 
     Thousands of these live at once, so each is small: slots, a list as the buffer, and at most
     one future, made only while its writer waits for something to write.
+
+    While its writer waits with nothing buffered, a frame pushed is written at once to the
+    connection's body (when its server gives one: `attach`), so a fan-out costs one write per
+    stream and wakes no task. A frame the body cannot take now (its client reads slower) is
+    buffered instead, and so is every frame after it until the writer has sent them all: the
+    order on the wire is the order pushed.
     """
 
     __slots__ = (
+        "_body",
         "_buffer",
+        "_direct",
         "_waiter",
         "account_id",
         "changed_while_opening",
@@ -67,13 +81,24 @@ class Stream:
         self.writer: asyncio.Task[Any] | None = None
         self._buffer: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._body: Body | None = None  # the connection's, when its server gives one
+        self._direct: Body | None = None  # the body, while frames may go to it at once
         # Tickers changed by create/cancel while the stream's stored subscriptions were being
         # read: those changes are newer than what was read. None once the stream is set up.
         self.changed_while_opening: set[str] | None = set()
 
+    def attach(self, body: Body | None) -> None:
+        """Write frames to `body` at once whenever nothing is waiting to go before them."""
+        self._body = body
+
     def push(self, frame: bytes) -> bool:
         if self.closed:
             return False
+        if (direct := self._direct) is not None:
+            if direct.write(frame):
+                self.quiet_sweeps = 0
+                return True
+            self._direct = None  # this one and those after it wait for the writer
         # One latest price per subscription may arrive at once (on connect) on top of the bound.
         if len(self._buffer) >= self.max_buffered + len(self.timers):
             logger.warning(
@@ -123,10 +148,12 @@ class Stream:
             if self.closed:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
+            self._direct = self._body  # nothing is buffered: a frame may go out at once
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._direct = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
