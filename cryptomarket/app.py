@@ -44,25 +44,17 @@ Errors are `{"detail": "<sentence>", "code": "<machine_code>"}` with the status 
 
 
 class CryptoMarketAPI(FastAPI):
-    """FastAPI, with the SSE stream served in front of its middleware stack (see
-    streaming/endpoints.py for why)."""
+    """FastAPI, with the SSE stream served in front of it (see streaming/endpoints.py for why):
+    not even the application's own call frames stay alive beside each open stream."""
 
     stream_app: ASGIApp
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return StreamFirst(self.stream_app, super().build_middleware_stack())
-
-
-class StreamFirst:
-    def __init__(self, stream: ASGIApp, rest: ASGIApp) -> None:
-        self.stream = stream
-        self.rest = rest
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if streaming.is_stream_request(scope):
-            await self.stream(scope, receive, send)
+            scope["app"] = self  # as Starlette sets it: the route finds the runtime there
+            await self.stream_app(scope, receive, send)
         else:
-            await self.rest(scope, receive, send)
+            await super().__call__(scope, receive, send)
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:
@@ -137,7 +129,7 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     quiet_dropped_streams()
     app.include_router(users.router)
     app.include_router(subscriptions.router)
-    app.include_router(streaming.router)  # documents the stream; StreamFirst serves it
+    app.include_router(streaming.router)  # documents the stream; CryptoMarketAPI serves it
     app.include_router(prices.router)
     app.include_router(instruments.router)
     app.include_router(health.router)

@@ -19,6 +19,7 @@ from __tests__.sse import open_stream
 from cryptomarket.core import server
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.streaming import endpoints
+from cryptomarket.streaming.response import NOTHING_MORE
 
 
 def open_descriptors() -> int:
@@ -94,9 +95,10 @@ async def test_a_dropped_slow_client_is_disconnected_at_once(flooding: Service) 
 async def test_without_the_abort_hook_the_server_still_frees_the_socket(
     flooding: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another server's scope has no abort extension: the server's sweep of connections that
-    closed but cannot drain aborts this one after its grace."""
-    monkeypatch.setattr(endpoints, "connection_abort", lambda scope, send: None)
+    """Another server's scope has none of our extensions (no abort, no direct body, no word of
+    a lost connection): the server's sweep of connections that closed but cannot drain aborts
+    this one after its grace."""
+    monkeypatch.setattr(endpoints, "connection_of", lambda scope, send: NOTHING_MORE)
     monkeypatch.setattr(server, "DRAIN_GRACE", 0.5)
     hub = flooding.runtime.hub
     baseline = open_descriptors()

@@ -6,7 +6,7 @@ from starlette.types import Message
 
 from __tests__.helpers import eventually
 from cryptomarket.streaming.hub import StreamHub
-from cryptomarket.streaming.response import write_events
+from cryptomarket.streaming.response import Connection, write_events
 
 
 async def test_a_cancellation_while_the_writer_waits_for_its_watcher_is_not_swallowed() -> None:
@@ -74,7 +74,7 @@ async def test_frames_go_out_at_once_and_in_order_across_a_client_falling_behind
             start,
             receive=lambda: asyncio.Event().wait(),  # type: ignore[arg-type, return-value]
             send=wire.send,
-            body=lambda: wire,
+            connection=Connection(body=lambda: wire),
         )
     )
     await eventually(lambda: wire.data == [b"opening;"], what="the opening sent")

@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -24,10 +25,13 @@ SEND_BUFFER_BYTES = 256 * 1024
 # The request line and headers of one request, at most (nginx's default allows 4 x 8 KB): the
 # parser uvicorn uses here has no bound of its own, so a header flood would be held in memory.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
-# The scope's ASGI extensions: a callable that resets the request's connection now; and one
-# that gives, once the response has started, its chunked body's DirectBody (or None).
+# The scope's ASGI extensions: a callable that resets the request's connection now; one that
+# gives, once the response has started, its chunked body's DirectBody (or None); and one that
+# registers what to call once when the connection is lost (a stream then needs no task
+# waiting on `receive` for the disconnect).
 ABORT = "cryptomarket.abort"
 DIRECT = "cryptomarket.direct"
+ON_LOST = "cryptomarket.on_lost"
 # A closed connection that has not drained its unsent data this long is aborted (seconds).
 DRAIN_GRACE = 30.0
 DRAIN_SWEEP_TICKS = 10  # uvicorn ticks every 0.1 s: the closing connections are checked each second
@@ -86,16 +90,86 @@ class _LastChunk:
 _chunk_of = _LastChunk().of
 
 
+class LeanFlowControl(FlowControl):
+    """uvicorn's flow control, with its event made only once writing is paused (most
+    connections never are)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:  # no super(): no event yet
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._writable: asyncio.Future[None] | None = None
+
+    async def drain(self) -> None:
+        while self.write_paused:
+            if self._writable is None:
+                self._writable = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._writable)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+
+class LeanEvent:
+    """The asyncio.Event a request cycle of uvicorn waits on, with no deque until waited on."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        while not self._set:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+        return True
+
+
+class Pipeline(list[Any]):
+    """The queue of pipelined requests uvicorn keeps per connection, as a list (a deque is
+    760 bytes when empty): uvicorn only appends on the left, pops on the right and tests it."""
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 class RequestHeadTooLarge(Exception):
     """Raised inside the parser's callback: uvicorn answers 400 and closes the connection."""
 
 
 class BoundedSendBufferProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with the bounds above, the extensions, and less kept per
+    connection: ten thousand streams each hold one for hours, and an asyncio.Event or a deque
+    costs 0.8-1 KiB even while unused (see `LeanFlowControl`, `LeanEvent`, `Pipeline`)."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         super().connection_made(transport)
+        self.flow = LeanFlowControl(transport)
+        self.pipeline = Pipeline()  # type: ignore[assignment]
+        self.on_lost: Callable[[], None] | None = None
 
     def on_message_begin(self) -> None:
         self.head_bytes = 0
@@ -103,6 +177,21 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[ABORT] = self.abort_connection
         extensions[DIRECT] = self.direct_body
+        extensions[ON_LOST] = self.call_on_lost
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.message_event = LeanEvent()  # type: ignore[assignment]
+
+    def call_on_lost(self, callback: Callable[[], None]) -> None:
+        self.on_lost = callback
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        lost, self.on_lost = self.on_lost, None
+        if lost is not None:
+            lost()
 
     def abort_connection(self) -> None:
         abort_connection(self.transport)

@@ -9,7 +9,7 @@ declares the same route, with the same parameters, for /docs and /redoc.
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -41,8 +41,7 @@ from cryptomarket.streaming.replay import frames as replay_frames
 from cryptomarket.streaming.response import (
     STREAM_RAW_HEADERS,
     EventStreamResponse,
-    connection_abort,
-    direct_body,
+    connection_of,
     write_events,
 )
 from cryptomarket.streaming.stream import Stream
@@ -99,7 +98,7 @@ class ServeEventStream:
         request_id = take_request_id(scope)
         REQUEST_ID.set(request_id)  # this task serves this one request: its log lines carry it
         try:
-            runtime, stream, opening = await _prepare(Request(scope))
+            prepared = await _prepare(Request(scope))
         except AppError as error:
             if self.tarpit is not None and isinstance(error, TooMany):
                 client = scope.get("client") or ("unknown", 0)
@@ -111,22 +110,34 @@ class ServeEventStream:
                 500, "Something went wrong on our side.", "internal_error"
             )
         else:
-            headers = [*STREAM_RAW_HEADERS, id_header(request_id)]
-            start = secure_start(
-                {"type": "http.response.start", "status": 200, "headers": headers}, scope
-            )
-            await write_events(
-                runtime.hub,
-                stream,
-                opening,
-                start,
-                receive=receive,
-                send=send,
-                abort=connection_abort(scope, send),
-                body=direct_body(scope),
-            )
+            # For hours this frame waits on the writing: it holds no reference to the opening
+            # or the response start, which the writer lets go of once they are sent.
+            writing = _writing(prepared, request_id, scope, receive, send)
+            del prepared
+            await writing
             return
         await self.answer_error(scope, receive, send)
+
+
+def _writing(
+    prepared: tuple[Runtime, Stream, bytes],
+    request_id: str,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> Coroutine[None, None, None]:
+    runtime, stream, opening = prepared
+    headers = [*STREAM_RAW_HEADERS, id_header(request_id)]
+    start = secure_start({"type": "http.response.start", "status": 200, "headers": headers}, scope)
+    return write_events(
+        runtime.hub,
+        stream,
+        opening,
+        start,
+        receive=receive,
+        send=send,
+        connection=connection_of(scope, send),
+    )
 
 
 FAILURE = "cryptomarket.failure"

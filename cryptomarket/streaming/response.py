@@ -10,11 +10,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from cryptomarket.core.server import ABORT, DIRECT, abort_connection
+from cryptomarket.core.server import ABORT, DIRECT, ON_LOST, abort_connection
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.stream import Body, Stream
 
@@ -57,28 +59,33 @@ class EventStreamResponse(Response):
             start,
             receive=receive,
             send=send,
-            abort=connection_abort(scope, send),
-            body=direct_body(scope),
+            connection=connection_of(scope, send),
         )
 
 
-def connection_abort(scope: Scope, send: Send) -> Callable[[], None] | None:
-    """How to reset this request's connection: the extension our server adds (core/server.py);
-    else uvicorn's `send`, a method of its request cycle, which holds the transport; else none
-    (the server's sweep of closed connections that cannot drain frees it later)."""
-    abort: Callable[[], None] | None = scope.get("extensions", {}).get(ABORT)
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What the server lets a stream do with its connection beyond ASGI (core/server.py)."""
+
+    abort: Callable[[], None] | None = None  # reset it now
+    body: Callable[[], Body | None] | None = None  # its started body: frames written at once
+    on_lost: Callable[[Callable[[], None]], None] | None = None  # call this once it is lost
+
+
+NOTHING_MORE = Connection()  # a server without our extensions, and no transport found
+
+
+def connection_of(scope: Scope, send: Send) -> Connection:
+    """The extensions our server adds (core/server.py); under another server, uvicorn's `send`
+    (a method of its request cycle, which holds the transport) to reset the connection, else
+    nothing (the server's sweep of closed connections that cannot drain frees it later)."""
+    extensions = scope.get("extensions", {})
+    abort: Callable[[], None] | None = extensions.get(ABORT)
     if abort is None:
         transport = getattr(getattr(send, "__self__", None), "transport", None)
         if isinstance(transport, asyncio.Transport):
-            return lambda: abort_connection(transport)
-    return abort
-
-
-def direct_body(scope: Scope) -> Callable[[], Body | None] | None:
-    """How to get the started response's body to write frames to at once: the extension our
-    server adds (core/server.py); none under another server."""
-    body: Callable[[], Body | None] | None = scope.get("extensions", {}).get(DIRECT)
-    return body
+            abort = partial(abort_connection, transport)
+    return Connection(abort, extensions.get(DIRECT), extensions.get(ON_LOST))
 
 
 async def write_events(
@@ -89,18 +96,21 @@ async def write_events(
     *,
     receive: Receive,
     send: Send,
-    abort: Callable[[], None] | None = None,
-    body: Callable[[], Body | None] | None = None,
+    connection: Connection = NOTHING_MORE,
 ) -> None:
     """Send the response start, the opening, then every chunk the stream has, until it ends.
-    A dropped stream's connection is reset with `abort` (see `connection_abort`); `body` gives
-    what frames can be written to at once once the response started (see `direct_body`)."""
+    A dropped stream's connection is reset (`connection.abort`); a client that left ends the
+    stream at once: the server says so (`connection.on_lost`), else a task waits for it."""
     stream.writer = asyncio.current_task()
-    watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
+    watcher: asyncio.Task[None] | None = None
+    if connection.on_lost is not None:
+        connection.on_lost(stream.close)
+    else:
+        watcher = asyncio.create_task(_close_on_disconnect(receive, stream))
     try:
         await send(start)
-        if body is not None:
-            stream.attach(body())
+        if connection.body is not None:
+            stream.attach(connection.body())
         chunk: bytes | None = opening
         del start, opening  # held for the stream's whole life otherwise
         while chunk is not None:
@@ -109,7 +119,7 @@ async def write_events(
         if not stream.dropped:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
-            _dropped(abort)
+            _dropped(connection.abort)
     except asyncio.CancelledError:
         if not stream.dropped:
             raise
@@ -118,11 +128,12 @@ async def write_events(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        _dropped(abort)
+        _dropped(connection.abort)
     finally:
         hub.close(stream)
         stream.writer = None
-        await _stop(watcher)
+        if watcher is not None:
+            await _stop(watcher)
 
 
 def _dropped(abort: Callable[[], None] | None) -> None:
