@@ -45,6 +45,7 @@ from cryptomarket.streaming.bus import LocalBus
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.limits import OpenLimiter
 from cryptomarket.streaming.redis_bus import RedisBus, read_latest
+from cryptomarket.streaming.replay import Replays
 from cryptomarket.streaming.sessions import SIGNED_OUT
 from cryptomarket.streaming.stream import Stream
 from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
@@ -84,6 +85,14 @@ class Runtime:
     worker_job_counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
     redis_memory: RedisMemory | None = None  # as last read for /metrics
     loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
+    replays: Replays = field(init=False)  # Last-Event-ID reads of the store, shared
+
+    def __post_init__(self) -> None:
+        self.replays = Replays(
+            self.hub,
+            self.database,
+            store_interval_ms=self.settings.INSTRUMENT_STORE_INTERVAL_MS,
+        )
 
     @classmethod
     async def start(cls, settings: Settings, *, with_ingest: bool = True) -> "Runtime":

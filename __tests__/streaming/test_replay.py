@@ -5,6 +5,7 @@ Ticks are built with explicit publish stamps (`received_at`), as ingest hands th
 two tickers stamped a few ms apart, published in either order.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from cryptomarket.streaming import replay
 from cryptomarket.streaming.endpoints import open_event_stream
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.limits import OpenLimiter
+from cryptomarket.streaming.replay import Replays
 from cryptomarket.users.auth import Caller
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -67,6 +69,11 @@ class Serving:
     hub: StreamHub = field(default_factory=lambda: StreamHub(max_streams=10, max_per_user=10))
     stream_opens: OpenLimiter = field(default_factory=lambda: OpenLimiter(burst=10_000))
     settings: Settings = field(default_factory=lambda: Settings(INSTRUMENT_STORE_INTERVAL_MS=1000))
+    replays: Replays = field(init=False)
+
+    def __post_init__(self) -> None:
+        interval = self.settings.INSTRUMENT_STORE_INTERVAL_MS
+        self.replays = Replays(self.hub, self.database, store_interval_ms=interval)
 
     async def publish(self, *ticks: Tick, stored: bool = True) -> None:
         """As ingest does: the writer stores each tick, the bus hands it to the hub."""
@@ -127,6 +134,25 @@ async def test_replay_across_two_tickers_sends_each_missed_tick_once_in_order(
         expected = [f"{t.ticker}:{t.timestamp}" for t in ticks[got + 1 :]]
         assert sent(resumed) == expected, f"resumed after {ticks[got]}"
         assert gaps(resumed) == []
+
+
+async def test_clients_resuming_from_one_event_at_once_share_one_read_of_the_store(
+    database: Database,
+) -> None:
+    """A restart's storm: every client back at once, from the same last event."""
+    subscriptions = StoredSubscriptions({"btc_usd": 0, "eth_usd": 0})
+    serving = Serving(database, subscriptions)
+    ticks = [tick(("btc_usd", "eth_usd")[n % 2], 1_000 + n, n) for n in range(10)]
+    await serving.publish(*ticks)
+    serving = Serving(database, subscriptions)  # restarted: everything comes from the store
+    resumed = await asyncio.gather(*(serving.reconnect("eth_usd:1003") for _ in range(5)))
+    expected = [f"{t.ticker}:{t.timestamp}" for t in ticks[4:]]
+    assert [sent(events) for events in resumed] == [expected] * 5
+    assert serving.replays.reads == 1
+    # One resumed later than that read began is read again: it may have missed a newer store.
+    again = await serving.reconnect("eth_usd:1003")
+    assert sent(again) == expected
+    assert serving.replays.reads == 2
 
 
 async def test_replay_beyond_the_hubs_recent_ticks_comes_from_the_store(database: Database) -> None:

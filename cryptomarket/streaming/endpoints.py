@@ -36,7 +36,6 @@ from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.replay import Missed
-from cryptomarket.streaming.replay import fetch as fetch_missed
 from cryptomarket.streaming.replay import frames as replay_frames
 from cryptomarket.streaming.response import (
     STREAM_RAW_HEADERS,
@@ -265,10 +264,4 @@ async def _missed(
         for ticker, own in subscriptions.items()
         if (stream.default_timer if own is None else own) == 0
     ]
-    return await fetch_missed(
-        runtime.hub,
-        runtime.database,
-        every_tick,
-        resume,
-        store_interval_ms=runtime.settings.INSTRUMENT_STORE_INTERVAL_MS,
-    )
+    return await runtime.replays.missed(every_tick, resume)

@@ -25,8 +25,13 @@ event says so (the stored ones are replayed still: the client's chart stays draw
 The store is read first (`fetch`, which awaits); the hub's recent ticks are merged in by `frames`,
 in the same step of the event loop as the stream's subscriptions start, so a tick published in
 between is in one or the other, never in both or in neither.
+
+After a restart every client comes back within seconds, most from the same last event with the
+same tickers: `Replays` gives resumes asked at about once one read of the store per distinct
+resume (kit/batched.py), and the streams sharing it one encoding of each replayed tick.
 """
 
+import asyncio
 import bisect
 import math
 from collections.abc import Iterable
@@ -35,6 +40,7 @@ from datetime import datetime
 
 from cryptomarket.core.db import Database
 from cryptomarket.instruments.names import is_instrument
+from cryptomarket.kit.batched import Batched
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.streaming import events
@@ -66,6 +72,8 @@ class Missed:
     # Gaps recorded since about where the client stopped: a gap published while it was away
     # (e.g. a restarted server's backfill, before its clients were back) reaches it this way.
     recorded_gaps: list[Gap] = field(default_factory=list)
+    # The price frames of the ticks replayed so far, for the other streams sharing this read.
+    encoded: dict[tuple[str, int], bytes] = field(default_factory=dict)
 
     @property
     def limit(self) -> int:
@@ -177,7 +185,56 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
         replayed.sort(key=lambda tick: (tick.timestamp, tick.ticker))
     gaps.extend(gap for gap in missed.recorded_gaps if gap.ticker not in skipped)
     gaps.sort(key=lambda gap: (gap.from_ts, gap.ticker))
-    return [events.gap_frame(gap) for gap in gaps] + [events.price_frame(t) for t in replayed]
+    return [events.gap_frame(gap) for gap in gaps] + [_encoded(missed, t) for t in replayed]
+
+
+def _encoded(missed: Missed, tick: Tick) -> bytes:
+    """A replayed tick's frame, made once for every stream sharing the read (a ticker has one
+    tick per timestamp: the store's and the hub's are the same tick)."""
+    key = (tick.ticker, tick.timestamp)
+    frame = missed.encoded.get(key)
+    if frame is None:
+        frame = missed.encoded[key] = events.price_frame(tick)
+    return frame
+
+
+Resume = tuple[tuple[str, ...], tuple[str, int]]  # (every-tick tickers, the event resumed from)
+
+
+class Replays:
+    """Store reads of resumes asked at about once, shared (see the module's docstring). The
+    Missed handed out is shared too: `frames` only reads it (and fills its encodings)."""
+
+    def __init__(self, hub: StreamHub, database: Database, *, store_interval_ms: int) -> None:
+        self.hub = hub
+        self.database = database
+        self.store_interval_ms = store_interval_ms
+        self._reads: Batched[Resume, Missed] = Batched(self._fetch_all)
+
+    @property
+    def reads(self) -> int:
+        """Reads of the store since start (each for one or more resumes)."""
+        return self._reads.queries
+
+    async def missed(self, tickers: list[str], resume: tuple[str, int]) -> Missed:
+        found = await self._reads.get((tuple(tickers), resume))
+        assert found is not None  # noqa: S101  # _fetch_all answers every key
+        return found
+
+    async def _fetch_all(self, resumes: list[Resume]) -> dict[Resume, Missed]:
+        read = await asyncio.gather(
+            *(
+                fetch(
+                    self.hub,
+                    self.database,
+                    list(tickers),
+                    resume,
+                    store_interval_ms=self.store_interval_ms,
+                )
+                for tickers, resume in resumes
+            )
+        )
+        return dict(zip(resumes, read, strict=True))
 
 
 def _thinned(missed: Missed, ticker: str, stored: list[Tick], recent: list[Tick]) -> Gap | None:
