@@ -1,6 +1,6 @@
 """SSE fan-out benchmark: `cryptomarket serve` against a minimal sse-starlette broadcaster.
 
-    .venv/bin/python -m bench.bench_sse [--sizes 1000,5000,10000] [--seconds 20]
+    .venv/bin/python -m bench.bench_sse [--sizes 1000,4000,10000] [--seconds 20]
     .venv/bin/python -m bench.bench_sse --ticker BTC-PERPETUAL   # an instrument, 10 updates/s
 
 One Deribit simulator (`cryptomarket simulate`, one index tick per second, an instrument's
@@ -87,6 +87,8 @@ TARGET_DELIVERY = 99.0  # % at TARGET_SIZE clients
 TARGET_KB_PER_CONN = 20.0
 TARGET_P99_MS_AT_1000 = 50.0
 FLOOR_FACTOR = 1.5  # issue 14: CPU per event and p99 within this of the raw floor
+TARGET_KIB_PER_STREAM = 10.0  # issue 14
+TARGET_OPENS_PER_S = 2_000  # issue 14: 4,000 streams in 2 s
 
 # -- processes we start ------------------------------------------------------------------------
 
@@ -929,6 +931,19 @@ def verdicts(runs: dict[tuple[str, int], Result]) -> list[str]:
             f"| within {FLOOR_FACTOR:g}× of the raw floor at {size:,} clients (issue 14): CPU per "
             f"event, p99 | {cpu:.2f}×, {p99:.2f}× | {yes(max(cpu, p99) <= FLOOR_FACTOR)} |"
         )
+    if kbs:
+        out.append(
+            f"| ≤ {TARGET_KIB_PER_STREAM:g} KiB per stream (issue 14) | "
+            f"{max(kbs):.1f} KiB at most | {yes(max(kbs) <= TARGET_KIB_PER_STREAM)} |"
+        )
+    for size in sizes:
+        if (p := runs.get((PRODUCT, size))) is not None and p.open_seconds:
+            rate = p.opened / p.open_seconds
+            out.append(
+                f"| ≥ {TARGET_OPENS_PER_S:,} stream opens a second, signed-in users with prices "
+                f"flowing (issue 14) | {rate:,.0f}/s ({p.opened:,} in {p.open_seconds:.1f} s) | "
+                f"{yes(rate >= TARGET_OPENS_PER_S)} |"
+            )
     return out
 
 
@@ -1033,7 +1048,7 @@ def parse_args() -> argparse.Namespace:
     add(
         "--sizes",
         default="",
-        help=f"client counts (1000,5000,10000; {INSTRUMENT_SIZES} for an instrument)",
+        help=f"client counts (1000,4000,10000; {INSTRUMENT_SIZES} for an instrument)",
     )
     add("--instrument-interval", type=float, default=0.1, help="simulator: s between updates")
     add("--seconds", type=float, default=20.0, help="the measurement window")
@@ -1054,7 +1069,7 @@ def parse_args() -> argparse.Namespace:
     add("--keep-logs", action="store_true", help="keep the servers' and clients' logs")
     args = parser.parse_args()
     instrument = is_instrument(args.ticker)
-    args.sizes = args.sizes or (INSTRUMENT_SIZES if instrument else "1000,5000,10000")
+    args.sizes = args.sizes or (INSTRUMENT_SIZES if instrument else "1000,4000,10000")
     if args.output is None:
         args.output = str(RESULTS / ("sse-instrument.md" if instrument else "sse.md"))
     return args

@@ -3,7 +3,8 @@
 `cryptomarket simulate --tick-interval 0.1` ticks every index 10 times a second; `cryptomarket
 serve` (embedded mode, SQLite) ingests btc_usd and streams every tick (timer=0) to N clients held
 by this process (raw asyncio sockets). Every minute, `--churn` of the streams (10 % by default),
-spread evenly over the minute, close and reconnect. Every `--sample` seconds the server's RSS and
+spread evenly over the minute, close and reconnect; every `--storm-every` minutes (3) all of them
+do at once, as every browser does after a restart or a deploy. Every `--sample` seconds the server's RSS and
 open file descriptors are read (psutil), and the latency (receipt - Deribit timestamp) of the
 prices received since the last sample is summarised.
 
@@ -303,13 +304,20 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
         churn_every = 60.0 / max(1.0, args.streams * args.churn)
         next_churn = started + churn_every
         next_sample = started + args.sample
-        churned = 0
+        churned = storms = 0
+        storm_every = args.storm_every * 60 if args.storm_every > 0 else math.inf
+        next_storm = started + storm_every
         samples: list[Sample] = []
         while (now := loop.time()) < end:
             if now >= next_churn:
                 await clients[churned % len(clients)].churn()
                 churned += 1
                 next_churn += churn_every
+            if now >= next_storm:  # every stream cut at once, every client back at once
+                await asyncio.gather(*(client.churn() for client in clients))
+                storms += 1
+                next_storm += storm_every
+                print(f"[{now - started:5.0f}s] storm {storms}: every stream reopened", flush=True)
             if now >= next_sample:
                 window, latencies[:] = list(latencies), []
                 samples.append(
@@ -329,7 +337,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
                     flush=True,
                 )
                 next_sample += args.sample
-            await asyncio.sleep(min(next_churn, next_sample, end) - loop.time())
+            await asyncio.sleep(min(next_churn, next_sample, next_storm, end) - loop.time())
         for client in clients:
             if client.task is not None:
                 client.task.cancel()
@@ -349,6 +357,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
             "received": received,
             "expected": expected,
             "churned": churned,
+            "storms": storms,
             "stalls": stalls,
             "stalls_collecting": collecting,
             "failures": sum(c.failures for c in clients),
@@ -378,7 +387,9 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"Command: `{command_line()}`",
         "",
         f"{args.streams} streams of {args.ticker} at timer=0, {args.churn:.0%} reconnecting per "
-        f"minute ({result['churned']} reconnects), simulator {rate(args)}, "
+        f"minute ({result['churned']} reconnects), and every {args.storm_every:g} min a storm: "
+        f"every stream closed and reopened at once ({result['storms']} storms), simulator "
+        f"{rate(args)}, "
         f"{args.minutes} min, warm-up {args.warmup} s excluded from the spreads. Stalls are "
         "measured inside the server by cryptomarket/core/loop_monitor.py.",
         "",
@@ -432,6 +443,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--churn", type=float, default=0.10, help="share reconnecting per minute")
+    parser.add_argument("--storm-every", type=float, default=3.0, help="minutes (0: none)")
     parser.add_argument("--tick-interval", type=float, default=0.1)
     parser.add_argument("--ticker", default=TRACKED, help="an index name or an instrument")
     parser.add_argument("--instrument-interval", type=float, default=0.1)

@@ -66,7 +66,8 @@ class DirectBody:
         it now (its client reads slower than it gets: flow control paused it; or it closes)."""
         if self._flow.write_paused or self._transport.is_closing():
             return False
-        self._transport.write(_chunk_of(data))
+        if data:  # an empty chunk would end the body
+            self._transport.write(_chunk_of(data))
         return True
 
 
@@ -80,10 +81,10 @@ class _LastChunk:
         self.data = self.chunk = b""
 
     def of(self, data: bytes) -> bytes:
-        """`data` as one chunk (nothing for no data: an empty chunk would end the body)."""
+        """`data` (not empty) as one chunk."""
         if self.data is not data:
             self.data = data
-            self.chunk = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            self.chunk = b"%x\r\n%b\r\n" % (len(data), data)
         return self.chunk
 
 

@@ -1,0 +1,69 @@
+"""The parts our uvicorn protocol puts in place of uvicorn's own: they must behave as those do."""
+
+import asyncio
+
+from cryptomarket.core.server import DirectBody, LeanEvent, LeanFlowControl, Pipeline
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_the_event_wakes_every_waiter_once_set_and_waits_again_once_cleared() -> None:
+    event = LeanEvent()
+    waiters = [asyncio.create_task(event.wait()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert not any(waiter.done() for waiter in waiters)
+    event.set()
+    assert await asyncio.gather(*waiters) == [True, True]
+    assert await event.wait()  # set: no wait at all
+    event.clear()
+    again = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    assert not again.done()
+    again.cancel()  # a waiter that gives up leaves the event usable
+    event.set()
+    assert await event.wait()
+
+
+async def test_drain_waits_while_writing_is_paused_and_returns_once_resumed() -> None:
+    flow = LeanFlowControl(Transport())  # type: ignore[arg-type]
+    await flow.drain()  # not paused: at once
+    flow.pause_writing()
+    draining = asyncio.create_task(flow.drain())
+    await asyncio.sleep(0)
+    assert not draining.done()
+    flow.resume_writing()
+    await draining
+
+
+def test_the_pipeline_hands_requests_on_in_arrival_order() -> None:
+    pipeline = Pipeline()
+    assert not pipeline
+    for request in ("first", "second", "third"):
+        pipeline.appendleft(request)  # as uvicorn queues a pipelined request
+    assert [pipeline.pop() for _ in range(3)] == ["first", "second", "third"]
+    assert not pipeline
+
+
+def test_a_direct_body_writes_whole_chunks_and_refuses_while_paused_or_closing() -> None:
+    transport, flow = Transport(), LeanFlowControl(Transport())  # type: ignore[arg-type]
+    body = DirectBody(transport, flow)  # type: ignore[arg-type]
+    frame = b"event: price\ndata: {}\n\n"
+    assert body.write(frame)
+    assert body.write(b"")  # nothing: no chunk (an empty one would end the body)
+    assert transport.written == [b"17\r\n" + frame + b"\r\n"]
+    flow.pause_writing()
+    assert not body.write(frame)
+    flow.resume_writing()
+    transport.closing = True
+    assert not body.write(frame)
+    assert len(transport.written) == 1
