@@ -131,16 +131,17 @@ def clean_env(**extra: str) -> dict[str, str]:
 # -- the load generators -----------------------------------------------------------------------
 
 
-class LoadGens:
-    """The client processes, spoken to over their stdin/stdout (one JSON object per line)."""
+class ClientProcesses:
+    """Client processes running `module`, spoken to over their stdin/stdout (one JSON object
+    per line each way)."""
 
-    def __init__(self, count: int, logs: Path, tag: str) -> None:
+    def __init__(self, count: int, logs: Path, tag: str, module: str) -> None:
         self.children: list[Child] = []
         for index in range(count):
-            name = f"loadgen-{tag}-{index}"
+            name = f"{module.rpartition('.')[2]}-{tag}-{index}"
             child = spawn(
                 name,
-                [PYTHON, "-m", "bench.sse_loadgen"],
+                [PYTHON, "-m", module],
                 env=clean_env(PYTHONPATH=str(ROOT)),
                 cwd=ROOT,
                 log_path=logs / f"{name}.log",
@@ -150,15 +151,24 @@ class LoadGens:
             self.children.append(child)
         self.processes = [psutil.Process(child.pid) for child in self.children]
 
-    def _ask_all(self, commands: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+    def ask(self, commands: list[dict[str, Any]], timeout: float) -> list[Any]:
+        """Each command to its process, in order; their answers."""
         for child, command in zip(self.children, commands, strict=True):
             assert child.popen.stdin is not None  # noqa: S101  # started with pipes
             child.popen.stdin.write((json.dumps(command) + "\n").encode())
             child.popen.stdin.flush()
         return [self._read(child, timeout) for child in self.children]
 
+    def ask_each(self, command: dict[str, Any], timeout: float) -> list[Any]:
+        return self.ask([command] * len(self.children), timeout)
+
+    def shares(self, n: int) -> list[int]:
+        """`n` split across the processes."""
+        count = len(self.children)
+        return [n // count + (1 if i < n % count else 0) for i in range(count)]
+
     @staticmethod
-    def _read(child: Child, timeout: float) -> dict[str, Any]:
+    def _read(child: Child, timeout: float) -> Any:
         stdout = child.popen.stdout
         assert stdout is not None  # noqa: S101  # started with pipes
         box: list[bytes] = []
@@ -167,12 +177,16 @@ class LoadGens:
         reader.join(timeout)
         if not box or not box[0]:
             raise RuntimeError(f"{child.name} did not answer: {child.tail()}")
-        answer: dict[str, Any] = json.loads(box[0])
-        return answer
+        return json.loads(box[0])
+
+
+class LoadGens(ClientProcesses):
+    """The benchmark's client processes (bench/sse_loadgen.py)."""
+
+    def __init__(self, count: int, logs: Path, tag: str) -> None:
+        super().__init__(count, logs, tag, "bench.sse_loadgen")
 
     def open(self, n: int, port: int, requests: list[str], concurrency: int) -> dict[str, Any]:
-        count = len(self.children)
-        shares = [n // count + (1 if i < n % count else 0) for i in range(count)]
         commands = [
             {
                 "cmd": "open",
@@ -183,9 +197,9 @@ class LoadGens:
                 "concurrency": concurrency,
                 "timeout": 60,
             }
-            for share in shares
+            for share in self.shares(n)
         ]
-        answers = self._ask_all(commands, timeout=900)
+        answers = self.ask(commands, timeout=900)
         errors: dict[str, int] = {}
         for answer in answers:
             for reason, times in answer["errors"].items():
@@ -198,17 +212,17 @@ class LoadGens:
         }
 
     def arm(self, w0: int, w1: int) -> None:
-        self._ask_all([{"cmd": "arm", "w0": w0, "w1": w1}] * len(self.children), timeout=60)
+        self.ask_each({"cmd": "arm", "w0": w0, "w1": w1}, timeout=60)
 
     def report(self) -> list[dict[str, Any]]:
-        return self._ask_all([{"cmd": "report"}] * len(self.children), timeout=120)
+        return self.ask_each({"cmd": "report"}, timeout=120)
 
     def cpu(self) -> float:
         return sum(cpu_seconds(process) for process in self.processes)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._ask_all([{"cmd": "close"}] * len(self.children), timeout=30)
+            self.ask_each({"cmd": "close"}, timeout=30)
         for child in self.children:
             stop(child)
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from bench.bench_sse import (
     RAW,
     RESULTS,
     TICKER,
+    ClientProcesses,
     _children,
     clean_env,
     cryptomarket_command,
@@ -89,34 +88,13 @@ class Run:
     ledger_details: list[str] = field(default_factory=list)
 
 
-class Clients:
-    """The client processes (bench/storm_clients.py), one JSON line each way."""
+class Clients(ClientProcesses):
+    """The client processes (bench/storm_clients.py)."""
 
     def __init__(self, processes: int, logs: Path, tag: str) -> None:
-        self.children = []
-        for k in range(processes):
-            name = f"storm-clients-{tag}-{k}"
-            child = spawn(
-                name,
-                [PYTHON, "-m", "bench.storm_clients"],
-                env=clean_env(PYTHONPATH=str(ROOT)),
-                cwd=ROOT,
-                log_path=logs / f"{name}.log",
-                pipes=True,
-            )
-            _children.append(child)
-            self.children.append(child)
-
-    def ask(self, commands: list[dict[str, Any]], timeout: float) -> list[Any]:
-        for child, command in zip(self.children, commands, strict=True):
-            assert child.popen.stdin is not None  # noqa: S101  # started with pipes
-            child.popen.stdin.write((json.dumps(command) + "\n").encode())
-            child.popen.stdin.flush()
-        return [_answer(child, timeout) for child in self.children]
+        super().__init__(processes, logs, tag, "bench.storm_clients")
 
     def open(self, n: int, port: int, requests: list[str]) -> float:
-        processes = len(self.children)
-        share = [n // processes + (k < n % processes) for k in range(processes)]
         commands = [
             {
                 "cmd": "open",
@@ -127,29 +105,17 @@ class Clients:
                 "prefix": f"p{k}-",
                 "concurrency": 200,
             }
-            for k, count in enumerate(share)
+            for k, count in enumerate(self.shares(n))
         ]
         return max(float(answer["seconds"]) for answer in self.ask(commands, 300))
 
     def connected_ms(self) -> list[int]:
-        answers = self.ask([{"cmd": "status"}] * len(self.children), 30)
+        answers = self.ask_each({"cmd": "status"}, 30)
         return [ms for answer in answers for ms in answer["connected_ms"]]
 
     def stop(self) -> list[dict[str, Any]]:
-        answers = self.ask([{"cmd": "stop"}] * len(self.children), 120)
+        answers = self.ask_each({"cmd": "stop"}, 120)
         return [record for answer in answers for record in answer]
-
-
-def _answer(child: Child, timeout: float) -> Any:
-    stdout = child.popen.stdout
-    assert stdout is not None  # noqa: S101  # started with pipes
-    box: list[bytes] = []
-    reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not box or not box[0]:
-        raise RuntimeError(f"{child.name} did not answer: {child.tail()}")
-    return json.loads(box[0])
 
 
 def now_ms() -> int:

@@ -4,9 +4,9 @@
 serve` (embedded mode, SQLite) ingests btc_usd and streams every tick (timer=0) to N clients held
 by this process (raw asyncio sockets). Every minute, `--churn` of the streams (10 % by default),
 spread evenly over the minute, close and reconnect; every `--storm-every` minutes (3) all of them
-do at once, as every browser does after a restart or a deploy. Every `--sample` seconds the server's RSS and
-open file descriptors are read (psutil), and the latency (receipt - Deribit timestamp) of the
-prices received since the last sample is summarised.
+do at once, as every browser does after a restart or a deploy. Every `--sample` seconds the
+server's RSS and open file descriptors are read (psutil), and the latency (receipt - Deribit
+timestamp) of the prices received since the last sample is summarised.
 
 Event-loop stalls are measured inside the server (cryptomarket/core/loop_monitor.py: a task that
 asks to wake every 50 ms logs "event loop stalled for N ms" when it wakes more than 100 ms late);

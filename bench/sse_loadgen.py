@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from bench.sse_common import raise_nofile
+from bench.sse_common import raise_nofile, run_fast
 
 HEAD_LIMIT = 65_536
 
@@ -301,12 +301,7 @@ async def serve() -> None:
 def main() -> None:
     soft, hard = raise_nofile()
     sys.stderr.write(f"sse_loadgen: RLIMIT_NOFILE {soft}/{hard}\n")
-    try:
-        import uvloop  # noqa: PLC0415  # optional: the clients' own overhead, as small as can be
-
-        uvloop.run(serve())
-    except ImportError:
-        asyncio.run(serve())
+    run_fast(serve)
 
 
 if __name__ == "__main__":

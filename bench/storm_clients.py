@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from bench.sse_common import raise_nofile
+from bench.sse_common import raise_nofile, run_fast
 from bench.sse_loadgen import Conn, Stats
 
 DEFAULT_RETRY = 3.0  # seconds, EventSource's wait before reconnecting until the server says
@@ -185,12 +185,7 @@ async def serve() -> None:
 
 def main() -> None:
     raise_nofile()
-    try:
-        import uvloop  # noqa: PLC0415
-
-        uvloop.run(serve())
-    except ImportError:
-        asyncio.run(serve())
+    run_fast(serve)
 
 
 if __name__ == "__main__":

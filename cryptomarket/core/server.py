@@ -91,32 +91,6 @@ class _LastChunk:
 _chunk_of = _LastChunk().of
 
 
-class LeanFlowControl(FlowControl):
-    """uvicorn's flow control, with its event made only once writing is paused (most
-    connections never are)."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:  # no super(): no event yet
-        self._transport = transport
-        self.read_paused = False
-        self.write_paused = False
-        self._writable: asyncio.Future[None] | None = None
-
-    async def drain(self) -> None:
-        while self.write_paused:
-            if self._writable is None:
-                self._writable = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._writable)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        writable, self._writable = self._writable, None
-        if writable is not None and not writable.done():
-            writable.set_result(None)
-
-
 class LeanEvent:
     """The asyncio.Event a request cycle of uvicorn waits on, with no deque until waited on."""
 
@@ -144,6 +118,28 @@ class LeanEvent:
                 self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._waiter)
         return True
+
+
+class LeanFlowControl(FlowControl):
+    """uvicorn's flow control, waiting on a LeanEvent (no deque until a drain waits)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:  # no super(): not its event
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._writable = LeanEvent()
+        self._writable.set()
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._writable.set()
 
 
 class Pipeline(list[Any]):
@@ -185,7 +181,8 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
         if self.cycle is not None:
             self.cycle.message_event = LeanEvent()  # type: ignore[assignment]
 
-    def call_on_lost(self, callback: Callable[[], None]) -> None:
+    def call_on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` once when the connection is lost (None: no longer)."""
         self.on_lost = callback
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -69,7 +69,8 @@ class Connection:
 
     abort: Callable[[], None] | None = None  # reset it now
     body: Callable[[], Body | None] | None = None  # its started body: frames written at once
-    on_lost: Callable[[Callable[[], None]], None] | None = None  # call this once it is lost
+    # Call this once it is lost (None: no longer; a kept-alive connection outlives a stream).
+    on_lost: Callable[[Callable[[], None] | None], None] | None = None
 
 
 NOTHING_MORE = Connection()  # a server without our extensions, and no transport found
@@ -134,6 +135,8 @@ async def write_events(
         stream.writer = None
         if watcher is not None:
             await _stop(watcher)
+        elif connection.on_lost is not None:
+            connection.on_lost(None)  # the connection may serve more: it holds no dead stream
 
 
 def _dropped(abort: Callable[[], None] | None) -> None:
