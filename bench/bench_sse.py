@@ -754,6 +754,8 @@ def start_profiler(
         "--pid",
         str(server.child.pid),
         "--nonblocking",
+        "--rate",
+        "500",  # the product idles at a few % of a core: enough samples in a 20 s window
         "--duration",
         str(int(seconds or bench.args.seconds)),
         "--format",

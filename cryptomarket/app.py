@@ -13,6 +13,7 @@ from cryptomarket import __version__, health
 from cryptomarket.core.body_limit import BodyLimitMiddleware
 from cryptomarket.core.config import Settings
 from cryptomarket.core.errors import install_error_handlers
+from cryptomarket.core.loop_monitor import LoopMonitor
 from cryptomarket.core.metrics import make_registry
 from cryptomarket.core.openapi_docs import install_openapi
 from cryptomarket.core.request_id import HEADER as REQUEST_ID_HEADER
@@ -48,8 +49,11 @@ class CryptoMarketAPI(FastAPI):
     not even the application's own call frames stay alive beside each open stream."""
 
     stream_app: ASGIApp
+    loop_monitor: LoopMonitor | None = None  # told of each request (set by the lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.loop_monitor is not None:
+            self.loop_monitor.poke()
         if streaming.is_stream_request(scope):
             scope["app"] = self  # as Starlette sets it: the route finds the runtime there
             await self.stream_app(scope, receive, send)
@@ -90,6 +94,8 @@ def create_app(settings: Settings, *, with_ingest: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings, with_ingest=with_ingest)
+        if isinstance(app, CryptoMarketAPI):
+            app.loop_monitor = app.state.runtime.loop_monitor
         settle_heap()
         try:
             yield

@@ -165,6 +165,7 @@ class Runtime:
         )
         runtime._recheck_stream_sessions(settings.SSE_SESSION_RECHECK)
         runtime.loop_monitor.start()
+        runtime.bus.subscribe(runtime.loop_monitor.poke)  # a fan-out is coming: watch it
         runtime.bus.subscribe(hub.publish)
         hub.start()
         if redis is not None:
@@ -200,6 +201,7 @@ class Runtime:
         """Market events from the Redis bus into the hub; changes over the control channel."""
         self.redis, self.redis_outages = redis, outages
         self.redis_bus = RedisBus(redis, backoff=lambda: Backoff(initial=0.1, maximum=5.0))
+        self.redis_bus.subscribe(self.loop_monitor.poke)  # a fan-out is coming: watch it
         self.redis_bus.subscribe(self.hub.publish)
         self.redis_bus.start(publishing=False, receiving=True)
         self.control = ControlChannel(redis, outages)

@@ -2,7 +2,18 @@
 
 import asyncio
 
-from cryptomarket.core.server import DirectBody, LeanEvent, LeanFlowControl, Pipeline
+from starlette.responses import PlainTextResponse
+
+from __tests__.helpers import eventually
+from __tests__.servers import free_port
+from cryptomarket.core.server import (
+    TICK_SECONDS,
+    DirectBody,
+    LeanEvent,
+    LeanFlowControl,
+    Pipeline,
+    make_server,
+)
 
 
 class Transport:
@@ -67,3 +78,17 @@ def test_a_direct_body_writes_whole_chunks_and_refuses_while_paused_or_closing()
     transport.closing = True
     assert not body.write(frame)
     assert len(transport.written) == 1
+
+
+async def test_the_server_ticks_once_a_second_and_stops_at_once_when_asked() -> None:
+    """Its main loop sleeps a whole second between ticks (each tick wakes an idle process),
+    yet an exit asked for mid-tick is acted on at once, not at the next tick."""
+    server = make_server(PlainTextResponse("ok"), "127.0.0.1", free_port(), lifespan="off")
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="the server started")
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    server.should_exit = True
+    await task
+    assert TICK_SECONDS >= 1
+    assert loop.time() - asked < TICK_SECONDS / 2

@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Connection, Executable, Result, Row, Table, and_, func, select
@@ -18,6 +19,7 @@ from cryptomarket.prices.rollups import candle_rows, merge_candles
 CandleRow = Row[int, float, float, float, float, int]
 
 
+@cache  # a statement is immutable: built once, not on every write
 def insert_ticks(table: Table, dialect: str) -> Executable:
     """Store ticks of one kind (executed with `tick_rows`); one already stored is left as it
     is. Returns (ticker, timestamp, price) of the ticks it stored, for their candles."""

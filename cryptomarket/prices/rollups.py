@@ -11,6 +11,7 @@ from 60 minutes to a day.
 """
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Executable, and_, case, func, literal, select, true
@@ -54,6 +55,7 @@ def candle_rows(stored: Iterable[Any]) -> list[dict[str, Any]]:
     ]
 
 
+@cache  # a statement is immutable: built once, not on every write
 def merge_candles(tables: Tables, dialect: str) -> Executable:
     """Merge partial candles (executed with `candle_rows`) into the stored ones."""
     candles = tables.price_candles

@@ -1,12 +1,13 @@
 """Ticks into the store in batches, riding out database outages in a bounded buffer.
 
-Ingest hands every tick to `add`, which never blocks. A background task writes what has gathered
-at least every `flush_interval` seconds (or as soon as a batch is full). While the database is
-down, the batch stays at the head of the buffer and is written again after a backoff, so nothing
-in the buffer is lost. The bound is one on memory: an instrument's tick takes INSTRUMENT_ROOM
-times an index tick's room. When the buffer is full, new ticks are not kept: each ticker's dropped
-range is recorded as a gap once the database is back (filling recorded gaps from Deribit later is
-the job of the periodic gap backfill).
+Ingest hands every tick to `add`, which never blocks. A background task writes a tick at once when
+the last write is `flush_interval` seconds old, else what has gathered once it is (or as soon as a
+batch is full): at most about one write per interval, and no timer waking an idle process.
+While the database is down, the batch stays at the head of the buffer and is written again after
+a backoff, so nothing in the buffer is lost. The bound is one on memory: an instrument's tick
+takes INSTRUMENT_ROOM times an index tick's room. When the buffer is full, new ticks are not
+kept: each ticker's dropped range is recorded as a gap once the database is back (filling
+recorded gaps from Deribit later is the job of the periodic gap backfill).
 Writes are idempotent, so a batch written twice (a commit whose answer was lost) stores once.
 """
 
@@ -58,6 +59,8 @@ class TickWriter:
         self._overflow: dict[str, Gap] = {}
         self._gaps: list[Gap] = []
         self._batch_ready = asyncio.Event()
+        self._has_work = asyncio.Event()  # something was added since the writer last looked
+        self._last_write = -float("inf")  # loop time the last write (or attempt) ended
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.healthy = True  # the last write went through
@@ -87,15 +90,18 @@ class TickWriter:
             start = tick.timestamp if gap is None else min(gap.from_ts, tick.timestamp)
             end = tick.timestamp if gap is None else max(gap.to_ts, tick.timestamp)
             self._overflow[tick.ticker] = Gap(tick.ticker, start, end, OVERFLOW_REASON)
+            self._has_work.set()
             return
         self._buffer.append(tick)
         self._room += room
+        self._has_work.set()
         if len(self._buffer) >= self.batch_size:
             self._batch_ready.set()
 
     def add_gap(self, gap: Gap) -> None:
         """Queue a gap to record (written with the next batch of ticks)."""
         self._gaps.append(gap)
+        self._has_work.set()
         self._batch_ready.set()
 
     def start(self) -> None:
@@ -128,29 +134,38 @@ class TickWriter:
         return bool(self._buffer or self._gaps or self._overflow)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.flush_interval):
-                    await self._batch_ready.wait()
+            await self._has_work.wait()
+            wait = self._last_write + self.flush_interval - loop.time()
+            if wait > 0:  # written lately: gather until the interval is over or a batch is full
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._batch_ready.wait()
+            self._has_work.clear()
             self._batch_ready.clear()
-            while self._pending():
-                was_healthy = self.healthy
-                try:
-                    await self._write_once()
-                except Exception as error:  # any database failure: keep and retry
-                    if was_healthy:
-                        logger.error(
-                            "database write failed, buffering ticks (%d held): %s",
-                            len(self._buffer),
-                            _describe(error),
-                        )
-                    await asyncio.sleep(self.backoff.next_delay())
-                    continue
-                if not was_healthy:
-                    logger.info("database writes resumed (%d ticks still held)", len(self._buffer))
-                self.backoff.reset()
-                if len(self._buffer) < self.batch_size:
-                    break
+            await self._write_pending()
+            self._last_write = loop.time()
+
+    async def _write_pending(self) -> None:
+        while self._pending():
+            was_healthy = self.healthy
+            try:
+                await self._write_once()
+            except Exception as error:  # any database failure: keep and retry
+                if was_healthy:
+                    logger.error(
+                        "database write failed, buffering ticks (%d held): %s",
+                        len(self._buffer),
+                        _describe(error),
+                    )
+                await asyncio.sleep(self.backoff.next_delay())
+                continue
+            if not was_healthy:
+                logger.info("database writes resumed (%d ticks still held)", len(self._buffer))
+            self.backoff.reset()
+            if len(self._buffer) < self.batch_size:
+                break
 
     async def _write_once(self) -> None:
         """Write the head of the buffer and the queued gaps in one transaction."""
