@@ -8,7 +8,6 @@ from __tests__.helpers import eventually
 from __tests__.servers import free_port
 from cryptomarket.core.server import (
     TICK_SECONDS,
-    DirectBody,
     LeanEvent,
     LeanFlowControl,
     Pipeline,
@@ -66,8 +65,8 @@ def test_the_pipeline_hands_requests_on_in_arrival_order() -> None:
 
 
 def test_a_direct_body_writes_whole_chunks_and_refuses_while_paused_or_closing() -> None:
-    transport, flow = Transport(), LeanFlowControl(Transport())  # type: ignore[arg-type]
-    body = DirectBody(transport, flow)  # type: ignore[arg-type]
+    transport = Transport()
+    body = flow = LeanFlowControl(transport)  # type: ignore[arg-type]
     frame = b"event: price\ndata: {}\n\n"
     assert body.write(frame)
     assert body.write(b"")  # nothing: no chunk (an empty one would end the body)

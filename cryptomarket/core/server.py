@@ -26,9 +26,9 @@ SEND_BUFFER_BYTES = 256 * 1024
 # parser uvicorn uses here has no bound of its own, so a header flood would be held in memory.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
 # The scope's ASGI extensions: a callable that resets the request's connection now; one that
-# gives, once the response has started, its chunked body's DirectBody (or None); and one that
-# registers what to call once when the connection is lost (a stream then needs no task
-# waiting on `receive` for the disconnect).
+# gives, once the response has started, where its chunked body's chunks can go at once (or
+# None); and one that registers what to call once when the connection is lost (a stream then
+# needs no task waiting on `receive` for the disconnect).
 ABORT = "cryptomarket.abort"
 DIRECT = "cryptomarket.direct"
 ON_LOST = "cryptomarket.on_lost"
@@ -51,28 +51,6 @@ def abort_connection(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):  # already gone: abort() still drops the transport
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-class DirectBody:
-    """Writes chunks of a started chunked response body straight to its connection, from any
-    code on the loop: a stream's frames go out from the hub's fan-out as it runs, with no task
-    woken and no ASGI message built per frame. The ASGI `send` still starts and ends the
-    response, and sends what could not go out here, in order (streaming/stream.py)."""
-
-    __slots__ = ("_flow", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, flow: FlowControl) -> None:
-        self._transport = transport
-        self._flow = flow
-
-    def write(self, data: bytes) -> bool:
-        """Send `data` as one chunk now; False, and nothing sent, when the connection cannot take
-        it now (its client reads slower than it gets: flow control paused it; or it closes)."""
-        if self._flow.write_paused or self._transport.is_closing():
-            return False
-        if data:  # an empty chunk would end the body
-            self._transport.write(_chunk_of(data))
-        return True
 
 
 class _LastChunk:
@@ -125,7 +103,15 @@ class LeanEvent:
 
 
 class LeanFlowControl(FlowControl):
-    """uvicorn's flow control, waiting on a LeanEvent (no deque until a drain waits)."""
+    """uvicorn's flow control of one connection, waiting on a LeanEvent (no deque until a drain
+    waits), in slots (no instance dict), and the connection's direct body: `write` sends chunks
+    of a started chunked response body straight to it, from any code on the loop. A stream's
+    frames go out from the hub's fan-out as it runs, with no task woken and no ASGI message
+    built per frame, and a fan-out touches one object per connection, not two. The ASGI `send`
+    still starts and ends the response, and sends what could not go out here, in order
+    (streaming/stream.py)."""
+
+    __slots__ = ("_transport", "_writable", "read_paused", "write_paused")
 
     def __init__(self, transport: asyncio.Transport) -> None:  # no super(): not its event
         self._transport = transport
@@ -144,6 +130,15 @@ class LeanFlowControl(FlowControl):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._writable.set()
+
+    def write(self, data: bytes) -> bool:
+        """Send `data` as one chunk now; False, and nothing sent, when the connection cannot take
+        it now (its client reads slower than it gets: writing is paused; or it closes)."""
+        if self.write_paused or self._transport.is_closing():
+            return False
+        if data:  # an empty chunk would end the body
+            self._transport.write(_chunk_of(data))
+        return True
 
 
 class Pipeline(list[Any]):
@@ -198,12 +193,13 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
     def abort_connection(self) -> None:
         abort_connection(self.transport)
 
-    def direct_body(self) -> DirectBody | None:
-        """The current response's DirectBody, once it started with a chunked body."""
+    def direct_body(self) -> LeanFlowControl | None:
+        """Where the current response's chunks can go at once (its connection's flow control),
+        once it started with a chunked body."""
         cycle = self.cycle
         if cycle is None or not cycle.response_started or not cycle.chunked_encoding:
             return None
-        return DirectBody(self.transport, self.flow)
+        return self.flow if isinstance(self.flow, LeanFlowControl) else None
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))

@@ -9,6 +9,10 @@ takes INSTRUMENT_ROOM times an index tick's room. When the buffer is full, new t
 kept: each ticker's dropped range is recorded as a gap once the database is back (filling
 recorded gaps from Deribit later is the job of the periodic gap backfill).
 Writes are idempotent, so a batch written twice (a commit whose answer was lost) stores once.
+
+Into SQLite a write is one hop to a thread of the writer's own, the whole transaction there on
+the sync driver: through aiosqlite each statement, fetch, commit and reset is a hop of its own,
+a dozen thread wake-ups a write, and on this project's VM the wake-ups cost more than the write.
 """
 
 import asyncio
@@ -16,14 +20,19 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-from cryptomarket.core.db import Database
+from sqlalchemy import Engine
+
+from cryptomarket.core.db import Database, create_sync_engine
 from cryptomarket.core.metrics import DurationHistogram
+from cryptomarket.core.tables import Tables
 from cryptomarket.core.tasks import cancel_and_wait
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.instruments.store_interval import StoreInterval
 from cryptomarket.prices.models import Gap, Tick
-from cryptomarket.prices.repository import PriceRepository
+from cryptomarket.prices.repository import PriceRepository, store_ticks, upsert_gap
 
 logger = logging.getLogger("cryptomarket.prices.writer")
 
@@ -68,6 +77,7 @@ class TickWriter:
         self.dropped = 0
         self.failures = 0  # writes the database refused
         self.write_seconds = DurationHistogram()  # successful batch writes, for /metrics
+        self._thread: tuple[ThreadPoolExecutor, Engine] | None = None  # SQLite's write path
 
     @property
     def buffered(self) -> int:
@@ -124,6 +134,11 @@ class TickWriter:
                     await self._write_once()
         except Exception as error:  # shutting down: report, do not raise
             logger.error("stopped with %d ticks unwritten: %s", len(self._buffer), _describe(error))
+        if self._thread is not None:
+            executor, engine = self._thread
+            self._thread = None
+            executor.submit(engine.dispose)  # after a write still under way, in its thread
+            executor.shutdown(wait=False)
 
     async def flush(self) -> None:
         """Write everything buffered now (raises if the database is down)."""
@@ -186,11 +201,17 @@ class TickWriter:
         # ticks kept coming (for ever, at a steady tick rate) and were lost with the process.
         taken_gaps = len(self._gaps)
         gaps = [*self._gaps, *self._overflow.values()]
-        async with self.database.transaction() as connection:
-            repository = PriceRepository(connection, self.database.tables)
-            await repository.add_ticks(batch)
-            for gap in gaps:
-                await repository.add_gap(gap)
+        if self.database.dialect == "sqlite":
+            executor, engine = self._sqlite_thread()
+            loop = asyncio.get_running_loop()
+            tables = self.database.tables
+            await loop.run_in_executor(executor, _write_sync, engine, tables, batch, gaps)
+        else:
+            async with self.database.transaction() as connection:
+                repository = PriceRepository(connection, self.database.tables)
+                await repository.add_ticks(batch)
+                for gap in gaps:
+                    await repository.add_gap(gap)
         for _ in batch:
             self._room -= room_of(self._buffer.popleft())
         self.written += len(batch)
@@ -200,6 +221,20 @@ class TickWriter:
                 if self._overflow.get(gap.ticker) == gap:
                     del self._overflow[gap.ticker]
             logger.warning("recorded %d gap(s)", len(gaps))
+
+    def _sqlite_thread(self) -> tuple[ThreadPoolExecutor, Engine]:
+        if self._thread is None:
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tick-writer")
+            self._thread = executor, create_sync_engine(self.database.urls.sync_url)
+        return self._thread
+
+
+def _write_sync(engine: Engine, tables: Tables, ticks: Sequence[Tick], gaps: list[Gap]) -> None:
+    """One transaction of ticks and gaps on the sync driver (the writer's thread)."""
+    with engine.begin() as connection:
+        store_ticks(connection, tables, ticks)
+        for gap in gaps:
+            connection.execute(upsert_gap(tables, engine.dialect.name, gap))
 
 
 def _describe(error: BaseException) -> str:

@@ -12,7 +12,7 @@ logger = logging.getLogger("cryptomarket.streaming")
 
 
 class Body(Protocol):
-    """Where a frame can go out at once (core/server.py's DirectBody): False when it cannot."""
+    """Where a frame can go out at once (core/server.py's LeanFlowControl): False when it cannot."""
 
     def write(self, data: bytes) -> bool: ...
 
