@@ -30,11 +30,8 @@ import argparse
 import contextlib
 import math
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +45,6 @@ import psutil
 from cryptography.fernet import Fernet
 
 from bench.bench_sse import (
-    HOST,
     PRODUCT,
     TICKER,
     WANTED_STREAMS_PER_USER,
@@ -58,9 +54,7 @@ from bench.bench_sse import (
     Server,
     UpstreamProbe,
     busy_seconds,
-    clean_env,
     collect,
-    cryptomarket_command,
     mib,
     now,
     product_streams_per_user,
@@ -69,21 +63,27 @@ from bench.bench_sse import (
     run_one,
     signed_in,
     sse_requests,
-    start,
-    stop,
-    stop_everything,
     wait_for_quiet,
     warm_up,
 )
 from bench.common import LoadWatch
 from bench.sse_common import (
+    HOST,
     ROOT,
     Child,
+    clean_env,
     cpu_seconds,
+    cryptomarket_command,
     free_port,
     machine_description,
     raise_nofile,
     rss_bytes,
+    running,
+    scratch,
+    start,
+    start_simulator,
+    stop,
+    streams_env,
     wait_port,
 )
 
@@ -92,6 +92,7 @@ LEADING = "leading: this process now holds the upstream connection"
 DATABASE = "cryptomarket"
 SINGLE = "single process"
 SINGLE_RUN, DISTRIBUTED_RUN = "single", "distributed"
+TARGET_CLIENTS_FACTOR = 1.8  # issue 14: two processes on two cores vs one, at the same p99
 
 # -- measuring processes -----------------------------------------------------------------------
 
@@ -224,20 +225,9 @@ def distributed_env(bench: Bench, found: Backends) -> dict[str, str]:
         DATABASE_URL=found.postgres.url(database=DATABASE),
         REDIS_URL=found.redis.url,
         DERIBIT_WS_URL=bench.sim_url,
-        DERIBIT_HEARTBEAT_INTERVAL=str(bench.args.heartbeat),
         TRACKED_TICKERS=TICKER,
-        SSE_MAX_STREAMS="20000",
-        SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
-        # Every stream of a run opens at once, after the warm-up's: no opens' limit in the way.
-        SSE_OPEN_BURST="100000",
-        SSE_OPENS_PER_MINUTE="1000000",
-        # Every bench user signs in with the one simulator key: its account holds every stream.
-        SSE_MAX_STREAMS_PER_ACCOUNT="20000",
-        MAX_USER_IDS_PER_ACCOUNT="1000",
-        LOG_LEVEL="WARNING",
+        **streams_env(bench.per_user, bench.args.heartbeat),
     )
-    if bench.args.heartbeat < 10:
-        env["PROJECT_MODE"] = "testing"  # the product refuses a heartbeat below Deribit's 10 s
     return env
 
 
@@ -609,7 +599,30 @@ def render(
     ]
     if dist is not None:
         lines += ["## Redis, ingest and the rest", "", *shared_table(dist), ""]
+    if single is not None and dist is not None:
+        lines += ["## Target", "", *target_table(single, dist), ""]
     return "\n".join(lines)
+
+
+def target_table(single: Result, dist: Distributed) -> list[str]:
+    """Issue 14: the replicas serve at least TARGET_CLIENTS_FACTOR times the clients of the one
+    process, at no worse a p99 (and deliver as much)."""
+    factor = dist.total.opened / single.opened if single.opened else math.nan
+    p99_single, p99_dist = single.p("p99"), dist.total.p("p99")
+    met = (
+        factor >= TARGET_CLIENTS_FACTOR
+        and p99_dist <= p99_single
+        and dist.total.delivery >= single.delivery - 0.01
+    )
+    return [
+        "| target | measured | met? |",
+        "|---|---|---|",
+        f"| {len(dist.replicas)} replicas through Redis serve ≥ {TARGET_CLIENTS_FACTOR:g}× the "
+        "clients of one process at the same p99 (issue 14) | "
+        f"{dist.total.opened:,} vs {single.opened:,} clients ({factor:.2f}×), "
+        f"p99 {p99_dist:,.1f} vs {p99_single:,.1f} ms, delivery "
+        f"{dist.total.delivery:.2f} vs {single.delivery:.2f} % | {'yes' if met else '**no**'} |",
+    ]
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -618,9 +631,9 @@ def render(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="SSE fan-out through Redis vs one process")
     add = parser.add_argument
-    add("--per-replica", type=int, default=5000, help="streams on each replica")
+    add("--per-replica", type=int, default=4500, help="streams on each replica")
     add("--replicas", type=int, default=2, help="`serve` replicas in the distributed run")
-    add("--single", type=int, default=0, help="streams of the single process (0: --per-replica)")
+    add("--single", type=int, default=5000, help="streams of the single process (0: --per-replica)")
     add("--runs", default="single,distributed", help="which runs: single, distributed or both")
     add("--seconds", type=float, default=20.0, help="the measurement window")
     add("--warmup", type=float, default=5.0, help="seconds between opening and measuring")
@@ -635,24 +648,17 @@ def parse_args() -> argparse.Namespace:
     add("--quiet-threshold", type=float, default=25, help="%% of a core others may use then")
     add("--output", default=str(RESULTS), help="markdown file to write ('' for none)")
     add("--keep-logs", action="store_true", help="keep the servers' and clients' logs")
-    parser.set_defaults(gc_log=False, py_spy="")  # what bench_sse's run_one also reads
+    # What bench_sse's run_one reads too: index prices, no profiling.
+    parser.set_defaults(gc_log=False, py_spy="", tracemalloc="", ticker=TICKER)
     return parser.parse_args()
-
-
-def start_simulator(tmp: Path, logs: Path) -> tuple[str, Child]:
-    port = free_port()
-    argv = [cryptomarket_command(), "simulate", "--host", HOST, "--port", str(port)]
-    argv += ["--tick-interval", "1", "--min-heartbeat", "1"]
-    child = start("simulator", argv, env=clean_env(), cwd=tmp, logs=logs)
-    wait_port(HOST, port, 30, child)
-    return f"ws://{HOST}:{port}/ws/api/v2", child
 
 
 def run_all(args: argparse.Namespace, tmp: Path, logs: Path) -> tuple[Bench, str]:
     runs = {run.strip() for run in args.runs.split(",")}
-    sim_url, simulator = start_simulator(tmp, logs)
+    sim_url = start_simulator(tmp, logs)
+    simulator = next(child for child in running() if child.name == "simulator")
     per_user = product_streams_per_user(WANTED_STREAMS_PER_USER)
-    bench = Bench(args, sim_url, tmp, logs, per_user, UpstreamProbe(sim_url))
+    bench = Bench(args, sim_url, tmp, logs, per_user, UpstreamProbe(sim_url, TICKER))
     started = time.monotonic()
     try:
         single = dist = None
@@ -676,14 +682,7 @@ def main() -> None:
         print(f"warning: RLIMIT_NOFILE hard limit {hard} is low for {args.per_replica:,} streams")
     print(f"machine: {machine_description()}", flush=True)
 
-    def on_term(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)  # so that `finally` stops every process we started
-
-    signal.signal(signal.SIGTERM, on_term)
-    tmp = Path(tempfile.mkdtemp(prefix="redis-fanout-bench-"))
-    logs = tmp / "logs"
-    logs.mkdir()
-    try:
+    with scratch("redis-fanout-bench-", lambda: bool(args.keep_logs)) as (tmp, logs):
         _bench, text = run_all(args, tmp, logs)
         print("\n" + text, flush=True)
         if args.output:
@@ -691,12 +690,6 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text)
             print(f"written to {out}")
-    finally:
-        stop_everything()
-        if args.keep_logs:
-            print(f"logs kept in {logs}", flush=True)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

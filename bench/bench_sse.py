@@ -44,7 +44,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,22 +56,29 @@ import psutil
 
 from bench import charts
 from bench.sse_common import (
+    HOST,
     PYTHON,
     ROOT,
-    VENV_BIN,
     Child,
+    clean_env,
     cpu_seconds,
+    cryptomarket_command,
     free_port,
     machine_description,
     raise_nofile,
     rss_bytes,
-    spawn,
+    running,
+    scratch,
+    start,
+    start_simulator,
+    stop,
+    streams_env,
     wait_port,
 )
+from bench.sse_common import start_profiler as start_profiler_of
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.kinds import channel_of
 
-HOST = "127.0.0.1"
 TICKER = "btc_usd"
 SIM_CLIENT_ID, SIM_CLIENT_SECRET = "sim-alice", "sim-alice-secret"
 RESULTS = ROOT / "bench" / "results"
@@ -90,44 +96,6 @@ FLOOR_FACTOR = 1.5  # issue 14: CPU per event and p99 within this of the raw flo
 TARGET_KIB_PER_STREAM = 10.0  # issue 14
 TARGET_OPENS_PER_S = 2_000  # issue 14: 4,000 streams in 2 s
 
-# -- processes we start ------------------------------------------------------------------------
-
-_children: list[Child] = []
-
-
-def start(name: str, argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path) -> Child:
-    child = spawn(name, argv, env=env, cwd=cwd, log_path=logs / f"{name}.log")
-    _children.append(child)
-    return child
-
-
-def stop(child: Child) -> None:
-    child.stop()
-    with contextlib.suppress(ValueError):
-        _children.remove(child)
-
-
-def stop_everything() -> None:
-    for child in reversed(list(_children)):
-        with contextlib.suppress(Exception):
-            child.stop(timeout=10)
-    _children.clear()
-
-
-def cryptomarket_command() -> str:
-    path = VENV_BIN / "cryptomarket"
-    return str(path) if path.exists() else shutil.which("cryptomarket") or "cryptomarket"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without CryptoMarket settings a developer may have exported."""
-    from cryptomarket.core.config import Settings  # noqa: PLC0415  # only the field names
-
-    ours = set(Settings.model_fields)
-    env = {key: value for key, value in os.environ.items() if key not in ours}
-    return env | extra
-
-
 # -- the load generators -----------------------------------------------------------------------
 
 
@@ -139,15 +107,14 @@ class ClientProcesses:
         self.children: list[Child] = []
         for index in range(count):
             name = f"{module.rpartition('.')[2]}-{tag}-{index}"
-            child = spawn(
+            child = start(
                 name,
                 [PYTHON, "-m", module],
                 env=clean_env(PYTHONPATH=str(ROOT)),
                 cwd=ROOT,
-                log_path=logs / f"{name}.log",
+                logs=logs,
                 pipes=True,
             )
-            _children.append(child)
             self.children.append(child)
         self.processes = [psutil.Process(child.pid) for child in self.children]
 
@@ -293,20 +260,9 @@ def start_product(bench: Bench, n: int, tag: str, gc_log: Path | None) -> Server
     env = clean_env(
         DATABASE_URL=f"sqlite:///{bench.tmp}/bench.sqlite3",
         DERIBIT_WS_URL=bench.sim_url,
-        DERIBIT_HEARTBEAT_INTERVAL=str(bench.args.heartbeat),
         TRACKED_TICKERS=TICKER,  # an instrument is subscribed by its users alone
-        SSE_MAX_STREAMS="20000",
-        SSE_MAX_STREAMS_PER_USER=str(bench.per_user),
-        # Every stream of a run opens at once, after the warm-up's: no opens' limit in the way.
-        SSE_OPEN_BURST="100000",
-        SSE_OPENS_PER_MINUTE="1000000",
-        # Every bench user signs in with the one simulator key: its account holds every stream.
-        SSE_MAX_STREAMS_PER_ACCOUNT="20000",
-        MAX_USER_IDS_PER_ACCOUNT="1000",
-        LOG_LEVEL="WARNING",
+        **streams_env(bench.per_user, bench.args.heartbeat),
     )
-    if bench.args.heartbeat < 10:
-        env["PROJECT_MODE"] = "testing"  # the product refuses a heartbeat below Deribit's 10 s
     if gc_log is not None or bench.args.tracemalloc:
         env["PYTHONPATH"] = str(ROOT)
     argv = [cryptomarket_command(), "serve", "--host", HOST, "--port", str(port)]
@@ -461,7 +417,7 @@ def wait_for_quiet(max_wait: float, threshold: float) -> float:
     """Wait (at most `max_wait` s) until processes outside this benchmark use < `threshold` % of
     one core; return what they used last. Other jobs on a shared machine skew every figure here,
     so the report shows this too."""
-    ours = {os.getpid()} | {child.pid for child in _children}
+    ours = {os.getpid()} | {child.pid for child in running()}
     deadline = time.monotonic() + max_wait
     while True:
         others = others_percent(ours, 2.0)
@@ -496,7 +452,7 @@ def others_percent(ours: set[int], seconds: float) -> float:
 def own_cpu(server: Server, loadgens: LoadGens) -> float:
     """CPU seconds of every process of this benchmark (server, clients, simulator, ourselves)."""
     total = cpu_seconds(server.process) + loadgens.cpu() + cpu_seconds(psutil.Process())
-    for child in _children:
+    for child in running():
         if child.name == "simulator":
             with contextlib.suppress(psutil.Error):
                 total += cpu_seconds(psutil.Process(child.pid))
@@ -748,23 +704,9 @@ def start_profiler(
     if not bench.args.py_spy:
         return None
     out = bench.logs / f"py-spy-{tag}.txt"
-    argv = [
-        bench.args.py_spy,
-        "record",
-        "--pid",
-        str(server.child.pid),
-        "--nonblocking",
-        "--rate",
-        "500",  # the product idles at a few % of a core: enough samples in a 20 s window
-        "--duration",
-        str(int(seconds or bench.args.seconds)),
-        "--format",
-        "raw",
-        "--output",
-        str(out),
-    ]
-    child = spawn(f"py-spy-{tag}", argv, log_path=bench.logs / f"py-spy-{tag}.log")
-    _children.append(child)
+    child = start_profiler_of(
+        bench.args.py_spy, server.child.pid, seconds or bench.args.seconds, out
+    )
     return child, out
 
 
@@ -1105,67 +1047,39 @@ def main() -> None:
     machine = machine_description()
     print(f"machine: {machine}", flush=True)
 
-    def on_term(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)  # so that `finally` stops every process we started
-
-    signal.signal(signal.SIGTERM, on_term)
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="sse-bench-"))
-    logs = tmp / "logs"
-    logs.mkdir()
+    began = time.monotonic()
     probe: UpstreamProbe | None = None
-    try:
-        sim_port = free_port()
-        simulator = start(
-            "simulator",
-            [
-                cryptomarket_command(),
-                "simulate",
-                "--host",
-                HOST,
-                "--port",
-                str(sim_port),
-                "--tick-interval",
-                "1",
-                "--min-heartbeat",
-                "1",
-                "--instrument-interval",
-                str(args.instrument_interval),
-            ],
-            env=clean_env(),
-            cwd=tmp,
-            logs=logs,
-        )
-        wait_port(HOST, sim_port, 30, simulator)
-        sim_url = f"ws://{HOST}:{sim_port}/ws/api/v2"
-        probe = UpstreamProbe(sim_url, args.ticker)
-        bench = Bench(
-            args, sim_url, tmp, logs, product_streams_per_user(WANTED_STREAMS_PER_USER), probe
-        )
-        runs = {(kind, size): run_one(bench, kind, size) for size in sizes for kind in kinds}
-        wall = time.monotonic() - started
-        text = render(bench, runs, machine, wall)
-        print("\n" + text, flush=True)
-        if args.output:
-            out = Path(args.output)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
-            title = (
-                f"SSE fan-out, {args.ticker}, ~{1 / args.instrument_interval:g} updates/s (timer=0)"
-                if is_instrument(args.ticker)
-                else "SSE fan-out, one tick per second per client (timer=0)"
-            )
-            draw(runs, sizes, kinds, out.with_suffix(".png"), title)
-            print(f"written to {out} and {out.with_suffix('.png').name}")
-        print(f"real time: {wall:.0f} s", flush=True)
-    finally:
-        if probe is not None:
-            probe.stop()
-        stop_everything()
-        if args.keep_logs or args.py_spy or args.gc_log:
-            print(f"logs kept in {logs}", flush=True)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def keep() -> bool:
+        return bool(args.keep_logs or args.py_spy or args.gc_log)
+
+    with scratch("sse-bench-", keep) as (tmp, logs):
+        try:
+            interval = ("--instrument-interval", str(args.instrument_interval))
+            sim_url = start_simulator(tmp, logs, *interval)
+            probe = UpstreamProbe(sim_url, args.ticker)
+            per_user = product_streams_per_user(WANTED_STREAMS_PER_USER)
+            bench = Bench(args, sim_url, tmp, logs, per_user, probe)
+            runs = {(kind, size): run_one(bench, kind, size) for size in sizes for kind in kinds}
+            wall = time.monotonic() - began
+            text = render(bench, runs, machine, wall)
+            print("\n" + text, flush=True)
+            if args.output:
+                out = Path(args.output)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(text)
+                title = (
+                    f"SSE fan-out, {args.ticker}, ~{1 / args.instrument_interval:g} updates/s "
+                    "(timer=0)"
+                    if is_instrument(args.ticker)
+                    else "SSE fan-out, one tick per second per client (timer=0)"
+                )
+                draw(runs, sizes, kinds, out.with_suffix(".png"), title)
+                print(f"written to {out} and {out.with_suffix('.png').name}")
+            print(f"real time: {wall:.0f} s", flush=True)
+        finally:
+            if probe is not None:
+                probe.stop()
 
 
 if __name__ == "__main__":

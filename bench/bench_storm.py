@@ -25,10 +25,8 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,30 +36,31 @@ from typing import Any
 import httpx
 
 from bench.bench_sse import (
-    HOST,
     RAW,
     RESULTS,
     TICKER,
     ClientProcesses,
-    _children,
-    clean_env,
-    cryptomarket_command,
     signed_in,
     sse_requests,
-    start,
-    stop_everything,
 )
 from bench.chaos.clients import Connection
 from bench.chaos.ledger import streams as stream_ledger
 from bench.chaos.simctl import SimControl
 from bench.sse_common import (
+    HOST,
     PYTHON,
     ROOT,
     Child,
+    clean_env,
+    cryptomarket_command,
     free_port,
     machine_description,
     raise_nofile,
-    spawn,
+    scratch,
+    start,
+    start_profiler,
+    start_simulator,
+    streams_env,
     wait_port,
 )
 
@@ -134,17 +133,11 @@ class Server:
             DATABASE_URL=f"sqlite:///{tmp}/storm.sqlite3",
             DERIBIT_WS_URL=sim_url,
             TRACKED_TICKERS=TICKER,
-            SSE_MAX_STREAMS="20000",
-            # Every client comes back at once, several per user: no opens' limit in the way.
-            SSE_OPEN_BURST="100000",
-            SSE_OPENS_PER_MINUTE="1000000",
-            SSE_MAX_STREAMS_PER_ACCOUNT="20000",
-            MAX_USER_IDS_PER_ACCOUNT="1000",
-            SSE_MAX_STREAMS_PER_USER=str(STREAMS_PER_USER),
+            # Every client comes back at once, several per user.
+            **streams_env(STREAMS_PER_USER, heartbeat=10),
             # The run's users sign in from one address, one after the other.
             SIGN_IN_BURST="10000",
             SIGN_INS_PER_MINUTE="100000",
-            LOG_LEVEL="WARNING",
         )
         if kind == RAW:
             self.env = clean_env(PYTHONPATH=str(ROOT))
@@ -247,22 +240,7 @@ def profile(args: argparse.Namespace, server: Server, logs: Path, tag: str) -> C
     """py-spy on the restarted server while its clients come back (`--py-spy`)."""
     if not args.py_spy or server.child is None:
         return None
-    argv = [
-        args.py_spy,
-        "record",
-        "--pid",
-        str(server.child.pid),
-        "--nonblocking",
-        "--duration",
-        "120",
-        "--format",
-        "raw",
-        "--output",
-        str(logs / f"py-spy-{tag}.txt"),
-    ]
-    child = spawn(f"py-spy-{tag}", argv, log_path=logs / f"py-spy-{tag}.log")
-    _children.append(child)
-    return child
+    return start_profiler(args.py_spy, server.child.pid, 120, logs / f"py-spy-{tag}.txt")
 
 
 def stop_everything_of(clients: Clients, server: Server) -> None:
@@ -387,45 +365,16 @@ def main() -> None:
     args = parse_args()
     raise_nofile()
     machine = machine_description()
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="storm-bench-"))
-    logs = tmp / "logs"
-    logs.mkdir()
-    try:
-        sim_port = free_port()
-        simulator = start(
-            "simulator",
-            [
-                cryptomarket_command(),
-                "simulate",
-                "--host",
-                HOST,
-                "--port",
-                str(sim_port),
-                "--tick-interval",
-                str(args.tick_interval),
-                "--min-heartbeat",
-                "1",
-            ],
-            env=clean_env(),
-            cwd=tmp,
-            logs=logs,
-        )
-        wait_port(HOST, sim_port, 30, simulator)
-        sim_url = f"ws://{HOST}:{sim_port}/ws/api/v2"
+    began = time.monotonic()
+    with scratch("storm-bench-", lambda: bool(args.py_spy)) as (tmp, logs):
+        sim_url = start_simulator(tmp, logs, tick_interval=args.tick_interval)
         kinds = [kind.strip() for kind in args.servers.split(",") if kind.strip()]
         runs = [run_one(args, kind, sim_url, tmp, logs) for kind in kinds]
-        text = render(args, runs, machine, time.monotonic() - started)
+        text = render(args, runs, machine, time.monotonic() - began)
         print("\n" + text, flush=True)
         if args.output:
             Path(args.output).write_text(text)
             print(f"written to {args.output}")
-    finally:
-        stop_everything()
-        if args.py_spy:
-            print(f"logs kept in {logs}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

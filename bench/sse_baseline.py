@@ -14,10 +14,8 @@ and the frame's other fields beside it, as the product's event carries them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -94,17 +92,9 @@ def create_app(deribit_url: str, ticker: str, heartbeat: float) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--deribit-url", required=True)
-    parser.add_argument("--ticker", default="btc_usd")
-    parser.add_argument("--heartbeat", type=float, default=10.0)
-    args = parser.parse_args()
-    from bench.sse_common import raise_nofile  # noqa: PLC0415  # run as a script too
+    from bench.sse_common import broadcaster_args  # noqa: PLC0415  # run as a script too
 
-    raise_nofile()
-    logging.basicConfig(level=logging.WARNING)
+    args = broadcaster_args(__doc__.splitlines()[0])
     # The same server settings as `cryptomarket serve`: uvicorn's defaults (uvloop, httptools).
     uvicorn.run(
         create_app(args.deribit_url, args.ticker, args.heartbeat),

@@ -1,27 +1,34 @@
-"""Small helpers of the SSE benchmark: ports, child processes, file limits, the machine.
-
-Kept apart from `bench/common.py` (another benchmark's helpers) so the two can change
-independently; everything here is stdlib + psutil.
+"""The shared core of the benchmarks that start processes (bench_sse, bench_storm,
+bench_redis_fanout, soak, bench_hostile, bench_dashboard): ports, child processes and their
+stopping, the environment and settings they start the product with, the Deribit simulator, a
+scratch directory for logs, py-spy, file limits, the machine. Each benchmark file keeps only what
+it measures. Everything here is stdlib + psutil.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
+
+from bench.common import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -119,6 +126,21 @@ def spawn(
     return Child(name, popen, log_path, log)
 
 
+def broadcaster_args(description: str) -> argparse.Namespace:
+    """The command line of the baselines bench_sse measures the product against (sse_baseline,
+    sse_raw), with the file limit raised and warnings-only logging: both are set up alike."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--deribit-url", required=True)
+    parser.add_argument("--ticker", default="btc_usd")
+    parser.add_argument("--heartbeat", type=float, default=10.0)
+    args = parser.parse_args()
+    raise_nofile()
+    logging.basicConfig(level=logging.WARNING)
+    return args
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -126,14 +148,6 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 def rss_bytes(process: psutil.Process) -> int:
     return int(process.memory_info().rss)
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def machine_description() -> str:
@@ -153,7 +167,7 @@ def machine_description() -> str:
     )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (
-        f"{_cpu_model()}, {psutil.cpu_count(logical=True)} logical CPUs, {memory_gb:.1f} GiB RAM, "
+        f"{cpu_model()}, {psutil.cpu_count(logical=True)} logical CPUs, {memory_gb:.1f} GiB RAM, "
         f"Linux {platform.release()}, Python {platform.python_version()}; {libs}; "
         f"RLIMIT_NOFILE {soft}/{hard}"
     )
@@ -168,3 +182,111 @@ def run_fast(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+
+
+# -- the processes a benchmark starts: every one is stopped by stop_everything -----------------
+
+HOST = "127.0.0.1"
+_children: list[Child] = []
+
+
+def start(
+    name: str, argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path, pipes: bool = False
+) -> Child:
+    """`spawn`, logging to logs/NAME.log, kept for stop_everything."""
+    child = spawn(name, argv, env=env, cwd=cwd, log_path=logs / f"{name}.log", pipes=pipes)
+    _children.append(child)
+    return child
+
+
+def stop(child: Child) -> None:
+    child.stop()
+    with contextlib.suppress(ValueError):
+        _children.remove(child)
+
+
+def stop_everything() -> None:
+    for child in reversed(list(_children)):
+        with contextlib.suppress(Exception):
+            child.stop(timeout=10)
+    _children.clear()
+
+
+def running() -> list[Child]:
+    """The processes started and not stopped yet, oldest first."""
+    return list(_children)
+
+
+def cryptomarket_command() -> str:
+    path = VENV_BIN / "cryptomarket"
+    return str(path) if path.exists() else shutil.which("cryptomarket") or "cryptomarket"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without CryptoMarket settings a developer may have exported."""
+    from cryptomarket.core.config import Settings  # noqa: PLC0415  # only the field names
+
+    ours = set(Settings.model_fields)
+    env = {key: value for key, value in os.environ.items() if key not in ours}
+    return env | extra
+
+
+def streams_env(per_user: int, heartbeat: int) -> dict[str, str]:
+    """The product's settings for a benchmark's streams: every stream of a run opens at once,
+    all of them signed in with the one simulator key, with no bound of opens in the way."""
+    env = {
+        "DERIBIT_HEARTBEAT_INTERVAL": str(heartbeat),
+        "SSE_MAX_STREAMS": "20000",
+        "SSE_MAX_STREAMS_PER_USER": str(per_user),
+        "SSE_OPEN_BURST": "100000",
+        "SSE_OPENS_PER_MINUTE": "1000000",
+        "SSE_MAX_STREAMS_PER_ACCOUNT": "20000",  # the one key's account holds every stream
+        "MAX_USER_IDS_PER_ACCOUNT": "1000",
+        "LOG_LEVEL": "WARNING",
+    }
+    if heartbeat < 10:
+        env["PROJECT_MODE"] = "testing"  # the product refuses a heartbeat below Deribit's 10 s
+    return env
+
+
+def start_simulator(cwd: Path, logs: Path, *options: str, tick_interval: float = 1.0) -> str:
+    """The Deribit simulator (`cryptomarket simulate`, heartbeats down to 1 s) on a free port;
+    its WebSocket URL."""
+    port = free_port()
+    argv = [cryptomarket_command(), "simulate", "--host", HOST, "--port", str(port)]
+    argv += ["--tick-interval", f"{tick_interval:g}", "--min-heartbeat", "1", *options]
+    child = start("simulator", argv, env=clean_env(), cwd=cwd, logs=logs)
+    wait_port(HOST, port, 30, child)
+    return f"ws://{HOST}:{port}/ws/api/v2"
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: Callable[[], bool]) -> Iterator[tuple[Path, Path]]:
+    """A scratch directory and its `logs` folder for one run; on the way out every process
+    started is stopped, and the directory goes unless `keep()` says to keep the logs. SIGTERM
+    ends the run the same way."""
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # so that the `finally` below runs
+
+    signal.signal(signal.SIGTERM, on_term)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    logs = tmp / "logs"
+    logs.mkdir()
+    try:
+        yield tmp, logs
+    finally:
+        stop_everything()
+        if keep():
+            print(f"logs kept in {logs}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_profiler(py_spy: str, pid: int, seconds: float, out: Path) -> Child:
+    """py-spy recording `pid` for `seconds` into `out` (collapsed stacks), sampling at 500 Hz
+    (a server idling at a few % of a core gives enough samples in a 20 s window), without
+    pausing it."""
+    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "500"]
+    argv += ["--duration", str(int(seconds)), "--format", "raw", "--output", str(out)]
+    return start(out.stem, argv, env=clean_env(), cwd=out.parent, logs=out.parent)

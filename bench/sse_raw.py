@@ -10,10 +10,8 @@ what fan-out costs on this machine before any server does anything else.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -98,17 +96,9 @@ async def serve(host: str, port: int, deribit_url: str, ticker: str, heartbeat: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--deribit-url", required=True)
-    parser.add_argument("--ticker", default="btc_usd")
-    parser.add_argument("--heartbeat", type=float, default=10.0)
-    args = parser.parse_args()
-    from bench.sse_common import raise_nofile  # noqa: PLC0415  # run as a script too
+    from bench.sse_common import broadcaster_args  # noqa: PLC0415  # run as a script too
 
-    raise_nofile()
-    logging.basicConfig(level=logging.WARNING)
+    args = broadcaster_args(__doc__.splitlines()[0])
     uvloop.run(serve(args.host, args.port, args.deribit_url, args.ticker, args.heartbeat))
 
 
