@@ -1,6 +1,7 @@
 """The parts our uvicorn protocol puts in place of uvicorn's own: they must behave as those do."""
 
 import asyncio
+import gc
 from typing import Any
 
 from starlette.responses import PlainTextResponse
@@ -117,5 +118,41 @@ async def test_a_streaming_connection_keeps_its_state_in_slots_not_an_instance_d
     finally:
         holding.set()
         writer.close()
+        server.should_exit = True
+        await task
+
+
+async def test_a_closed_connection_is_freed_at_once_not_at_the_next_full_collection() -> None:
+    """Its protocol, request cycle and scope referred to each other: thousands of closed ones
+    waited for a full collection (rare) after a reconnect storm, and memory grew each storm."""
+    from cryptomarket.core.server import ON_LOST, BoundedSendBufferProtocol  # noqa: PLC0415
+
+    async def stream(scope: dict[str, Any], receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        lost = asyncio.Event()
+        scope["extensions"][ON_LOST](lost.set)
+        await lost.wait()
+
+    def protocols() -> int:
+        return sum(type(o) is BoundedSendBufferProtocol for o in gc.get_objects())
+
+    port = free_port()
+    server = make_server(stream, "127.0.0.1", port, lifespan="off")
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="the server started")
+    gc.disable()  # what is freed now is freed by its last reference going, not by a collection
+    try:
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        for reader, writer in clients:
+            writer.write(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+            await reader.readuntil(b"data: 1")
+        assert protocols() == 20
+        for _, writer in clients:
+            writer.close()
+        await eventually(lambda: not server.server_state.connections, what="all of them lost")
+        await eventually(lambda: protocols() == 0, what="every closed connection freed")
+    finally:
+        gc.enable()
         server.should_exit = True
         await task
