@@ -9,7 +9,9 @@ from starlette.responses import PlainTextResponse
 from __tests__.helpers import eventually
 from __tests__.servers import free_port
 from cryptomarket.core.server import (
+    ON_LOST,
     TICK_SECONDS,
+    BoundedSendBufferProtocol,
     LeanEvent,
     LeanFlowControl,
     Pipeline,
@@ -125,7 +127,6 @@ async def test_a_streaming_connection_keeps_its_state_in_slots_not_an_instance_d
 async def test_a_closed_connection_is_freed_at_once_not_at_the_next_full_collection() -> None:
     """Its protocol, request cycle and scope referred to each other: thousands of closed ones
     waited for a full collection (rare) after a reconnect storm, and memory grew each storm."""
-    from cryptomarket.core.server import ON_LOST, BoundedSendBufferProtocol  # noqa: PLC0415
 
     async def stream(scope: dict[str, Any], receive: object, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -154,5 +155,36 @@ async def test_a_closed_connection_is_freed_at_once_not_at_the_next_full_collect
         await eventually(lambda: protocols() == 0, what="every closed connection freed")
     finally:
         gc.enable()
+        server.should_exit = True
+        await task
+
+
+async def test_a_callback_registered_after_the_connection_was_lost_is_called_at_once() -> None:
+    """A client may leave while its stream is still opening (reading the store): the stream
+    registers for the loss only then, and must still end, not wait for a loss already past."""
+    client_gone = asyncio.Event()
+    told = asyncio.Event()
+
+    async def stream(scope: dict[str, Any], receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await client_gone.wait()
+        scope["extensions"][ON_LOST](told.set)
+        await told.wait()
+
+    port = free_port()
+    server = make_server(stream, "127.0.0.1", port, lifespan="off")
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="the server started")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        await reader.readuntil(b"data: 1")
+        writer.close()
+        await eventually(lambda: not server.server_state.connections, what="the connection lost")
+        client_gone.set()
+        async with asyncio.timeout(5):
+            await told.wait()
+    finally:
         server.should_exit = True
         await task

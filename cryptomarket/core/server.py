@@ -38,7 +38,7 @@ DRAIN_GRACE = 30.0
 # a third of the grace: an undrained one goes within DRAIN_GRACE plus two looks of closing.
 DRAIN_SWEEP_EVERY = 10.0
 TICK_SECONDS = 1.0  # the main loop's tick
-UVICORN_TICKS_PER_TICK = 10  # uvicorn counts ticks of 0.1 s: its date header changes every 10
+UVICORN_TICKS_PER_TICK = round(TICK_SECONDS / 0.1)  # uvicorn counts ticks of 0.1 s
 
 logger = logging.getLogger("cryptomarket.server")
 
@@ -197,6 +197,7 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
     __slots__ = (
         *UVICORN_PROTOCOL_ATTRIBUTES,
         "head_bytes",  # ours: the request head's size so far
+        "lost",  # ours: the connection is gone
         "on_lost",  # ours: called once when the connection is lost
     )
 
@@ -208,6 +209,7 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
         self.flow = LeanFlowControl(transport)
         self.pipeline = Pipeline()  # type: ignore[assignment]
         self.on_lost: Callable[[], None] | None = None
+        self.lost = False
 
     def on_message_begin(self) -> None:
         self.head_bytes = 0
@@ -223,10 +225,15 @@ class BoundedSendBufferProtocol(HttpToolsProtocol):
             self.cycle.message_event = LeanEvent()  # type: ignore[assignment]
 
     def call_on_lost(self, callback: Callable[[], None] | None) -> None:
-        """Call `callback` once when the connection is lost (None: no longer)."""
+        """Call `callback` once when the connection is lost, at once if it already is (a client
+        that left while its stream was opening); None: no longer."""
+        if callback is not None and self.lost:
+            callback()
+            return
         self.on_lost = callback
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         super().connection_lost(exc)
         lost, self.on_lost = self.on_lost, None
         if lost is not None:
@@ -292,12 +299,15 @@ class DrainingServer(uvicorn.Server):
     async def main_loop(self) -> None:
         event = asyncio.Event()
         self._exit_asked = asyncio.get_running_loop(), event
-        counter = 0
-        while not await self.on_tick(counter):
-            counter = (counter + UVICORN_TICKS_PER_TICK) % 864_000
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_SECONDS):
-                    await event.wait()
+        try:
+            counter = 0
+            while not await self.on_tick(counter):
+                counter = (counter + UVICORN_TICKS_PER_TICK) % 864_000
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TICK_SECONDS):
+                        await event.wait()
+        finally:
+            self._exit_asked = None  # its loop may close: a later exit asked wakes nothing
 
     async def on_tick(self, counter: int) -> bool:
         now = time.monotonic()

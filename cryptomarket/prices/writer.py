@@ -69,7 +69,7 @@ class TickWriter:
         self._gaps: list[Gap] = []
         self._batch_ready = asyncio.Event()
         self._has_work = asyncio.Event()  # something was added since the writer last looked
-        self._last_write = -float("inf")  # loop time the last write (or attempt) ended
+        self._last_write = -float("inf")  # loop time the last round of writes ended
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.healthy = True  # the last write went through
