@@ -9,21 +9,30 @@ import asyncio
 from collections.abc import Sequence
 
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
 HEALTH_CHECK_INTERVAL = 10
+# Connections of one process. After a restart thousands of streams open at once, each asking
+# Redis (the opens' rate limits); past its pool a plain pool raises instead of waiting, which
+# turned every burst into "Redis is away" (limits per replica for a while). This one queues the
+# askers for a connection, up to POOL_WAIT, and keeps Redis's own client count bounded.
+POOL_SIZE = 32
+POOL_WAIT = SOCKET_TIMEOUT
 
 
 def async_redis(url: str) -> Redis:
     """An asyncio client for the API and ingest processes (password and rediss:// URLs work)."""
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL,
     )
+    return Redis.from_pool(pool)  # the client closes its pool with it
 
 
 def sync_redis(url: str) -> SyncRedis:
