@@ -6,12 +6,18 @@ threads) busy for every one of them. Here the first key asked is looked up at on
 asked before that query starts; keys asked while it runs go together in the next one. A key never
 gets an answer read before it was asked: one in flight is asked again in the next query, so a
 change committed before the ask (a sign-out, a new subscription) is always seen.
+
+One answer may wake a thousand callers (every stream of a user asks for its session): they go on
+through a pacer (kit/pacer.py), a few dozen a round of the loop, so their work does not hold the
+loop in one piece while every other stream's tick waits.
 """
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Generic, TypeVar
+
+from cryptomarket.kit.pacer import Pacer
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -27,6 +33,7 @@ class Batched(Generic[K, V]):
         self._max_batch = max_batch
         self._asked: dict[K, asyncio.Future[V | None]] = {}  # not yet in a query
         self._runner: asyncio.Task[None] | None = None
+        self._pacer = Pacer()
         self.queries = 0  # run since start
 
     async def get(self, key: K) -> V | None:
@@ -36,7 +43,9 @@ class Batched(Generic[K, V]):
             if self._runner is None:
                 self._runner = asyncio.create_task(self._run(), name="batched-lookups")
         # Shielded: a caller that gives up must not cancel the answer others with the key wait for.
-        return await asyncio.shield(future)
+        value = await asyncio.shield(future)
+        await self._pacer.turn()
+        return value
 
     async def _run(self) -> None:
         try:
