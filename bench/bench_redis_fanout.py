@@ -33,12 +33,12 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -49,7 +49,6 @@ from bench.bench_sse import (
     TICKER,
     WANTED_STREAMS_PER_USER,
     Bench,
-    LoadGens,
     Result,
     Server,
     UpstreamProbe,
@@ -66,6 +65,7 @@ from bench.bench_sse import (
     wait_for_quiet,
     warm_up,
 )
+from bench.clients import CLIENT_KINDS, LoadGens, client_processes
 from bench.common import LoadWatch
 from bench.sse_common import (
     HOST,
@@ -92,6 +92,7 @@ LEADING = "leading: this process now holds the upstream connection"
 DATABASE = "cryptomarket"
 SINGLE = "single process"
 SINGLE_RUN, DISTRIBUTED_RUN = "single", "distributed"
+T = TypeVar("T")
 TARGET_CLIENTS_FACTOR = 1.8  # issue 14: two processes on two cores vs one, at the same p99
 
 # -- measuring processes -----------------------------------------------------------------------
@@ -321,6 +322,23 @@ class Distributed:
 
 
 @dataclass
+class Rounds:
+    """Each round's p99 (ms), in the order they ran."""
+
+    single: list[float]
+    distributed: list[float]
+
+    def line(self) -> str:
+        def listed(values: list[float]) -> str:
+            return ", ".join(f"{value:,.1f}" for value in values) or "–"
+
+        return (
+            f"- p99 of each round (ms), single process: {listed(self.single)}; "
+            f"distributed: {listed(self.distributed)}"
+        )
+
+
+@dataclass
 class Replica:
     server: Server
     loadgens: LoadGens
@@ -369,12 +387,13 @@ def measure_distributed(
     replica_meters = [Meter(server.kind, server.process) for server in servers]
     print(f"[{now()}] distributed: {args.idle:g} s with ticks flowing and no stream open")
     idle = measure_until([*replica_meters, *shared], time.time() + args.idle)
-    processes = args.loadgens or (1 if n <= 2000 else 2)
+    processes = args.loadgens or client_processes(args.clients, n)
     for server in servers:
         result = Result(server.kind, n, float(args.seconds))
         result.rss0 = rss_bytes(server.process)
         tag = server.kind.replace(" ", "-")
-        replicas.append(Replica(server, LoadGens(processes, bench.logs, tag), result))
+        loadgens = LoadGens(processes, bench.logs, tag, args.clients)
+        replicas.append(Replica(server, loadgens, result))
     open_streams(bench, replicas)
     time.sleep(args.warmup)
     for replica in replicas:
@@ -558,8 +577,13 @@ def command() -> str:
     ) + "`"  # fmt: skip
 
 
-def render(
-    bench: Bench, single: Result | None, dist: Distributed | None, machine: str, wall: float
+def render(  # noqa: PLR0917  # the report of everything run_all measured
+    bench: Bench,
+    single: Result | None,
+    dist: Distributed | None,
+    rounds: Rounds,
+    machine: str,
+    wall: float,
 ) -> str:
     args = bench.args
     n_single = args.single or args.per_replica
@@ -575,7 +599,11 @@ def render(
         "- load: one Deribit simulator (`cryptomarket simulate --tick-interval 1`), btc_usd only; "
         "every stream at timer=0, so one price event per second per client; every process "
         f"shares the machine; {args.warmup:g} s warm-up after the streams are open, then a "
-        f"{args.seconds:g} s window; Deribit heartbeat {args.heartbeat} s",
+        f"{args.seconds:g} s window; Deribit heartbeat {args.heartbeat} s; {args.rounds} "
+        "round(s) of each run, alternating, and the round with the median p99 of each shown",
+        f"- clients: the {args.clients} load generator (bench/clients.py), "
+        f"{args.loadgens or client_processes(args.clients, args.per_replica)} process(es) per "
+        "server",
         f"- single process: `cryptomarket serve`, embedded mode (SQLite, its own ingest), "
         f"{n_single:,} streams, measured as in `bench/bench_sse.py`",
         f"- distributed: PostgreSQL 15 and Redis on loopback, one `cryptomarket ingest`, "
@@ -600,7 +628,7 @@ def render(
     if dist is not None:
         lines += ["## Redis, ingest and the rest", "", *shared_table(dist), ""]
     if single is not None and dist is not None:
-        lines += ["## Target", "", *target_table(single, dist), ""]
+        lines += ["## Target", "", *target_table(single, dist), "", rounds.line(), ""]
     return "\n".join(lines)
 
 
@@ -635,14 +663,16 @@ def parse_args() -> argparse.Namespace:
     add("--replicas", type=int, default=2, help="`serve` replicas in the distributed run")
     add("--single", type=int, default=5000, help="streams of the single process (0: --per-replica)")
     add("--runs", default="single,distributed", help="which runs: single, distributed or both")
+    add("--rounds", type=int, default=3, help="runs of each kind, alternating (median shown)")
     add("--seconds", type=float, default=20.0, help="the measurement window")
     add("--warmup", type=float, default=5.0, help="seconds between opening and measuring")
     add("--settle", type=float, default=3.0, help="seconds between server start and RSS_0")
     add("--warm-streams", type=int, default=200, help="streams opened and closed before RSS_0")
     add("--idle", type=float, default=10.0, help="seconds measured with no stream open")
     add("--grace", type=float, default=5.0, help="seconds to wait for the window's late ticks")
-    add("--loadgens", type=int, default=0, help="client processes per server (0: 1, or 2 > 2,000)")
+    add("--loadgens", type=int, default=0, help="client processes per server (0: as needed)")
     add("--concurrency", type=int, default=200, help="connects in flight per client process")
+    add("--clients", choices=CLIENT_KINDS, default="c", help="load generator (bench/clients.py)")
     add("--heartbeat", type=int, default=10, help="Deribit heartbeat of serve and ingest (s)")
     add("--quiet-wait", type=float, default=120, help="wait up to this long for a quiet machine")
     add("--quiet-threshold", type=float, default=25, help="%% of a core others may use then")
@@ -654,24 +684,40 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_all(args: argparse.Namespace, tmp: Path, logs: Path) -> tuple[Bench, str]:
+    """`--rounds` of each run, alternating, so a drift of the machine falls on both alike; the
+    tables show each kind's round with the median p99."""
     runs = {run.strip() for run in args.runs.split(",")}
     sim_url = start_simulator(tmp, logs)
     simulator = next(child for child in running() if child.name == "simulator")
     per_user = product_streams_per_user(WANTED_STREAMS_PER_USER)
     bench = Bench(args, sim_url, tmp, logs, per_user, UpstreamProbe(sim_url, TICKER))
     started = time.monotonic()
+    singles: list[Result] = []
+    dists: list[Distributed] = []
+    tokens: dict[str, dict[str, str]] = {SINGLE_RUN: {}, DISTRIBUTED_RUN: {}}  # per database
     try:
-        single = dist = None
-        if SINGLE_RUN in runs:
-            single = run_one(bench, PRODUCT, args.single or args.per_replica)
-        if DISTRIBUTED_RUN in runs:
-            bench.tokens.clear()  # the distributed run has its own database
-            with backends(tmp / "servers", simulator) as found:
-                dist = run_distributed(bench, found)
+        with backends(tmp / "servers", simulator) as found:
+            for round_ in range(1, args.rounds + 1):
+                print(f"[{now()}] round {round_} of {args.rounds}", flush=True)
+                if SINGLE_RUN in runs:
+                    bench.tokens = tokens[SINGLE_RUN]
+                    singles.append(run_one(bench, PRODUCT, args.single or args.per_replica))
+                if DISTRIBUTED_RUN in runs:
+                    bench.tokens = tokens[DISTRIBUTED_RUN]
+                    dists.append(run_distributed(bench, found))
     finally:
         bench.probe.stop()
-    text = render(bench, single, dist, machine_description(), time.monotonic() - started)
+    single = median_of(singles, lambda result: result.p("p99"))
+    dist = median_of(dists, lambda run: run.total.p("p99"))
+    rounds = Rounds([r.p("p99") for r in singles], [d.total.p("p99") for d in dists])
+    text = render(bench, single, dist, rounds, machine_description(), time.monotonic() - started)
     return bench, text
+
+
+def median_of(items: list[T], key: Callable[[T], float]) -> T | None:
+    """The item at the median of `key` (the lower middle one of an even count)."""
+    ranked = sorted(items, key=key)
+    return ranked[(len(ranked) - 1) // 2] if ranked else None
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ size N and each server, in a fresh process so that memory figures start clean:
    socket);
    for the product, sign in `bench-<k>` users with the simulator's `sim-alice` key and subscribe
    each to the ticker (`--ticker`, btc_usd by default) with timer=0;
-2. read its RSS, open N SSE streams from load-generator processes (`bench/sse_loadgen.py`, raw
+2. read its RSS, open N SSE streams from load-generator processes (bench/clients.py: by default
+   `bench/sse_cclient.c`, one epoll loop in C; `--clients python`: `bench/sse_loadgen.py`, raw
    asyncio sockets), wait a warm-up, read its RSS again: memory per stream = the growth / N;
 3. over `--seconds`, count the price events each stream receives whose tick timestamp lies in the
    window, with latency = receipt wall clock − the tick's timestamp (the simulator stamps ticks
@@ -55,6 +56,7 @@ import httpx
 import psutil
 
 from bench import charts
+from bench.clients import CLIENT_KINDS, LoadGens, client_processes
 from bench.sse_common import (
     HOST,
     PYTHON,
@@ -95,103 +97,6 @@ TARGET_P99_MS_AT_1000 = 50.0
 FLOOR_FACTOR = 1.5  # issue 14: CPU per event and p99 within this of the raw floor
 TARGET_KIB_PER_STREAM = 10.0  # issue 14
 TARGET_OPENS_PER_S = 2_000  # issue 14: 4,000 streams in 2 s
-
-# -- the load generators -----------------------------------------------------------------------
-
-
-class ClientProcesses:
-    """Client processes running `module`, spoken to over their stdin/stdout (one JSON object
-    per line each way)."""
-
-    def __init__(self, count: int, logs: Path, tag: str, module: str) -> None:
-        self.children: list[Child] = []
-        for index in range(count):
-            name = f"{module.rpartition('.')[2]}-{tag}-{index}"
-            child = start(
-                name,
-                [PYTHON, "-m", module],
-                env=clean_env(PYTHONPATH=str(ROOT)),
-                cwd=ROOT,
-                logs=logs,
-                pipes=True,
-            )
-            self.children.append(child)
-        self.processes = [psutil.Process(child.pid) for child in self.children]
-
-    def ask(self, commands: list[dict[str, Any]], timeout: float) -> list[Any]:
-        """Each command to its process, in order; their answers."""
-        for child, command in zip(self.children, commands, strict=True):
-            assert child.popen.stdin is not None  # noqa: S101  # started with pipes
-            child.popen.stdin.write((json.dumps(command) + "\n").encode())
-            child.popen.stdin.flush()
-        return [self._read(child, timeout) for child in self.children]
-
-    def ask_each(self, command: dict[str, Any], timeout: float) -> list[Any]:
-        return self.ask([command] * len(self.children), timeout)
-
-    def shares(self, n: int) -> list[int]:
-        """`n` split across the processes."""
-        count = len(self.children)
-        return [n // count + (1 if i < n % count else 0) for i in range(count)]
-
-    @staticmethod
-    def _read(child: Child, timeout: float) -> Any:
-        stdout = child.popen.stdout
-        assert stdout is not None  # noqa: S101  # started with pipes
-        box: list[bytes] = []
-        reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not box or not box[0]:
-            raise RuntimeError(f"{child.name} did not answer: {child.tail()}")
-        return json.loads(box[0])
-
-
-class LoadGens(ClientProcesses):
-    """The benchmark's client processes (bench/sse_loadgen.py)."""
-
-    def __init__(self, count: int, logs: Path, tag: str) -> None:
-        super().__init__(count, logs, tag, "bench.sse_loadgen")
-
-    def open(self, n: int, port: int, requests: list[str], concurrency: int) -> dict[str, Any]:
-        commands = [
-            {
-                "cmd": "open",
-                "host": HOST,
-                "port": port,
-                "requests": requests,
-                "count": share,
-                "concurrency": concurrency,
-                "timeout": 60,
-            }
-            for share in self.shares(n)
-        ]
-        answers = self.ask(commands, timeout=900)
-        errors: dict[str, int] = {}
-        for answer in answers:
-            for reason, times in answer["errors"].items():
-                errors[reason] = errors.get(reason, 0) + times
-        return {
-            "opened": sum(a["opened"] for a in answers),
-            "failed": sum(a["failed"] for a in answers),
-            "seconds": max(a["seconds"] for a in answers),
-            "errors": errors,
-        }
-
-    def arm(self, w0: int, w1: int) -> None:
-        self.ask_each({"cmd": "arm", "w0": w0, "w1": w1}, timeout=60)
-
-    def report(self) -> list[dict[str, Any]]:
-        return self.ask_each({"cmd": "report"}, timeout=120)
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(process) for process in self.processes)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ask_each({"cmd": "close"}, timeout=30)
-        for child in self.children:
-            stop(child)
 
 
 def sse_requests(port: int, path: str, tokens: list[str] | None) -> list[str]:
@@ -536,8 +441,8 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
         time.sleep(args.settle)  # ticks flowing, start-up garbage gone
         warm_up(bench, server, tag)
         result.rss0 = rss_bytes(server.process)
-        processes = args.loadgens or (1 if n <= 2000 else 2)
-        loadgens = LoadGens(processes, bench.logs, tag)
+        processes = args.loadgens or client_processes(args.clients, n)
+        loadgens = LoadGens(processes, bench.logs, tag, args.clients)
         print(f"[{now()}] {kind} x {n}: opening the streams from {processes} client process(es)")
         profiler = start_profiler(bench, server, f"{tag}-opens", seconds=600)
         opened = loadgens.open(n, server.port, server.requests, args.concurrency)
@@ -576,7 +481,7 @@ def warm_up(bench: Bench, server: Server, tag: str) -> None:
     count = bench.args.warm_streams
     if count <= 0:
         return
-    loadgens = LoadGens(1, bench.logs, f"{tag}-warm")
+    loadgens = LoadGens(1, bench.logs, f"{tag}-warm", bench.args.clients)
     try:
         loadgens.open(count, server.port, server.requests, bench.args.concurrency)
     finally:
@@ -958,6 +863,9 @@ def render(bench: Bench, runs: dict[tuple[str, int], Result], machine: str, wall
         f"and client processes share the machine; {args.warmup:g} s warm-up after the streams "
         f"are open, then a {args.seconds:g} s window; both servers keep a {args.heartbeat} s "
         "Deribit heartbeat; each server is a fresh process per size",
+        f"- clients: the {args.clients} load generator (bench/clients.py), "
+        f"{args.loadgens or client_processes(args.clients, max(sizes))} process(es) per server "
+        "at the largest size",
         "- delivery = price events with a timestamp in the window received by all clients / "
         "(N × ticks the simulator produced in the window, from its record `sim/produced`); "
         "latency = receipt wall clock − the tick's timestamp (simulator → server → client); "
@@ -1014,8 +922,9 @@ def parse_args() -> argparse.Namespace:
     add("--settle", type=float, default=3.0, help="seconds between server start and RSS_0")
     add("--warm-streams", type=int, default=200, help="streams opened and closed before RSS_0")
     add("--grace", type=float, default=5.0, help="seconds to wait for the window's late ticks")
-    add("--loadgens", type=int, default=0, help="client processes (0: 1 to 2,000 streams, else 2)")
+    add("--loadgens", type=int, default=0, help="client processes per server (0: as needed)")
     add("--concurrency", type=int, default=200, help="connects in flight per client process")
+    add("--clients", choices=CLIENT_KINDS, default="c", help="load generator (bench/clients.py)")
     add("--heartbeat", type=int, default=10, help="both servers' Deribit heartbeat (s)")
     add("--servers", default=",".join(SERVERS), help="which servers to run")
     add("--gc-log", action="store_true", help="log and report the servers' full-GC pauses")

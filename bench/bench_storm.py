@@ -39,13 +39,13 @@ from bench.bench_sse import (
     RAW,
     RESULTS,
     TICKER,
-    ClientProcesses,
     signed_in,
     sse_requests,
 )
 from bench.chaos.clients import Connection
 from bench.chaos.ledger import streams as stream_ledger
 from bench.chaos.simctl import SimControl
+from bench.clients import ClientProcesses
 from bench.sse_common import (
     HOST,
     PYTHON,
@@ -91,7 +91,8 @@ class Clients(ClientProcesses):
     """The client processes (bench/storm_clients.py)."""
 
     def __init__(self, processes: int, logs: Path, tag: str) -> None:
-        super().__init__(processes, logs, tag, "bench.storm_clients")
+        argv = [PYTHON, "-m", "bench.storm_clients"]
+        super().__init__(processes, logs, tag, argv, "storm_clients")
 
     def open(self, n: int, port: int, requests: list[str]) -> float:
         commands = [

@@ -4,9 +4,12 @@
 serve` (embedded mode, SQLite) ingests btc_usd and streams every tick (timer=0) to N clients held
 by this process (raw asyncio sockets). Every minute, `--churn` of the streams (10 % by default),
 spread evenly over the minute, close and reconnect; every `--storm-every` minutes (3) all of them
-do at once, as every browser does after a restart or a deploy. Every `--sample` seconds the
+do at once, as every browser does after a restart or a deploy. A client reconnects as a browser's
+EventSource does: with Last-Event-ID (the server replays what it missed), and after Retry-After
+when an open is refused over the opens limit (429). Every `--sample` seconds the
 server's RSS and open file descriptors are read (psutil), and the latency (receipt - Deribit
-timestamp) of the prices received since the last sample is summarised.
+timestamp) of the prices received since the last sample is summarised (live ones: a replayed
+tick is as old as the client's absence).
 
 Event-loop stalls are measured inside the server (cryptomarket/core/loop_monitor.py: a task that
 asks to wake every 50 ms logs "event loop stalled for N ms" when it wakes more than 100 ms late);
@@ -84,15 +87,20 @@ class Sample:
 
 
 class Client:
-    """A stream that reconnects when told to; one Connection per life."""
+    """A stream that reconnects when told to, as a browser's EventSource does: with the id of the
+    last event it got (Last-Event-ID), and after Retry-After when an open is refused (429). One
+    Connection per life."""
 
-    def __init__(self, port: int, token: str, latencies: list[float]) -> None:
+    def __init__(self, port: int, token: str, ticker: str, latencies: list[float]) -> None:
         self.port = port
         self.token = token
+        self.ticker = ticker
         self.latencies = latencies
         self.lives: list[Connection] = []
         self.task: asyncio.Task[None] | None = None
-        self.failures = 0
+        self.failures = 0  # streams that failed or that the server ended
+        self.refused = 0  # opens refused over a limit, tried again after their Retry-After
+        self.last = 0  # timestamp of the last price: the event id resumed from
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
@@ -105,22 +113,37 @@ class Client:
         self.start()
 
     async def _run(self) -> None:
+        while (retry_after := await self._life()) is not None:
+            self.refused += 1
+            await asyncio.sleep(retry_after)
+
+    async def _life(self) -> float | None:
+        """One connection, until it ends; seconds to wait before trying again when refused."""
         life = Connection()
         self.lives.append(life)
+        opened_ms = time.time() * 1000  # ticks older are the replay's: late by design, not slow
         try:
             reader, writer = await asyncio.open_connection(HOST, self.port)
         except OSError:
             self.failures += 1
-            return
+            return None
+        resume = f"Last-Event-ID: {self.ticker}:{self.last}\r\n" if self.last else ""
         try:
             writer.write(
                 (
                     f"GET /api/v2/sse/connection HTTP/1.1\r\nHost: {HOST}\r\n"
-                    f"Authorization: Bearer {self.token}\r\n\r\n"
+                    f"Authorization: Bearer {self.token}\r\n{resume}\r\n"
                 ).encode()
             )
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            if status == b"429":
+                wait = re.search(rb"(?i)\r\nretry-after: *(\d+)", head)
+                return float(wait.group(1)) if wait else 1.0
+            if status != b"200":
+                self.failures += 1
+                return None
             tail = b""
-            last = 0
             while chunk := await reader.read(65536):
                 now_ms = time.time() * 1000
                 text = tail + chunk
@@ -128,13 +151,17 @@ class Client:
                 tail = text[cut + 1 :]
                 for match in PRICE.finditer(text[: cut + 1]):
                     stamp = int(match.group(1))
-                    if stamp > last:
-                        last = stamp
+                    if stamp > self.last:
+                        self.last = stamp
                         life.stamps.append(stamp)
-                        self.latencies.append(now_ms - stamp)
+                        if stamp >= opened_ms:
+                            self.latencies.append(now_ms - stamp)
             self.failures += 1  # the server ended it: not expected in a soak
+        except (OSError, asyncio.IncompleteReadError):
+            self.failures += 1
         finally:
             writer.close()
+        return None
 
 
 async def reference_ticks(url: str, ticker: str, out: list[int], ready: asyncio.Event) -> None:
@@ -200,7 +227,7 @@ def chart(path: Path, samples: list[Sample]) -> None:
 # -- the run ------------------------------------------------------------------------------------
 
 
-async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: PLR0915
+async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: PLR0912, PLR0915
     executable = (
         shutil.which("cryptomarket", path=str(Path(sys.executable).parent)) or "cryptomarket"
     )
@@ -255,6 +282,9 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
                 *argv,
             ]
             env["PYTHONPATH"] = str(ROOT)
+        elif args.stall_probe:  # what the loop ran in each round over that many ms
+            argv = [sys.executable, "-m", "bench.stall_probe", str(args.stall_probe), *argv]
+            env["PYTHONPATH"] = str(ROOT)
         server = spawn(
             "serve",
             argv,
@@ -292,7 +322,9 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
                 subscribed.raise_for_status()
 
         latencies: list[float] = []
-        clients = [Client(port, tokens[i % users], latencies) for i in range(args.streams)]
+        clients = [
+            Client(port, tokens[i % users], args.ticker, latencies) for i in range(args.streams)
+        ]
         for i, client in enumerate(clients):
             client.start()
             if i % 100 == 99:
@@ -346,6 +378,10 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
         await asyncio.gather(ref_task, return_exceptions=True)
         received, expected = delivery(clients, sorted(set(reference)))
         log_text = (tmp / "serve.log").read_text(errors="replace")
+        if args.stall_probe:
+            kept = Path(tempfile.gettempdir()) / "soak-serve.log"
+            shutil.copy(tmp / "serve.log", kept)
+            print(f"the server's log, with the stall probe's rounds: {kept}", flush=True)
         found = re.findall(
             r"event loop stalled for (\d+) ms(?: \(garbage collection (\d+) ms of it\))?",
             log_text,
@@ -361,6 +397,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # noqa: 
             "stalls": stalls,
             "stalls_collecting": collecting,
             "failures": sum(c.failures for c in clients),
+            "refused": sum(c.refused for c in clients),
         }
     finally:
         for child in reversed(children):
@@ -388,7 +425,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         "",
         f"{args.streams} streams of {args.ticker} at timer=0, {args.churn:.0%} reconnecting per "
         f"minute ({result['churned']} reconnects), and every {args.storm_every:g} min a storm: "
-        f"every stream closed and reopened at once ({result['storms']} storms), simulator "
+        f"every stream closed and reopened at once ({result['storms']} storms); every reopen "
+        f"resumes with Last-Event-ID, as a browser's EventSource does; simulator "
         f"{rate(args)}, "
         f"{args.minutes} min, warm-up {args.warmup} s excluded from the spreads. Stalls are "
         "measured inside the server by cryptomarket/core/loop_monitor.py.",
@@ -405,7 +443,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         ),
         "",
         f"Delivered {result['received']} of {result['expected']} expected prices; "
-        f"streams ended by the server: {result['failures']}; worst stall: "
+        f"streams ended by the server: {result['failures']}; opens refused over the opens "
+        f"limit (429, tried again after Retry-After): {result['refused']}; worst stall: "
         f"{max(stalls, default=0)} ms; of all stalled time, garbage collection: "
         f"{sum(result['stalls_collecting'])} of {sum(stalls)} ms.",
         "",
@@ -451,6 +490,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds left out of spreads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tracemalloc", type=Path, help="write the server's heap snapshots here")
+    parser.add_argument(
+        "--stall-probe", type=float, default=0, help="ms: log rounds of the server's loop over it"
+    )
     args = parser.parse_args()
     raise_nofile()
     with tempfile.TemporaryDirectory(prefix="cm-soak-") as tmp:

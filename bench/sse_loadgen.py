@@ -1,4 +1,7 @@
-"""Load generator of the SSE benchmark: thousands of SSE clients in one process.
+"""Load generator of the SSE benchmarks in Python: thousands of SSE clients in one process.
+
+`--clients python` of bench_sse and bench_redis_fanout; by default they use its C twin,
+bench/sse_cclient.c, which does the same for a fraction of the CPU (bench/clients.py says why).
 
 Raw asyncio protocols over loopback: a minimal HTTP/1.1 GET, a chunked-body decoder and a tiny
 event-stream parser (CRLF or LF line ends, `event:` and `data:` lines, comments ignored). For
