@@ -87,3 +87,22 @@ async def test_one_answer_for_a_thousand_callers_wakes_them_a_few_dozen_a_round(
     assert values == [7] * CALLERS
     assert batched.queries == 1
     assert max(rounds.per_round) <= PER_ROUND
+
+
+def test_a_pacer_outliving_its_loop_serves_the_next_one() -> None:
+    pacer = Pacer(per_round=2)
+    first = asyncio.new_event_loop()
+
+    async def take_a_turn_and_stop() -> None:
+        await pacer.turn()
+        asyncio.get_running_loop().stop()  # before the round that gives the turns back
+
+    task = first.create_task(take_a_turn_and_stop())
+    first.run_forever()
+    first.close()
+    assert task.done()
+
+    async def crowd() -> None:
+        await asyncio.wait_for(asyncio.gather(*(pacer.turn() for _ in range(5))), 1)
+
+    asyncio.run(crowd())

@@ -20,7 +20,9 @@ class Pacer:
         self.per_round = per_round
         self._left = per_round  # turns left in this round
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._round_ends = False  # a callback that starts the next round's turns is scheduled
+        # The loop a callback starting the next round's turns is scheduled on (None: none is).
+        # Kept per loop: one that closed before running it must not leave the turns stuck.
+        self._round_ends_on: asyncio.AbstractEventLoop | None = None
 
     async def turn(self) -> None:
         """Return in this round if it has turns left, else in a later one (in arrival order)."""
@@ -34,17 +36,19 @@ class Pacer:
         await waiter
 
     def _end_round_soon(self) -> None:
-        if not self._round_ends:
-            self._round_ends = True
-            asyncio.get_running_loop().call_soon(self._next_round)
+        loop = asyncio.get_running_loop()
+        if self._round_ends_on is not loop:
+            self._round_ends_on = loop
+            loop.call_soon(self._next_round, loop)
 
-    def _next_round(self) -> None:
+    def _next_round(self, loop: asyncio.AbstractEventLoop) -> None:
         """Runs in the next round: its turns go to the longest waiting first."""
-        self._round_ends = False
+        self._round_ends_on = None
         self._left = self.per_round
         while self._waiting and self._left > 0:
             waiter = self._waiting.popleft()
-            if not waiter.done():  # a caller that gave up while waiting takes no turn
+            # A caller that gave up while waiting takes no turn, nor one of a closed loop.
+            if not waiter.done() and waiter.get_loop() is loop:
                 waiter.set_result(None)
                 self._left -= 1
         if self._waiting or self._left < self.per_round:
