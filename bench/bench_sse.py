@@ -57,6 +57,7 @@ import psutil
 
 from bench import charts
 from bench.clients import CLIENT_KINDS, LoadGens, client_processes
+from bench.nginx_front import Front, start_front
 from bench.sse_common import (
     HOST,
     PYTHON,
@@ -133,9 +134,14 @@ class Server:
     port: int
     requests: list[str]
     process: psutil.Process = field(init=False)
+    front: Front | None = None  # nginx in front of it (--nginx): the clients connect there
 
     def __post_init__(self) -> None:
         self.process = psutil.Process(self.child.pid)
+
+    @property
+    def client_port(self) -> int:
+        return self.front.port if self.front is not None else self.port
 
 
 def product_streams_per_user(wanted: int) -> int:
@@ -304,6 +310,10 @@ class UpstreamProbe:
                     timestamp = int(data["timestamp"])
                     self.samples.append((timestamp, received - timestamp))
 
+    def offsets(self, since: int, until: int) -> dict[int, float]:
+        """Tick timestamp -> its latency here (ms), for the ticks in [since, until)."""
+        return {ts: lat for ts, lat in self.samples if since <= ts < until}
+
     def latency(self, since: int, until: int) -> dict[str, float]:
         values = sorted(lat for ts, lat in self.samples if since <= ts < until)
         if not values:
@@ -390,6 +400,10 @@ class Result:
     upstream_ms: dict[str, float] = field(default_factory=dict)
     first_ms: dict[str, float] = field(default_factory=dict)  # per tick: first receipt − tick
     fanout_ms: dict[str, float] = field(default_factory=dict)  # per tick: last receipt − tick
+    # Latency after the simulator's send: each event's less its tick's at the direct subscriber.
+    # The simulator sends a tick up to 50 ms after its timestamp; that offset, drawn anew for
+    # every run, is the same for every server and moves a run's p99 by as much as 20 ms.
+    net_ms: dict[str, float] = field(default_factory=dict)
     gc_pauses: dict[str, float] = field(default_factory=dict)  # full collections in the window
     machine_busy: float = 0.0  # % of all cores busy in the window, every process
     others_percent: float = 0.0  # % of one core used in the window outside this benchmark
@@ -424,6 +438,9 @@ class Result:
     def p(self, key: str) -> float:
         return self.latency_ms.get(key, math.nan)
 
+    def net(self, key: str) -> float:
+        return self.net_ms.get(key, math.nan)
+
 
 def run_one(bench: Bench, kind: str, n: int) -> Result:
     args = bench.args
@@ -438,6 +455,8 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
         server = start_baseline(bench, tag, gc_log, kind)
     loadgens: LoadGens | None = None
     try:
+        if args.nginx and kind == PRODUCT:  # nginx/ buffers every other path than the stream's
+            server.front = start_front(bench.tmp, bench.logs, [server.port])
         time.sleep(args.settle)  # ticks flowing, start-up garbage gone
         warm_up(bench, server, tag)
         result.rss0 = rss_bytes(server.process)
@@ -445,7 +464,7 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
         loadgens = LoadGens(processes, bench.logs, tag, args.clients)
         print(f"[{now()}] {kind} x {n}: opening the streams from {processes} client process(es)")
         profiler = start_profiler(bench, server, f"{tag}-opens", seconds=600)
-        opened = loadgens.open(n, server.port, server.requests, args.concurrency)
+        opened = loadgens.open(n, server.client_port, server.requests, args.concurrency)
         if profiler is not None:
             stop_profiler(profiler, result, now=True)
         result.opened, result.failed = opened["opened"], opened["failed"]
@@ -470,6 +489,8 @@ def run_one(bench: Bench, kind: str, n: int) -> Result:
     finally:
         if loadgens is not None:
             loadgens.close()
+        if server.front is not None:
+            server.front.stop()
         stop(server.child)
     return result
 
@@ -483,7 +504,7 @@ def warm_up(bench: Bench, server: Server, tag: str) -> None:
         return
     loadgens = LoadGens(1, bench.logs, f"{tag}-warm", bench.args.clients)
     try:
-        loadgens.open(count, server.port, server.requests, bench.args.concurrency)
+        loadgens.open(count, server.client_port, server.requests, bench.args.concurrency)
     finally:
         loadgens.close()
     time.sleep(bench.args.settle)  # the closed streams' state freed
@@ -537,7 +558,14 @@ def collect(bench: Bench, reports: list[dict[str, Any]], result: Result, w0: int
     per_conn: dict[int, int] = {0: result.failed} if result.failed else {}  # never opened: 0
     first: dict[int, float] = {}
     last: dict[int, float] = {}
+    sent = bench.probe.offsets(w0, w1)  # tick -> its latency at the direct subscriber (ms)
+    net: dict[int, int] = {}  # 0.1 ms bins
     for report in reports:
+        for ts, ms_bins in report.get("tick_bins", {}).items():
+            if (offset := sent.get(int(ts))) is not None:
+                for ms, count in ms_bins.items():
+                    at = round((int(ms) + 0.5 - offset) * 10)
+                    net[at] = net.get(at, 0) + count
         for ts, count in report["per_tick"].items():
             per_tick[int(ts)] = per_tick.get(int(ts), 0) + count
         for value, count in report["latency_bins"].items():
@@ -559,6 +587,7 @@ def collect(bench: Bench, reports: list[dict[str, Any]], result: Result, w0: int
     result.delivered = sum(per_tick.values())
     result.starved = sum(count for got, count in per_conn.items() if got < result.ticks)
     result.latency_ms = percentiles(bins, (50, 90, 99, 99.9))
+    result.net_ms = percentiles(net, (50, 90, 99, 99.9))
     result.first_ms = median_and_worst(list(first.values()))
     result.fanout_ms = median_and_worst(list(last.values()))
 
@@ -689,6 +718,12 @@ def size_table(product: Result | None, others: list[Result]) -> list[str]:
             else (f"tick-to-client latency {key} (ms)")
         )
         row(name, [f"{r.p(key):,.1f}" for r in results], compare(lambda r, k=key: r.p(k)))
+    row(
+        "latency after the simulator's send (each event less its tick's at a direct "
+        "subscriber), p50 / p99 (ms)",
+        [pair(r.net_ms, "p50", "p99") for r in results],
+        compare(lambda r: r.net_ms.get("p99", math.nan)),
+    )
     row(
         "per tick: first receipt, median / worst tick (ms)",
         [pair(r.first_ms, "median", "worst") for r in results],
@@ -925,6 +960,7 @@ def parse_args() -> argparse.Namespace:
     add("--loadgens", type=int, default=0, help="client processes per server (0: as needed)")
     add("--concurrency", type=int, default=200, help="connects in flight per client process")
     add("--clients", choices=CLIENT_KINDS, default="c", help="load generator (bench/clients.py)")
+    add("--nginx", action="store_true", help="the clients connect through the project's nginx")
     add("--heartbeat", type=int, default=10, help="both servers' Deribit heartbeat (s)")
     add("--servers", default=",".join(SERVERS), help="which servers to run")
     add("--gc-log", action="store_true", help="log and report the servers' full-GC pauses")

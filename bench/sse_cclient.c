@@ -35,6 +35,7 @@
 #define HEAD_LIMIT 65536
 #define LATENCY_BINS 3000000 /* 0.1 ms bins: up to 300 s, later ones in the last */
 #define TICK_SLOTS 65536     /* distinct tick timestamps in one window */
+#define TICK_MS_BINS 5000    /* a tick's own latencies, 1 ms bins: up to 5 s, later ones in the last */
 #define MAX_ERRORS 16
 
 typedef struct {
@@ -57,6 +58,7 @@ typedef struct {
 typedef struct {
     long long ts, receipts;
     double first, last;
+    uint32_t *ms; /* this tick's latencies, 1 ms bins */
 } Tick;
 
 static struct {
@@ -198,7 +200,10 @@ static void price(Conn *c, const char *data, size_t len, double now) {
     if (!t->ts) {
         t->ts = ts;
         t->first = latency;
+        t->ms = calloc(TICK_MS_BINS, sizeof *t->ms);
     }
+    long long ms = latency > 0 ? (long long)latency : 0;
+    t->ms[ms < TICK_MS_BINS ? ms : TICK_MS_BINS - 1]++;
     t->receipts++;
     t->last = latency;
 }
@@ -438,6 +443,7 @@ static void arm(char *args) {
     } else {
         for (size_t i = 0; i < nconns; i++) conns[i].count = 0;
         memset(stats.bins, 0, LATENCY_BINS * sizeof *stats.bins);
+        for (size_t i = 0; i < TICK_SLOTS; i++) free(stats.ticks[i].ms);
         memset(stats.ticks, 0, sizeof stats.ticks);
         stats.duplicates = 0;
         printf("{\"armed\": true}\n");
@@ -484,6 +490,19 @@ static void report(void) {
                 printf("%s\"%lld\": %.2f", first ? "" : ", ", t->ts, k == 1 ? t->first : t->last);
             first = 0;
         }
+    }
+    printf("}, \"tick_bins\": {");
+    for (size_t i = 0, first = 1; i < TICK_SLOTS; i++) {
+        Tick *t = &stats.ticks[i];
+        if (!t->ts) continue;
+        printf("%s\"%lld\": {", first ? "" : ", ", t->ts);
+        for (size_t b = 0, none = 1; b < TICK_MS_BINS; b++) {
+            if (!t->ms[b]) continue;
+            printf("%s\"%zu\": %u", none ? "" : ", ", b, t->ms[b]);
+            none = 0;
+        }
+        printf("}");
+        first = 0;
     }
     printf("}, \"latency_bins\": {");
     for (size_t i = 0, first = 1; i < LATENCY_BINS; i++) {

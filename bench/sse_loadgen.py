@@ -38,6 +38,8 @@ class Stats:
         self.per_tick: collections.Counter[int] = collections.Counter()  # timestamp -> receipts
         self.first: dict[int, float] = {}  # timestamp -> first receipt latency (ms)
         self.last: dict[int, float] = {}  # timestamp -> last receipt latency (ms)
+        # timestamp -> its latencies in 1 ms bins: each tick's own, to take its send delay off
+        self.tick_bins: dict[int, collections.Counter[int]] = {}
         self.duplicates = 0  # a connection got a timestamp it had already had (or an older one)
         self.price_events = 0  # all price events, in the window or not
         self.bytes = 0
@@ -196,7 +198,9 @@ class Conn(asyncio.Protocol):
         stats.latency_bins[max(0, int(latency * 10))] += 1
         if timestamp not in stats.first:
             stats.first[timestamp] = latency
+            stats.tick_bins[timestamp] = collections.Counter()
         stats.last[timestamp] = latency
+        stats.tick_bins[timestamp][max(0, int(latency))] += 1
 
 
 class LoadGen:
@@ -246,6 +250,7 @@ class LoadGen:
         self.stats.per_tick.clear()
         self.stats.first.clear()
         self.stats.last.clear()
+        self.stats.tick_bins.clear()
         self.stats.duplicates = 0
         return {"armed": True}
 
@@ -262,6 +267,10 @@ class LoadGen:
             "latency_bins": {str(k): v for k, v in stats.latency_bins.items()},
             "first": {str(k): round(v, 2) for k, v in stats.first.items()},
             "last": {str(k): round(v, 2) for k, v in stats.last.items()},
+            "tick_bins": {
+                str(ts): {str(ms): n for ms, n in bins.items()}
+                for ts, bins in stats.tick_bins.items()
+            },
             "duplicates": stats.duplicates,
             "price_events": stats.price_events,
             "bytes": stats.bytes,
