@@ -20,6 +20,10 @@ clock − the tick's timestamp (simulator → ingest → Redis → replica → c
 of each process over the window (psutil), PostgreSQL's summed over its whole process tree; Redis's
 is read on the redis-server process, with the streams open and, beforehand, with none open.
 
+`--rounds` (3) of each run, alternating; each kind's round with the median p99 is shown, and
+the target compares p99s after the simulator's send (bench/bench_sse.py says why). `--nginx`
+puts the project's nginx in front of the single process and of the replicas (bench/nginx_front.py).
+
 The tables go to stdout and to `bench/results/redis_fanout.md`.
 """
 # ruff: noqa: RUF001, RUF002, RUF003  # the tables use ×, − and – on purpose

@@ -28,7 +28,10 @@ second, which at 10,000 streams a full garbage collection does, and ticks are th
 
 The tables go to stdout and to `bench/results/sse.md` (`sse-instrument.md` for an instrument).
 `--gc-log` runs each server under `bench/sse_gclog.py` and adds its full-GC pauses;
-`--py-spy PATH` records a profile of the window.
+`--py-spy PATH` records a profile of the window; `--nginx` puts the project's nginx in front of the
+product (bench/nginx_front.py). Latency is also given after the simulator's send: each event's less
+its tick's at a direct subscriber of the simulator, which sends a tick up to 50 ms after its
+timestamp (a delay drawn anew each run, the same for every server).
 """
 # ruff: noqa: RUF001, RUF002, RUF003  # the tables use ×, − and – on purpose
 
