@@ -20,9 +20,10 @@ clock − the tick's timestamp (simulator → ingest → Redis → replica → c
 of each process over the window (psutil), PostgreSQL's summed over its whole process tree; Redis's
 is read on the redis-server process, with the streams open and, beforehand, with none open.
 
-`--rounds` (3) of each run, alternating; each kind's round with the median p99 is shown, and
-the target compares p99s after the simulator's send (bench/bench_sse.py says why). `--nginx`
-puts the project's nginx in front of the single process and of the replicas (bench/nginx_front.py).
+`--rounds` (3) of each run, alternating; each kind's round with the median p99 after the
+simulator's send is shown, and the target compares those p99s (bench/bench_sse.py says why).
+`--nginx` puts the project's nginx in front of the single process and of the replicas
+(bench/nginx_front.py).
 
 The tables go to stdout and to `bench/results/redis_fanout.md`.
 """
@@ -621,7 +622,8 @@ def render(  # noqa: PLR0917  # the report of everything run_all measured
         "every stream at timer=0, so one price event per second per client; every process "
         f"shares the machine; {args.warmup:g} s warm-up after the streams are open, then a "
         f"{args.seconds:g} s window; Deribit heartbeat {args.heartbeat} s; {args.rounds} "
-        "round(s) of each run, alternating, and the round with the median p99 of each shown",
+        "round(s) of each run, alternating, and the round of each with the median p99 after the "
+        "simulator's send shown",
         (
             "- nginx in front (`--nginx`): the project's nginx/ configuration, the clients "
             "connect to it, and it spreads the distributed run's streams over the replicas "
@@ -716,7 +718,7 @@ def parse_args() -> argparse.Namespace:
 
 def run_all(args: argparse.Namespace, tmp: Path, logs: Path) -> tuple[Bench, str]:
     """`--rounds` of each run, alternating, so a drift of the machine falls on both alike; the
-    tables show each kind's round with the median p99."""
+    tables show each kind's round with the median p99 after the simulator's send."""
     runs = {run.strip() for run in args.runs.split(",")}
     sim_url = start_simulator(tmp, logs)
     simulator = next(child for child in running() if child.name == "simulator")

@@ -318,7 +318,7 @@ class UpstreamProbe:
         return {ts: lat for ts, lat in self.samples if since <= ts < until}
 
     def latency(self, since: int, until: int) -> dict[str, float]:
-        values = sorted(lat for ts, lat in self.samples if since <= ts < until)
+        values = sorted(self.offsets(since, until).values())
         if not values:
             return {}
         return {"p50": values[len(values) // 2], "max": values[-1]}

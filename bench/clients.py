@@ -47,10 +47,6 @@ class ClientProcesses:
             self.children.append(child)
         self.processes = [psutil.Process(child.pid) for child in self.children]
 
-    @classmethod
-    def of_module(cls, count: int, logs: Path, tag: str, module: str) -> ClientProcesses:
-        return cls(count, logs, tag, [PYTHON, "-m", module], module.rpartition(".")[2])
-
     def encode(self, command: dict[str, Any]) -> str:
         return json.dumps(command)
 

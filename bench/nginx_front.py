@@ -13,8 +13,6 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from __tests__.deploy.nginx_run import NGINX, for_loopback, lay_out, project_files
 from bench.sse_common import HOST, Child, clean_env, free_port, start, stop, wait_port
 
@@ -26,11 +24,6 @@ _runs = itertools.count()
 class Front:
     child: Child
     port: int
-
-    def cpu_processes(self) -> list[psutil.Process]:
-        """The master and its workers."""
-        master = psutil.Process(self.child.pid)
-        return [master, *master.children()]
 
     def stop(self) -> None:
         stop(self.child)
