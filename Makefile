@@ -55,8 +55,8 @@ browser:  ## install Debian's chromium for the browser tests, when missing
 	scripts/ensure-browser
 
 lint: install  ## ruff and mypy on the package
-	$(BIN)/ruff check cryptomarket __tests__
-	$(BIN)/ruff format --check cryptomarket __tests__
+	$(BIN)/ruff check cryptomarket __tests__ bench
+	$(BIN)/ruff format --check cryptomarket __tests__ bench
 	$(BIN)/mypy
 
 test: install servers newman browser lint  ## the whole suite: lint, type check, tests against real servers on loopback

@@ -237,17 +237,17 @@ async def bare_read(database: Database, ticker: str) -> float:
     if database.dialect == "sqlite":
         path = database.urls.sync_url.database
         assert path is not None
-        connection = sqlite3.connect(path)
+        sqlite = sqlite3.connect(path)
         with stopwatch() as elapsed:
             count = sum(
                 1
-                for _ in connection.execute(
+                for _ in sqlite.execute(
                     "SELECT timestamp, price FROM crypto_price_tickers WHERE ticker = ? "
                     "ORDER BY timestamp",
                     (ticker,),
                 )
             )
-        connection.close()
+        sqlite.close()
         return count / elapsed[0]
     async with database.reading() as connection:
         raw = await connection.get_raw_connection()

@@ -308,7 +308,7 @@ async def _measure_all(
         )
         between_sql = capture.statements[-1]
         assert len(page.items) == PAGE, f"a 1-day page has {len(page.items)} rows, not {PAGE}"
-        assert page.items[0].timestamp == start0 and page.next_cursor is not None
+        assert page.items[0]["timestamp"] == start0 and page.next_cursor is not None
         newest = await service.latest(ticker0)
         latest_sql = capture.statements[-1]
         assert newest.timestamp >= (T0 + seconds_for(rows) - 1) * 1000 - 1000

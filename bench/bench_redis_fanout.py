@@ -6,7 +6,7 @@ One Deribit simulator (`cryptomarket simulate`, one tick per second, btc_usd) fe
 
 (a) single process: `cryptomarket serve` in embedded mode (SQLite, it holds the upstream
     connection itself) with N = `--single` streams (default: `--per-replica`), measured exactly as
-    `bench/bench_sse.py` measures it (its `run_one`);
+    `bench/bench_sse.py` measures it (bench/sse_run.py's `run_one`);
 (b) distributed: PostgreSQL and Redis started as real servers on loopback (the test suite's
     `__tests__/servers.py`), `cryptomarket migrate`, `--replicas` × `cryptomarket serve` with
     REDIS_URL set (no ingest of their own) and one `cryptomarket ingest` holding the upstream
@@ -32,286 +32,61 @@ The tables go to stdout and to `bench/results/redis_fanout.md`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import psutil
-from cryptography.fernet import Fernet
 
-from bench.bench_sse import (
-    PRODUCT,
-    TICKER,
-    WANTED_STREAMS_PER_USER,
-    Bench,
-    Result,
-    Server,
-    UpstreamProbe,
-    busy_seconds,
-    collect,
-    mib,
-    now,
-    product_streams_per_user,
-    ratio,
-    revision,
-    run_one,
-    signed_in,
-    sse_requests,
-    wait_for_quiet,
-    warm_up,
-)
 from bench.clients import CLIENT_KINDS, LoadGens, client_processes
 from bench.common import LoadWatch
+from bench.distributed_servers import (
+    Backends,
+    backends,
+    distributed_env,
+    migrate,
+    problems,
+    sign_in_users,
+    start_ingest,
+    start_replica,
+    wait_healthy,
+)
+from bench.machine_load import Meter, Usage, measure_until, now, wait_for_quiet
 from bench.nginx_front import start_front
 from bench.sse_common import (
-    HOST,
     ROOT,
     Child,
-    clean_env,
-    cpu_seconds,
-    cryptomarket_command,
-    free_port,
     machine_description,
     raise_nofile,
     rss_bytes,
     running,
     scratch,
-    start,
     start_simulator,
     stop,
-    streams_env,
-    wait_port,
+)
+from bench.sse_measure import Result, UpstreamProbe, collect
+from bench.sse_report import header, mib, ratio, result_notes, result_rows
+from bench.sse_run import run_one, warm_up
+from bench.sse_servers import (
+    PRODUCT,
+    TICKER,
+    WANTED_STREAMS_PER_USER,
+    Bench,
+    Server,
+    product_streams_per_user,
+    sse_requests,
 )
 
 RESULTS = ROOT / "bench" / "results" / "redis_fanout.md"
-LEADING = "leading: this process now holds the upstream connection"
-DATABASE = "cryptomarket"
 SINGLE = "single process"
 SINGLE_RUN, DISTRIBUTED_RUN = "single", "distributed"
 T = TypeVar("T")
 TARGET_CLIENTS_FACTOR = 1.8  # issue 14: two processes on two cores vs one, at the same p99
-
-# -- measuring processes -----------------------------------------------------------------------
-
-
-@dataclass
-class Meter:
-    """CPU time and RSS of one process, or of it and all its children (PostgreSQL's backends)."""
-
-    name: str
-    root: psutil.Process
-    tree: bool = False
-
-    def processes(self) -> list[psutil.Process]:
-        if not self.tree:
-            return [self.root]
-        with contextlib.suppress(psutil.Error):
-            return [self.root, *self.root.children(recursive=True)]
-        return [self.root]
-
-    def cpu(self) -> float:
-        total = 0.0
-        for process in self.processes():
-            with contextlib.suppress(psutil.Error):
-                total += cpu_seconds(process)
-        return total
-
-    def rss(self) -> int:
-        total = 0
-        for process in self.processes():
-            with contextlib.suppress(psutil.Error):
-                total += rss_bytes(process)
-        return total
-
-
-@dataclass
-class Usage:
-    """What the meters used over a stretch of time: % of one core each, peak RSS each."""
-
-    seconds: float
-    cpu: dict[str, float]
-    peak_rss: dict[str, int]
-    machine_busy: float  # % of all cores, every process on the machine
-    others: float  # % of one core used by processes that are not ours (and by the kernel)
-    kernel: float  # of which irq, softirq (loopback TCP) and steal, % of one core
-
-
-def measure_until(meters: list[Meter], until: float) -> Usage:
-    """Sample the meters from now until the wall-clock time `until` (s since the epoch)."""
-    t0, machine0 = time.monotonic(), psutil.cpu_times()
-    cpu0 = {meter.name: meter.cpu() for meter in meters}
-    peak = {meter.name: meter.rss() for meter in meters}
-    while (left := until - time.time()) > 0:
-        time.sleep(min(1.0, left))
-        for meter in meters:
-            peak[meter.name] = max(peak[meter.name], meter.rss())
-    t1, machine1 = time.monotonic(), psutil.cpu_times()
-    elapsed = max(1e-9, t1 - t0)
-    cpu = {meter.name: 100 * (meter.cpu() - cpu0[meter.name]) / elapsed for meter in meters}
-    busy = busy_seconds(machine0, machine1)
-    return Usage(
-        seconds=elapsed,
-        cpu=cpu,
-        peak_rss=peak,
-        machine_busy=100 * busy / max(1e-9, sum(machine1) - sum(machine0)),
-        others=max(0.0, 100 * busy / elapsed - sum(cpu.values())),
-        kernel=100 * kernel_seconds(machine0, machine1) / elapsed,
-    )
-
-
-def kernel_seconds(before: Any, after: Any) -> float:
-    """CPU seconds no process is charged for: interrupts, softirqs and time stolen by the host."""
-    names = ("irq", "softirq", "steal")
-    return sum(getattr(after, name, 0.0) - getattr(before, name, 0.0) for name in names)
-
-
-# -- PostgreSQL, Redis and the product's processes ----------------------------------------------
-
-
-@dataclass
-class Backends:
-    postgres: Any  # __tests__.servers.PostgresServer
-    redis: Any  # __tests__.servers.RedisServer
-    simulator: psutil.Process
-
-    def meters(self) -> list[Meter]:
-        pid_file = self.postgres.data_dir / "postmaster.pid"
-        postmaster = int(pid_file.read_text().split()[0])
-        return [
-            Meter("redis", psutil.Process(self.redis_pid())),
-            Meter("postgres", psutil.Process(postmaster), tree=True),
-            Meter("simulator", self.simulator),
-        ]
-
-    def redis_pid(self) -> int:
-        for line in self.redis.cli("info", "server").splitlines():
-            if line.startswith("process_id:"):
-                return int(line.split(":", 1)[1])
-        raise RuntimeError("redis-server did not say its process id")
-
-    def redis_info(self, field_name: str, section: str = "memory") -> str:
-        text: str = self.redis.cli("info", section)
-        for line in text.splitlines():
-            if line.startswith(f"{field_name}:"):
-                return line.split(":", 1)[1].strip()
-        return "?"
-
-
-@contextlib.contextmanager
-def backends(base: Path, simulator: Child) -> Iterator[Backends]:
-    """PostgreSQL (fsync off) and Redis (no persistence) of the test suite, always stopped."""
-    sys.path.insert(0, str(ROOT))  # `__tests__` is importable from the repository root
-    from __tests__.servers import PostgresServer, RedisServer  # noqa: PLC0415
-
-    postgres, redis = PostgresServer(base / "postgres"), RedisServer(base / "redis")
-    try:
-        postgres.start()
-        redis.start()
-        postgres.create_database(DATABASE)
-        yield Backends(postgres, redis, psutil.Process(simulator.pid))
-    finally:
-        for server in (redis, postgres):
-            with contextlib.suppress(Exception):
-                server.close()
-
-
-def distributed_env(bench: Bench, found: Backends) -> dict[str, str]:
-    env = clean_env(
-        DEBUG="False",
-        ENCRYPTION_KEYS=Fernet.generate_key().decode(),
-        DATABASE_URL=found.postgres.url(database=DATABASE),
-        REDIS_URL=found.redis.url,
-        DERIBIT_WS_URL=bench.sim_url,
-        TRACKED_TICKERS=TICKER,
-        **streams_env(bench.per_user, bench.args.heartbeat),
-    )
-    return env
-
-
-def migrate(env: dict[str, str], cwd: Path) -> None:
-    done = subprocess.run(  # noqa: S603
-        [cryptomarket_command(), "migrate"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"cryptomarket migrate failed: {done.stdout}{done.stderr}")
-
-
-def start_replica(bench: Bench, env: dict[str, str], name: str) -> Server:
-    port = free_port()
-    argv = [cryptomarket_command(), "serve", "--host", HOST, "--port", str(port)]
-    child = start(name.replace(" ", "-"), argv, env=env, cwd=bench.tmp, logs=bench.logs)
-    wait_port(HOST, port, 60, child)
-    return Server(name, child, port, [])
-
-
-def start_ingest(bench: Bench, env: dict[str, str]) -> Child:
-    child = start("ingest", [cryptomarket_command(), "ingest"], env=env | {"LOG_LEVEL": "INFO"},
-                  cwd=bench.tmp, logs=bench.logs)  # fmt: skip
-    deadline = time.monotonic() + 30
-    while LEADING not in log_text(child):
-        if child.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ingest never led: {child.tail()}")
-        time.sleep(0.1)
-    return child
-
-
-def log_text(child: Child) -> str:
-    if child.log_path is None or not child.log_path.exists():
-        return ""
-    return child.log_path.read_text(errors="replace")
-
-
-def wait_healthy(port: int, timeout: float = 60) -> None:
-    """Until the replica's /health says Redis is fine and ingest reports the upstream up."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=10) as client:
-        while True:
-            health = client.get("/health").json()
-            if health["cache"] == "ok" and health["upstream"].startswith("connected"):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replica on {port} never became healthy: {health}")
-            time.sleep(0.2)
-
-
-def sign_in_users(bench: Bench, port: int, n: int) -> list[str]:
-    """Session tokens of enough `bench-<k>` users for n streams, each subscribed at timer=0."""
-    with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
-        users = [f"bench-{k}" for k in range(math.ceil(n / bench.per_user))]
-        return [signed_in(bench, client, user) for user in users]
-
-
-def problems(child: Child, limit: int = 5) -> list[str]:
-    """The warnings, errors and tracebacks a process logged (the first `limit`, and a count)."""
-    lines = [
-        line.strip()
-        for line in log_text(child).splitlines()
-        if any(word in line for word in ("WARNING", "ERROR", "CRITICAL", "Traceback"))
-    ]
-    if not lines:
-        return []
-    shown = [f"{child.name} logged: {line[:200]}" for line in lines[:limit]]
-    more = len(lines) - limit
-    return shown + ([f"{child.name}: {more} more such lines"] if more > 0 else [])
-
-
-# -- the distributed run -----------------------------------------------------------------------
 
 
 @dataclass
@@ -389,7 +164,7 @@ def measure_distributed(
     bench: Bench, found: Backends, servers: list[Server], ingest: Child, replicas: list[Replica]
 ) -> Distributed:
     args, n = bench.args, bench.args.per_replica
-    wait_for_quiet(args.quiet_wait, args.quiet_threshold)
+    others_before = wait_for_quiet(args.quiet_wait, args.quiet_threshold)
     time.sleep(args.settle)
     for server in servers:  # as the single process is, before its RSS_0
         warm_up(bench, server, server.kind.replace(" ", "-"))
@@ -404,6 +179,7 @@ def measure_distributed(
     for server in servers:
         result = Result(server.kind, n, float(args.seconds))
         result.rss0 = rss_bytes(server.process)
+        result.others_before = others_before
         tag = server.kind.replace(" ", "-")
         loadgens = LoadGens(processes, bench.logs, tag, args.clients)
         replicas.append(Replica(server, loadgens, result))
@@ -426,14 +202,8 @@ def open_streams(bench: Bench, replicas: list[Replica]) -> None:
     with ThreadPoolExecutor(len(replicas)) as pool:
         answers = list(pool.map(one, replicas))
     for replica, opened in zip(replicas, answers, strict=True):
-        result = replica.result
-        result.opened, result.failed = opened["opened"], opened["failed"]
-        result.open_seconds, result.open_errors = opened["seconds"], opened["errors"]
-        print(
-            f"[{now()}] {result.kind}: {result.opened:,} open, {result.failed:,} failed in "
-            f"{result.open_seconds:.1f} s",
-            flush=True,
-        )
+        replica.result.record_opens(opened)
+        print(f"[{now()}] {replica.result.kind}: {replica.result.opens()}")
 
 
 def window(
@@ -496,64 +266,22 @@ def totals(
 # -- the report --------------------------------------------------------------------------------
 
 
-def result_rows(single: Result | None, results: list[Result]) -> list[tuple[str, list[str]]]:
-    def lat(key: str) -> list[str]:
-        return [f"{r.p(key):,.1f}" for r in results]
-
-    def versus(key: str) -> list[str]:
-        return [ratio(r.p(key), single.p(key)) if single else "–" for r in results]
-
-    def pair(values: dict[str, float]) -> str:
-        return f"{values.get('median', math.nan):,.1f} / {values.get('worst', math.nan):,.1f}"
-
-    # fmt: off
-    return [
-        ("streams open / failed", [f"{r.opened:,} / {r.failed:,}" for r in results]),
-        ("time to open them (s)", [f"{r.open_seconds:.1f}" for r in results]),
-        ("ticks the simulator produced in the window", [f"{r.ticks}" for r in results]),
-        ("price events delivered / expected",
-         [f"{r.delivered:,} / {r.expected:,}" for r in results]),
-        ("**delivery**", [f"**{r.delivery:.2f} %**" for r in results]),
-        ("delivered events/s (target)",
-         [f"{r.events_per_second:,.0f} ({r.target_per_second:,.0f})" for r in results]),
-        ("streams that missed a tick / closed in the window",
-         [f"{r.starved:,} / {r.closed_in_window:,}" for r in results]),
-        ("tick-to-client latency p50 (ms)", lat("p50")),
-        ("tick-to-client latency p90 (ms)", lat("p90")),
-        ("**tick-to-client latency p99 (ms)**", [f"**{v}**" for v in lat("p99")]),
-        ("tick-to-client latency p99.9 / max (ms)",
-         [f"{r.p('p99.9'):,.1f} / {r.p('max'):,.1f}" for r in results]),
-        ("p50 / single process", versus("p50")),
-        ("**p99 / single process**", versus("p99")),
-        ("latency after the simulator's send (each event less its tick's at a direct "
-         "subscriber), p50 / p99 (ms)",
-         [f"{r.net('p50'):,.1f} / {r.net('p99'):,.1f}" for r in results]),
-        ("**that p99 / single process's**",
-         [ratio(r.net("p99"), single.net("p99")) if single else "–" for r in results]),
-        ("per tick: first receipt, median / worst tick (ms)", [pair(r.first_ms) for r in results]),
-        ("per tick: last receipt, median / worst tick (ms)", [pair(r.fanout_ms) for r in results]),
-        ("server CPU (% of one core)", [f"{r.cpu_percent:.1f}" for r in results]),
-        ("server CPU per 1,000 events (ms)", [f"{r.cpu_ms_per_1k_events:.1f}" for r in results]),
-        ("server RSS before the streams / with them / peak (MiB)",
-         [f"{mib(r.rss0)} / {mib(r.rss_idle)} / {mib(r.rss_peak)}" for r in results]),
-        ("memory per stream (KiB)", [f"{r.kb_per_conn:.1f}" for r in results]),
-        ("client processes' CPU (% of one core)",
-         [f"{r.loadgen_cpu_percent:.0f}" for r in results]),
-        ("machine busy, all cores (%) / others' CPU (% of a core)",
-         [f"{r.machine_busy:.0f} / {r.others_percent:.0f}" for r in results]),
-    ]
-    # fmt: on
-
-
 def results_table(single: Result | None, dist: Distributed | None) -> list[str]:
+    """The single process and each replica a column, then the replicas' ratios to the single."""
     results = ([single] if single else []) + ([*dist.replicas, dist.total] if dist else [])
     heads = [SINGLE if r is single else r.kind for r in results]
     lines = ["| metric | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(results)]
-    for name, values in result_rows(single, results):
-        lines.append(f"| {name} | " + " | ".join(values) + " |")
-    notes = [f"{SINGLE if r is single else r.kind}: {note}" for r in results for note in r.notes]
-    notes += [f"{r.kind}: failed opens {r.open_errors}" for r in results if r.open_errors]
-    return lines + ([""] + [f"- {note}" for note in notes] if notes else [])
+    rows = [(name, values) for name, values, _figure in result_rows(results)]
+    if single is not None:
+        versus: list[tuple[str, Callable[[Result], float]]] = [
+            ("p50 / single process", lambda r: r.p("p50")),
+            ("**p99 / single process**", lambda r: r.p("p99")),
+            ("**p99 after the simulator's send / single process's**", lambda r: r.net("p99")),
+        ]
+        for name, figure in versus:
+            rows.append((name, [ratio(figure(r), figure(single)) for r in results]))
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows]
+    return lines + result_notes(results, heads)
 
 
 def shared_table(dist: Distributed) -> list[str]:
@@ -593,12 +321,6 @@ def shared_table(dist: Distributed) -> list[str]:
     return lines + ([""] + [f"- {note}" for note in dist.notes] if dist.notes else [])
 
 
-def command() -> str:
-    return "`.venv/bin/python -m bench.bench_redis_fanout" + "".join(
-        " " + shlex.quote(a) for a in sys.argv[1:]
-    ) + "`"  # fmt: skip
-
-
 def render(  # noqa: PLR0917  # the report of everything run_all measured
     bench: Bench,
     single: Result | None,
@@ -610,14 +332,9 @@ def render(  # noqa: PLR0917  # the report of everything run_all measured
     args = bench.args
     n_single = args.single or args.per_replica
     users = math.ceil(max(n_single, args.per_replica) / bench.per_user)
+    title = "SSE fan-out through Redis: replicas fed by one ingest vs one process"
     lines = [
-        "# SSE fan-out through Redis: replicas fed by one ingest vs one process",
-        "",
-        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
-        f"total run time {wall / 60:.1f} min",
-        f"- machine: {machine}",
-        f"- code: {revision()}",
-        f"- command: {command()}",
+        *header(title, "bench.bench_redis_fanout", wall, machine),
         "- load: one Deribit simulator (`cryptomarket simulate --tick-interval 1`), btc_usd only; "
         "every stream at timer=0, so one price event per second per client; every process "
         f"shares the machine; {args.warmup:g} s warm-up after the streams are open, then a "
@@ -711,7 +428,7 @@ def parse_args() -> argparse.Namespace:
     add("--quiet-threshold", type=float, default=25, help="%% of a core others may use then")
     add("--output", default=str(RESULTS), help="markdown file to write ('' for none)")
     add("--keep-logs", action="store_true", help="keep the servers' and clients' logs")
-    # What bench_sse's run_one reads too: index prices, no profiling.
+    # What sse_run's run_one reads too: index prices, no profiling.
     parser.set_defaults(gc_log=False, py_spy="", tracemalloc="", ticker=TICKER)
     return parser.parse_args()
 

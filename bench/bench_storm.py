@@ -35,17 +35,11 @@ from typing import Any
 
 import httpx
 
-from bench.bench_sse import (
-    RAW,
-    RESULTS,
-    TICKER,
-    signed_in,
-    sse_requests,
-)
 from bench.chaos.clients import Connection
 from bench.chaos.ledger import streams as stream_ledger
 from bench.chaos.simctl import SimControl
 from bench.clients import ClientProcesses
+from bench.common import RESULTS_DIR
 from bench.sse_common import (
     HOST,
     PYTHON,
@@ -63,6 +57,7 @@ from bench.sse_common import (
     streams_env,
     wait_port,
 )
+from bench.sse_servers import RAW, TICKER, signed_in, sse_requests
 
 PRODUCT = "cryptomarket"
 STREAMS_PER_USER = 20  # within SSE_MAX_STREAMS_PER_USER's default
@@ -357,7 +352,7 @@ def parse_args() -> argparse.Namespace:
     add("--give-up", type=float, default=90.0, help="s to wait for every stream back")
     add("--servers", default=f"{PRODUCT},{RAW}")
     add("--py-spy", default="", help="path of py-spy: profile each restarted server's storm")
-    add("--output", default=str(RESULTS / "storm.md"), help="markdown file ('' for none)")
+    add("--output", default=str(RESULTS_DIR / "storm.md"), help="markdown file ('' for none)")
     return parser.parse_args()
 
 

@@ -27,7 +27,7 @@ TOP = 12
 
 
 def describe(handle: asyncio.Handle) -> str:
-    callback: Any = handle._callback  # what the round ran is the point here
+    callback: Any = handle._callback  # type: ignore[attr-defined]  # what the round ran
     owner = getattr(callback, "__self__", None)
     if isinstance(owner, asyncio.Task):
         coro: Any = owner.get_coro()
@@ -45,8 +45,8 @@ def describe(handle: asyncio.Handle) -> str:
 
 def install(threshold_ms: float) -> None:
     run_handle = asyncio.events.Handle._run
-    run_once = asyncio.base_events.BaseEventLoop._run_once
-    spent: collections.Counter[str] = collections.Counter()
+    run_once = asyncio.base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
+    spent: dict[str, float] = {}
     calls: collections.Counter[str] = collections.Counter()
 
     def timed_run(self: asyncio.Handle) -> None:
@@ -55,7 +55,7 @@ def install(threshold_ms: float) -> None:
         try:
             run_handle(self)
         finally:
-            spent[label] += time.perf_counter() - started
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - started
             calls[label] += 1
 
     def timed_round(self: asyncio.base_events.BaseEventLoop) -> None:
@@ -65,12 +65,12 @@ def install(threshold_ms: float) -> None:
         took = sum(spent.values()) * 1000  # the callbacks' time: not the wait for sockets
         if took > threshold_ms:
             lines = [f"stall-probe: a round of {took:.0f} ms, {sum(calls.values())} callbacks"]
-            for label, seconds in spent.most_common(TOP):
+            for label, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:TOP]:
                 lines.append(f"    {seconds * 1000:8.1f} ms {calls[label]:6d}x  {label}")
             sys.stderr.write("\n".join(lines) + "\n")
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
-    asyncio.base_events.BaseEventLoop._run_once = timed_round  # type: ignore[method-assign]
+    asyncio.base_events.BaseEventLoop._run_once = timed_round  # type: ignore[attr-defined]
 
     config_init = uvicorn.Config.__init__
 
