@@ -6,9 +6,9 @@ every (re)connect, and at start, the ticks missed while down are fetched from De
 (`backfill`) and what it cannot fill at live resolution is recorded as a gap.
 
 Each ticker's ticks are published in timestamp order, so a hub that only moves forward sees every
-one: while a ticker's backfill runs, its live ticks are held (at most `hold_timeout` seconds and
-`max_held` ticks), then the backfilled ticks, the gaps and the held ticks go out in order. Every
-tick is stamped (`received_at`) as it is published, strictly increasing per process.
+one: while a ticker is caught up its live ticks are held, then the backfilled ticks, the gaps and
+the held ticks go out in order (prices/catchup.py). Every tick is stamped (`received_at`) as it is
+published, strictly increasing per process.
 
 Embedded mode hands ticks to a writer (the store) and to the in-process bus. The ingest process of
 distributed mode has no writer: the Redis bus carries every tick, backfilled ones too, to the
@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
@@ -30,9 +30,10 @@ from cryptomarket.deribit.errors import DeribitError, DeribitTransportError, Inv
 from cryptomarket.instruments.frames import expiry_notice, is_final, parse_ticker
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.kit.keyed_lock import KeyedLock
-from cryptomarket.prices.backfill import ChartSource, Filled, cover, failed, fetch_points, merge
+from cryptomarket.prices.backfill import ChartSource
+from cryptomarket.prices.catchup import Catchups
 from cryptomarket.prices.kinds import MalformedFrame, channel_of, parse_frame, ticker_of
-from cryptomarket.prices.models import EPOCH, Gap, Tick, publish_stamp
+from cryptomarket.prices.models import Gap, Tick, publish_stamp
 from cryptomarket.prices.repository import PriceRepository
 from cryptomarket.prices.writer import TickWriter
 from cryptomarket.streaming.bus import Event, upstream_status
@@ -53,37 +54,6 @@ SILENT_AFTER = 60.0
 
 class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
-
-
-@dataclass(eq=False)
-class _Catchup:
-    """A ticker's backfill after a (re)connect; its live ticks wait in `held` until it is done.
-
-    A drop during the backfill adds an outage: each starts at the newest tick received before
-    it and ends at the first tick received after it (or, none yet, at the latest connect)."""
-
-    starts: list[int]  # the newest tick received before each outage (exclusive)
-    until: int  # our clock at the latest connect
-    held: list[Tick] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    deadline: asyncio.TimerHandle | None = None
-    # The history fetched for the backfill, kept until the last outage has its first live tick.
-    history: tuple[list[Tick], str] | None = None
-
-    @property
-    def since(self) -> int:
-        return self.starts[0]
-
-    def ended(self) -> bool:
-        """Whether the last outage has ended on a live tick (so every window has a true end)."""
-        return any(tick.timestamp > self.starts[-1] for tick in self.held)
-
-    def windows(self) -> list[tuple[int, int]]:
-        ends = []
-        for start in self.starts:
-            after = [tick.timestamp for tick in self.held if tick.timestamp > start]
-            ends.append(min(after) if after else self.until)
-        return list(zip(self.starts, ends, strict=True))
 
 
 class Ingest:
@@ -108,8 +78,6 @@ class Ingest:
         self.history = history
         self.tracked = frozenset(tracked)
         self.stale_after = stale_after
-        self.hold_timeout = hold_timeout
-        self.max_held = max_held
         self.silent_after = silent_after
         self.status = "connecting"
         self.last_seen: dict[str, int] = {}  # newest Deribit timestamp per ticker
@@ -121,8 +89,16 @@ class Ingest:
         self._changing = KeyedLock()  # one change of a ticker's count at a time
         self._last_tick_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._catchups: dict[str, _Catchup] = {}
-        self._accounted_to: dict[str, int] = {}  # per ticker, the end of its last catch-up
+        self._catchups = Catchups(
+            history,
+            publish=self._publish_caught_up,
+            publish_gap=self._publish_gap,
+            spacing=self.live_spacing.get,
+            ingested=lambda ticker: ticker in self.tickers,
+            spawn=self._spawn,
+            hold_timeout=hold_timeout,
+            max_held=max_held,
+        )
         self._spacing_from: dict[str, int] = {}  # per ticker, the live tick before the next
         self._expiring: set[str] = set()  # instruments whose subscriptions are being ended
         # When each watched instrument was last asked about (or first watched), ms.
@@ -159,8 +135,7 @@ class Ingest:
     async def stop(self) -> None:
         for remove in self._removers:
             remove()
-        for ticker in list(self._catchups):  # held ticks are published, not lost
-            self._give_up(ticker, "stopped before it finished")
+        self._catchups.give_up_all("stopped before it finished")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -239,29 +214,19 @@ class Ingest:
         self._last_tick_at = time.monotonic()
         if self.status == "stale":
             self._set_status("connected")
-        catchup = self._catchups.get(ticker)
-        if catchup is None:
-            # A finished catch-up accounted for its window even without a tick at its end.
-            known = max(previous, self._accounted_to.get(ticker, 0))
-            if known and self._is_hole(ticker, timestamp - known):
-                self._spacing_from[ticker] = timestamp
-                # The socket stayed up but the feed skipped a stretch: a missed window like a
-                # reconnect's, caught up the same way, this tick held until it is.
-                logger.info("%s: no tick for %d ms while connected", ticker, timestamp - known)
-                catchup = self._catchups[ticker] = _Catchup([known], until=timestamp)
-                self._catch_up(ticker, timestamp)
-            else:
-                self._sample_spacing(ticker, timestamp)
-                self._publish(replace(received, received_at=publish_stamp()))
-                return
-        else:
+        if ticker in self._catchups:
             self._sample_spacing(ticker, timestamp)
-        catchup.held.append(replace(received, received_at=EPOCH))  # stamped when published
-        self._arm(ticker, catchup)
-        if len(catchup.held) >= self.max_held:
-            self._give_up(ticker, f"{self.max_held} live ticks held")
-        elif catchup.history is not None and catchup.ended():
-            self._cover(ticker, catchup, *catchup.history)
+            self._catchups.add(ticker, received)
+            return
+        # A finished catch-up accounted for its window even without a tick at its end.
+        known = max(previous, self._catchups.accounted_to.get(ticker, 0))
+        if known and self._is_hole(ticker, timestamp - known):
+            self._spacing_from[ticker] = timestamp
+            logger.info("%s: no tick for %d ms while connected", ticker, timestamp - known)
+            self._catchups.fill_hole(ticker, known, received)
+            return
+        self._sample_spacing(ticker, timestamp)
+        self._publish(replace(received, received_at=publish_stamp()))
 
     def _sample_spacing(self, ticker: str, timestamp: int) -> None:
         """Two ticks in a row of one live stream are a spacing sample; the first tick after
@@ -281,6 +246,11 @@ class Ingest:
         if spacing is None or ticker not in self.tickers:
             return False
         return elapsed_ms > max(HOLE_FLOOR_MS, HOLE_SPACINGS * spacing)
+
+    def _publish_caught_up(self, tick: Tick) -> None:
+        """A backfilled or held tick, stamped already, in order."""
+        self.last_seen[tick.ticker] = max(tick.timestamp, self.last_seen.get(tick.ticker, 0))
+        self._publish(tick)
 
     def _publish(self, tick: Tick) -> None:
         """One tick, stamped already, to the store (embedded) and the bus."""
@@ -315,7 +285,7 @@ class Ingest:
         self._watched_since.pop(ticker, None)
         if is_instrument(ticker):
             self.last_seen.pop(ticker, None)
-            self._accounted_to.pop(ticker, None)
+            self._catchups.forget(ticker)
 
     def _publish_gap(self, gap: Gap) -> None:
         if self.writer is not None:
@@ -327,128 +297,15 @@ class Ingest:
             self._last_tick_at = time.monotonic()
             self._set_status("connected")
             until = int(time.time() * 1000)
-            for ticker in sorted(self.tickers | set(self._catchups)):  # released ones end too
-                self._catch_up(ticker, until)
+            for ticker in sorted(self.tickers | self._catchups.tickers):  # released ones end too
+                self._catchups.catch_up(ticker, until)
         elif state in (ConnectionState.CONNECTING, ConnectionState.RECONNECTING):
             self._set_status(state.value)
             # Hold from now: a fresh socket's first ticks can come in before it reports
             # CONNECTED, and publishing them would hide the window before them.
             for ticker in sorted(self.tickers):
-                self._hold(ticker)
-
-    def _hold(self, ticker: str) -> None:
-        """The upstream is down: hold the ticker's live ticks from now until it is caught up
-        (a ticker never seen cannot have missed anything)."""
-        self._spacing_from.pop(ticker, None)  # no spacing sample across the outage
-        newest = self.last_seen.get(ticker)
-        if newest is None:
-            return
-        catchup = self._catchups.get(ticker)
-        if catchup is None:
-            self._catchups[ticker] = _Catchup([newest], until=newest)
-        elif newest > catchup.starts[-1]:
-            catchup.starts.append(newest)  # dropped again, after ticks of its own
-
-    def _arm(self, ticker: str, catchup: _Catchup) -> None:
-        """Live ticks wait at most `hold_timeout`, counted from the first one held (or the
-        connect), whatever reconnects happen meanwhile."""
-        if catchup.deadline is None:
-            why = f"timed out after {self.hold_timeout:g} s"
-            loop = asyncio.get_running_loop()
-            catchup.deadline = loop.call_later(self.hold_timeout, self._give_up, ticker, why)
-
-    def _catch_up(self, ticker: str, until: int) -> None:
-        """Backfill what the outages missed, its live ticks held meanwhile. A reconnect during
-        a backfill starts it again over every outage, keeping what is held."""
-        catchup = self._catchups.get(ticker)
-        if catchup is None:
-            return
-        self._arm(ticker, catchup)
-        if catchup.task is not None:
-            catchup.task.cancel()
-        catchup.until = until
-        catchup.history = None  # fetched again: it must reach past this reconnect
-        catchup.task = self._spawn(self._backfill(ticker, catchup))
-
-    async def _backfill(self, ticker: str, catchup: _Catchup) -> None:
-        try:
-            now = int(time.time() * 1000)
-            points, range_name = await fetch_points(self.history, ticker, now - catchup.since)
-        except (DeribitError, DeribitTransportError) as error:
-            logger.warning("%s: history unavailable for backfill: %s", ticker, error)
-            result = self._failed(ticker, catchup, str(error))
-        except Exception as error:  # must not vanish with its task: say so, and record the gap
-            logger.exception("%s: backfill after %d failed", ticker, catchup.since)
-            result = self._failed(ticker, catchup, type(error).__name__)
-        else:
-            catchup.history = points, range_name
-            # An outage ends at its first live tick, not at our clock's connect: a tick Deribit
-            # stamped before that but sent after must not fall inside a gap, and one stamped
-            # after it must not fall outside. A ticker no longer ingested gets no such tick.
-            if catchup.ended() or ticker not in self.tickers:
-                self._cover(ticker, catchup, points, range_name)
-            return
-        self._finish(ticker, catchup, result)
-
-    def _cover(self, ticker: str, catchup: _Catchup, points: list[Tick], range_name: str) -> None:
-        spacing = self.live_spacing.get(ticker)
-        windows = catchup.windows()
-        parts = [cover(ticker, points, *w, range_name, live_spacing_ms=spacing) for w in windows]
-        self._finish(ticker, catchup, merge(parts))
-
-    @staticmethod
-    def _failed(ticker: str, catchup: _Catchup, why: str) -> Filled:
-        return merge([failed(ticker, *window, why) for window in catchup.windows()])
-
-    def _give_up(self, ticker: str, why: str) -> None:
-        """Stop waiting for the backfill: the window is a gap (retried by the gap job)."""
-        catchup = self._catchups.get(ticker)
-        if catchup is None:
-            return
-        if catchup.task is not None:
-            catchup.task.cancel()
-        if catchup.history is not None:  # fetched, but no live tick since: end at the connect
-            self._cover(ticker, catchup, *catchup.history)
-            return
-        if catchup.task is not None or catchup.held:
-            logger.warning(
-                "%s: backfill %s; releasing %d held tick(s)", ticker, why, len(catchup.held)
-            )
-        self._finish(ticker, catchup, self._failed(ticker, catchup, why))
-
-    def _finish(self, ticker: str, catchup: _Catchup, result: Filled) -> None:
-        """Publish, in timestamp order, the backfilled ticks, the gaps and the held ticks."""
-        if self._catchups.get(ticker) is not catchup:
-            return  # given up or superseded meanwhile
-        del self._catchups[ticker]
-        ends = [end for _, end in catchup.windows()]
-        self._accounted_to[ticker] = max(ends, default=0) - 1  # filled or a gap up to here
-        if catchup.deadline is not None:
-            catchup.deadline.cancel()
-        events: list[tuple[int, int, Tick | Gap]] = [
-            *((tick.timestamp, 0, tick) for tick in result.ticks),
-            *((gap.from_ts, 1, gap) for gap in result.gaps),
-            *((tick.timestamp, 2, tick) for tick in catchup.held),
-        ]
-        events.sort(key=lambda event: event[:2])
-        published: set[int] = set()
-        for _, _, event in events:
-            if isinstance(event, Gap):
-                self._publish_gap(event)
-            elif event.timestamp not in published:  # a held tick the history had too
-                published.add(event.timestamp)
-                self._publish(replace(event, received_at=publish_stamp()))
-        if published:
-            self.last_seen[ticker] = max(*published, self.last_seen.get(ticker, 0))
-        if result.ticks or result.gaps:
-            logger.info(
-                "%s: backfilled %d tick(s), %d gap(s), %d coarse point(s) not used%s",
-                ticker,
-                len(result.ticks),
-                len(result.gaps),
-                result.coarse,
-                f"; then {len(catchup.held)} held" if catchup.held else "",
-            )
+                self._spacing_from.pop(ticker, None)  # no spacing sample across the outage
+                self._catchups.hold(ticker, self.last_seen.get(ticker))
 
     async def _watch_silent_instruments(self) -> None:
         """An instrument silent for SILENT_AFTER seconds while connected is asked about with
