@@ -8,7 +8,6 @@ Callers only see `call`, `subscribe`, `unsubscribe` and the notification and sta
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -34,16 +33,14 @@ from cryptomarket.deribit.errors import (
     RequestTimeout,
     TooManyRequests,
     Unauthorized,
-    error_from_payload,
 )
+from cryptomarket.deribit.rpc import PendingRequests, batches, number, request_frame
 
 logger = logging.getLogger("cryptomarket.deribit")
 
 NotificationHandler = Callable[[str, Any], None]
 StateHandler = Callable[["ConnectionState"], None]
 
-# Deribit accepts up to this many channels in one subscribe call (reference section 8).
-SUBSCRIBE_BATCH = 500
 # Answers to `public/auth` that mean the key itself is refused: final, never retried.
 FATAL_AUTH_ERRORS = (InvalidCredentials, Unauthorized, Forbidden, AuthorizationRequired)
 
@@ -88,8 +85,7 @@ class DeribitConnection:
         self.reconnects = 0
         self._last_error: str = ""
         self._ws: ClientConnection | None = None
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending = PendingRequests()
         self._callers = 0  # calls under way, waiting for the socket or credit included
         self._channels: set[str] = set()
         self._notification_handlers: list[NotificationHandler] = []
@@ -203,7 +199,7 @@ class DeribitConnection:
             ws = self._replayed_socket()
             if gone and ws is not None:
                 try:
-                    for batch in _batches(gone):
+                    for batch in batches(gone):
                         await self._request("public/unsubscribe", {"channels": batch})
                 except DeribitTransportError:
                     self._resync(ws)
@@ -337,7 +333,7 @@ class DeribitConnection:
     async def _set_up(self) -> None:
         """What every fresh socket needs: heartbeat, auth, the channel set."""
         await self._request(
-            "public/set_heartbeat", {"interval": _number(self.heartbeat_interval)}, priority=True
+            "public/set_heartbeat", {"interval": number(self.heartbeat_interval)}, priority=True
         )
         self._auth_refusal = None
         if self.credentials is not None:
@@ -388,7 +384,7 @@ class DeribitConnection:
 
     async def _subscribe_now(self, channels: list[str], *, priority: bool) -> list[str]:
         acked: list[str] = []
-        for batch in _batches(channels):
+        for batch in batches(channels):
             result = await self._request("public/subscribe", {"channels": batch}, priority=priority)
             acked.extend(result)
         refused = set(channels) - set(acked)
@@ -405,15 +401,9 @@ class DeribitConnection:
         self.token = None  # connection-scoped tokens die with the socket
         for task in list(self._background):
             task.cancel()
-        self._fail_pending(error)
+        self._pending.fail_all(error)
         if ws is not None:
             ws.transport.abort()
-
-    def _fail_pending(self, error: Exception) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self._pending.clear()
 
     # -- the wire ---------------------------------------------------------------------------
 
@@ -432,14 +422,10 @@ class DeribitConnection:
         params = dict(params or {})
         if method.startswith("private/") and self.token and "access_token" not in params:
             params["access_token"] = self.token.access_token
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        request_id, future = self._pending.open()
         limit = self.request_timeout if timeout is None else timeout
         try:
-            await ws.send(
-                json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-            )
+            await ws.send(request_frame(request_id, method, params))
             async with asyncio.timeout(limit):
                 return await future
         except TimeoutError:
@@ -450,7 +436,7 @@ class DeribitConnection:
             await self.budget.drain()
             raise
         finally:
-            self._pending.pop(request_id, None)
+            self._pending.close(request_id)
 
     async def _read(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -469,18 +455,10 @@ class DeribitConnection:
             if self._ws is ws:
                 # No answer can come now: a request waiting on this socket (the set-up's among
                 # them, which nothing else would end) fails at once, not at its timeout.
-                self._fail_pending(ConnectionLost("Deribit connection lost"))
+                self._pending.fail_all(ConnectionLost("Deribit connection lost"))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        request_id = message.get("id")
-        if request_id is not None:
-            future = self._pending.get(request_id)
-            if future is None or future.done():
-                return  # answer to a request that timed out
-            if "error" in message:
-                future.set_exception(error_from_payload(message["error"]))
-            else:
-                future.set_result(message.get("result"))
+        if self._pending.answer(message):
             return
         method = message.get("method")
         params = message.get("params") or {}
@@ -545,13 +523,3 @@ class DeribitConnection:
         if isinstance(self.failure, DeribitError):
             return self.failure
         return ConnectionClosed(f"Deribit connection {self.name} is closed")
-
-
-def _batches(channels: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(channels), SUBSCRIBE_BATCH):
-        yield channels[start : start + SUBSCRIBE_BATCH]
-
-
-def _number(value: float) -> int | float:
-    """Deribit's integer parameters get integers."""
-    return int(value) if float(value).is_integer() else value
