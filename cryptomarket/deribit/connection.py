@@ -1,6 +1,6 @@
 """One persistent WebSocket to Deribit and everything that belongs to it.
 
-The connection owns its socket, its pending requests (id -> future), its channel set (replayed on
+The connection owns its socket, its pending requests (deribit/rpc.py), its channel set (replayed on
 reconnect, never doubled), its heartbeat and its token. A supervisor task keeps it alive: connect,
 set the heartbeat, authenticate, re-subscribe, read until the socket dies, back off, start again.
 Callers only see `call`, `subscribe`, `unsubscribe` and the notification and state callbacks.
