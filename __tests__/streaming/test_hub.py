@@ -1,7 +1,9 @@
 """The stream hub on its own: what closed streams, changed timers and instruments no longer
 watched leave behind."""
 
+import asyncio
 import gc
+import itertools
 
 from cryptomarket.prices.models import Tick
 from cryptomarket.streaming.hub import FORGET_QUIET_MS, StreamHub
@@ -37,4 +39,41 @@ async def test_quiet_instruments_no_one_watches_are_forgotten() -> None:
     hub.subscribe(stream, "ETH-PERPETUAL", 0)  # watched here: kept, however quiet
     assert sorted(hub.forget_quiet_instruments(now)) == ["BTC-27MAR26", "BTC-PERPETUAL"]
     assert set(hub.latest) == set(hub.recent) == {"ETH-PERPETUAL", "SOL_USDC-PERPETUAL", "btc_usd"}
+    hub.close(stream)
+
+
+async def test_a_timer_cancelled_and_set_again_keeps_its_cadence() -> None:
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    hub.start()
+    stream = hub.open("alice", None)
+    stamps = itertools.count(1_790_000_000_000, 10)
+
+    async def feed() -> None:  # a new price every 20 ms: every timer firing has one to send
+        while True:
+            hub.publish(Tick("btc_usd", 1.0, next(stamps)))
+            await asyncio.sleep(0.02)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        hub.subscribe(stream, "btc_usd", 1)
+        await asyncio.sleep(0.5)
+        hub.unsubscribe(stream, "btc_usd")  # cancel_order, then create_order with the same timer
+        hub.subscribe(stream, "btc_usd", 1)
+        before = len(stream._buffer)
+        await asyncio.sleep(3.2)  # the window measured: one price a second is three
+        assert len(stream._buffer) - before == 3
+    finally:
+        feeder.cancel()
+        hub.close(stream)
+        await hub.stop()
+
+
+async def test_a_timer_set_again_and_again_leaves_one_live_entry() -> None:
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    stream = hub.open("alice", None)
+    for _ in range(2_000):  # a client toggling create_order / cancel_order for days
+        hub.subscribe(stream, "btc_usd", 60)
+        hub.unsubscribe(stream, "btc_usd")
+    hub.subscribe(stream, "btc_usd", 60)
+    assert len(hub._due) < 100
     hub.close(stream)

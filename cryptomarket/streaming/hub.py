@@ -67,6 +67,8 @@ class StreamHub:
         self._by_account: dict[int, int] = {}
         self._open = 0  # streams in _by_user, kept as a count: open() checks it every time
         self._every_tick: dict[str, set[Stream]] = {}  # ticker -> streams with timer 0
+        # (due, order, stream, ticker, schedule id): live while the stream's schedule of the
+        # ticker is still that id.
         self._due: list[tuple[float, int, Stream, str, int]] = []
         self._order = itertools.count()
         self._due_changed = asyncio.Event()
@@ -232,7 +234,8 @@ class StreamHub:
             self._every_tick.setdefault(ticker, set()).add(stream)
         else:
             self._due_live += 1
-            self._schedule(asyncio.get_running_loop().time() + effective, stream, ticker, effective)
+            schedule = stream.schedules[ticker] = next(self._order)
+            self._schedule(asyncio.get_running_loop().time() + effective, stream, ticker, schedule)
             self._compact_if_stale()
         if (latest := self.latest.get(ticker)) and stream.push_price(*latest):
             self.events_sent += 1
@@ -246,7 +249,7 @@ class StreamHub:
     def _leave(self, stream: Stream, ticker: str) -> None:
         """Stop a stream's current delivery of a ticker (its timer entry turns stale)."""
         self._stop_every_tick(stream, ticker)
-        if stream.timers.get(ticker, 0) > 0:
+        if stream.schedules.pop(ticker, None) is not None:
             self._due_live -= 1
 
     def remember_latest(self, tick: Tick) -> None:
@@ -349,15 +352,15 @@ class StreamHub:
         self._due = [
             entry
             for entry in self._due
-            if not entry[2].closed and entry[2].timers.get(entry[3]) == entry[4]
+            if not entry[2].closed and entry[2].schedules.get(entry[3]) == entry[4]
         ]
         heapq.heapify(self._due)
         self._due_live = len(self._due)
         self._due_changed.set()
 
-    def _schedule(self, due: float, stream: Stream, ticker: str, timer: int) -> None:
+    def _schedule(self, due: float, stream: Stream, ticker: str, schedule: int) -> None:
         first = not self._due or due < self._due[0][0]
-        heapq.heappush(self._due, (due, next(self._order), stream, ticker, timer))
+        heapq.heappush(self._due, (due, next(self._order), stream, ticker, schedule))
         if first:
             self._due_changed.set()
 
@@ -369,13 +372,16 @@ class StreamHub:
             now = loop.time()
             sent = 0
             while self._due and self._due[0][0] <= now:
-                due, _, stream, ticker, timer = heapq.heappop(self._due)
-                if stream.closed or stream.timers.get(ticker) != timer:
-                    continue  # closed, unsubscribed, or re-timed: this entry is stale
+                due, _, stream, ticker, schedule = heapq.heappop(self._due)
+                if stream.closed or stream.schedules.get(ticker) != schedule:
+                    continue  # closed, unsubscribed, re-timed or subscribed anew: stale
                 if latest := self.latest.get(ticker):
                     sent += stream.push_price(*latest)
+                timer = stream.timers[ticker]
                 following = due + timer
-                self._schedule(following if following > now else now + timer, stream, ticker, timer)
+                self._schedule(
+                    following if following > now else now + timer, stream, ticker, schedule
+                )
             self.events_sent += sent
             next_sweep = last_sweep + self._ping_interval / PING_SWEEPS
             if now >= next_sweep:

@@ -46,6 +46,7 @@ class Stream:
         "max_buffered",
         "on_drop",
         "quiet_sweeps",
+        "schedules",
         "timers",
         "token",
         "user_id",
@@ -74,6 +75,9 @@ class Stream:
         # Called when the stream is dropped: unregister it and abort the response writing to it.
         self.on_drop = on_drop
         self.timers: dict[str, int] = {}  # ticker -> effective seconds
+        # ticker -> the id of its live timer entry in the hub's schedule: an entry of an earlier
+        # subscription of the same ticker is stale even when its timer was the same.
+        self.schedules: dict[str, int] = {}
         self.last_sent: dict[str, int] = {}  # ticker -> newest timestamp sent
         self.closed = False
         self.dropped = False
@@ -133,6 +137,7 @@ class Stream:
         """Drop what a closed stream still holds, so stale timer entries pin nothing big."""
         self._buffer.clear()
         self.timers.clear()
+        self.schedules.clear()
         self.last_sent.clear()
 
     async def next_chunk(self) -> bytes | None:
