@@ -172,6 +172,11 @@ async def test_bad_input_gets_a_sentence_never_a_500(api: Api) -> None:
         "invalid_input",
         "limit",
     )
+    for limit in ("²", "١٢", "5x", "-3"):  # digits of other scripts pass str.isdigit(), not int
+        for path in ("/api/v1/prices", "/api/v1/prices/candles"):
+            assert_error(
+                await api.get(path, ticker="sol_usdc", limit=limit), 422, "invalid_input", "limit"
+            )
     for cursor in ("abc", "²", "9" * 19):
         assert_error(
             await api.get("/api/v1/prices", ticker="sol_usdc", cursor=cursor),

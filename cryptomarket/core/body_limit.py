@@ -24,7 +24,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+        if declared is not None and (not _digits(declared) or int(declared) > self.max_body):
             await error_response(413, TOO_LARGE, "too_large")(scope, receive, send)
             return
         received = 0
@@ -38,3 +38,8 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, bounded_receive, send)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: other scripts' digits pass str.isdigit() but not int()."""
+    return text.isascii() and text.isdigit()

@@ -13,6 +13,7 @@ once, costing nothing.
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 from cryptomarket.core.errors import TooMany
@@ -20,6 +21,7 @@ from cryptomarket.kit.addresses import address_key
 from cryptomarket.kit.buckets import Buckets, LocalBuckets, Rate
 
 ROWS_PER_UNIT = 1_000
+DIGITS = re.compile(r"[0-9]{1,6}")
 EXPORT_COST = 20
 BIG_READ = 3  # units from which a read is big: a page of 2,000 rows or more, or an export
 BIG_READS_AT_ONCE = 1  # per address and process
@@ -39,7 +41,8 @@ def request_cost(limit: str | None, export: bool) -> float:
     """Units a history request spends: one, plus one per thousand rows of its page."""
     if export:
         return EXPORT_COST
-    rows = int(limit) if limit is not None and limit.isdigit() and len(limit) <= 6 else 0
+    # ASCII digits only: other scripts' digits pass str.isdigit(), not int() (FastAPI's 422).
+    rows = int(limit) if limit is not None and DIGITS.fullmatch(limit) else 0
     return 1 + rows // ROWS_PER_UNIT
 
 

@@ -113,7 +113,7 @@ def _scope(params: rpc.Params, account: Account) -> tuple[str | None, int, str]:
                 raise rpc.invalid_params("invalid scope", "scope")
         elif part.startswith("expires:"):
             value = part.removeprefix("expires:")
-            if not value.isdigit() or int(value) == 0:
+            if not (value.isascii() and value.isdigit()) or int(value) == 0:
                 raise rpc.invalid_params("invalid scope", "scope")
             expires_in = int(value)
             granted_expiry = [part]
