@@ -6,13 +6,16 @@ traceback."""
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from __tests__.service import Service
+from __tests__.databases import fresh_database_url
+from __tests__.service import Service, running_service
+from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.kit import tarpit
 
 SECRET = "sim-alice-secret"
@@ -229,3 +232,22 @@ async def test_a_flood_of_wrong_secrets_is_429_per_client(service: Service) -> N
         json={"user_id": "alice", "client_id": "sim-alice", "client_secret": SECRET},
     )
     assert refused(limited, 429)["code"] == "too_many_attempts"  # the address, whatever the key
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database_url(request, request.param, tmp_path) as url:
+        yield url
+
+
+async def test_a_malformed_ticker_in_a_market_path_is_422_on_either_database(
+    simulator: Simulator, database_url: str
+) -> None:
+    # PostgreSQL refuses a NUL in text outright: it must never get as far as a query.
+    async with running_service(simulator, database_url) as service:
+        client = service.client_for(await service.sign_in("alice"))
+        for ticker in ("%00", "btc%00usd", "btc%20usd", "%E2%82%AC", "BTC-PERPETUAL%0A"):
+            for route in ("create_order", "cancel_order"):
+                answer = refused(await client.get(f"/api/v1/market/alice/{route}/{ticker}"), 422)
+                assert answer["code"] == "invalid_input", (route, ticker, answer)
+        await client.aclose()

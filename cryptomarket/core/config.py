@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     @field_validator("TRACKED_TICKERS")
     @classmethod
     def _tickers(cls, value: list[str]) -> list[str]:
-        bad = [ticker for ticker in value if not TICKER_PATTERN.match(ticker)]
+        bad = [ticker for ticker in value if not TICKER_PATTERN.fullmatch(ticker)]
         if bad:
             raise ValueError(f"not an index name: {', '.join(bad)} (expected e.g. btc_usd)")
         return list(dict.fromkeys(value))

@@ -112,13 +112,9 @@ class PriceService:
     async def check_ticker(self, ticker: str, *, stored: bool = False) -> str:
         """The ticker if Deribit knows it: 422 when malformed, 404 when unknown. `stored`: an
         instrument that expired is accepted while its history is stored (the history routes)."""
+        check_form(ticker)
         if is_instrument(ticker):
             return await self._check_instrument(ticker, stored=stored)
-        if not TICKER_PATTERN.fullmatch(ticker):
-            raise InvalidInput(
-                f"ticker {ticker[:64]!r} is neither an index name (lower case, like btc_usd) "
-                "nor an instrument name (upper case, like BTC-PERPETUAL)"
-            )
         if ticker in self.always_known:
             return ticker
         try:
@@ -135,10 +131,6 @@ class PriceService:
         return ticker
 
     async def _check_instrument(self, ticker: str, *, stored: bool) -> str:
-        if not INSTRUMENT_PATTERN.fullmatch(ticker):
-            raise InvalidInput(
-                f"ticker {ticker[:64]!r} is not an instrument name (like BTC-PERPETUAL)"
-            )
         if self.instruments is None:
             raise NotFound(f"instruments are not served here: {ticker!r}", code="unknown_ticker")
         try:
@@ -284,3 +276,18 @@ def parse_range(start_date: str, end_date: str | None) -> tuple[datetime, dateti
             code="invalid_date_range",
         )
     return start, end
+
+
+def check_form(ticker: str) -> None:
+    """422 unless `ticker` is shaped like an index name or an instrument name: nothing else can
+    be known or stored, and some text (a NUL) is refused by the database itself."""
+    if is_instrument(ticker):
+        if not INSTRUMENT_PATTERN.fullmatch(ticker):
+            raise InvalidInput(
+                f"ticker {ticker[:64]!r} is not an instrument name (like BTC-PERPETUAL)"
+            )
+    elif not TICKER_PATTERN.fullmatch(ticker):
+        raise InvalidInput(
+            f"ticker {ticker[:64]!r} is neither an index name (lower case, like btc_usd) "
+            "nor an instrument name (upper case, like BTC-PERPETUAL)"
+        )

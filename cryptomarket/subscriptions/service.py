@@ -16,7 +16,7 @@ from cryptomarket.distributed.control import SubscriptionChange
 from cryptomarket.kit.batched import Batched
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
-from cryptomarket.prices.service import PriceService
+from cryptomarket.prices.service import PriceService, check_form
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.subscriptions.schemas import Created, Removed
 from cryptomarket.users.repository import UserRepository
@@ -100,6 +100,8 @@ class SubscriptionService:
 
     async def unsubscribe(self, user_id: str, tickers: list[str] | None) -> Removed:
         """Remove the given tickers (all when None); unknown ones are a 404 when named."""
+        for ticker in tickers or ():
+            check_form(ticker)  # 422: an expired or delisted name is still accepted here
         async with self.database.transaction() as connection:
             removed = await UserRepository(connection, self.database.tables).unsubscribe(
                 user_id, tickers
