@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+MAX_SESSION_TTL = timedelta(days=365)  # a session is a sign-in, not a key
 TICKER_PATTERN = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)+$")
 
 CommaList = Annotated[list[str], NoDecode]
@@ -169,6 +170,8 @@ class Settings(BaseSettings):
     def _positive_ttl(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be a positive duration")
+        if value > MAX_SESSION_TTL:
+            raise ValueError(f"must be at most {MAX_SESSION_TTL.days} days")
         return value
 
     @model_validator(mode="after")
