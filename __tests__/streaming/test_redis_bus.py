@@ -2,11 +2,13 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from __tests__.helpers import eventually
 from __tests__.servers import RedisServer
@@ -134,3 +136,51 @@ async def test_a_replica_away_from_redis_catches_up_on_every_tick_and_gap_it_mis
     await eventually(lambda: len(inbox) >= len(before) + len(missed), timeout=15, what="caught up")
     assert inbox == before + missed  # each once, in order; the gap delivered before not again
     assert any("caught up on" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_catch_up_cut_short_is_done_again_from_where_the_subscription_was_lost(
+    redis_server: RedisServer,
+) -> None:
+    admin = Redis.from_url(redis_server.url)
+    await admin.flushdb()
+    clock = [time.time()]  # the replica's own clock, moved on by hand below
+    publisher_client = Redis.from_url(redis_server.url, socket_timeout=2)
+    publisher = RedisBus(publisher_client)
+    publisher.start(receiving=False)
+    client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
+    replica = RedisBus(
+        client, backoff=lambda: Backoff(initial=1.0, maximum=1.0), clock=lambda: clock[0]
+    )
+    replica.start(publishing=False)
+    inbox: list[Event] = []
+    replica.subscribe(lambda event, _frame: inbox.append(event))
+    read_stream = client.xrange
+    reads = 0
+
+    async def flapping_read(*args: object, **kwargs: object) -> object:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # Redis goes away again in the middle of the first catch-up...
+            clock[0] += 300  # ...and stays away for minutes
+            raise RedisConnectionError("connection reset by peer")
+        return await read_stream(*args, **kwargs)
+
+    try:
+        await eventually(lambda: replica.connected, what="subscribed")
+        publisher.publish(Tick("btc_usd", 1.0, 1))
+        await eventually(lambda: len(inbox) == 1, what="delivered by pub/sub")
+        client.xrange = flapping_read  # type: ignore[method-assign]
+        await admin.client_kill_filter(_type="pubsub")
+        await eventually(lambda: not replica.connected, what="cut off")
+        missed: list[Event] = [Tick("btc_usd", 2.0, 2), Gap("btc_usd", 3, 5, "an outage")]
+        for event in missed:
+            publisher.publish(event)
+        await eventually(lambda: publisher.backlog == 0, what="published")
+        await eventually(lambda: len(inbox) == 3, timeout=15, what="caught up at the second try")
+        assert inbox == [Tick("btc_usd", 1.0, 1), *missed]
+        assert reads >= 2
+    finally:
+        await replica.stop()
+        await publisher.stop()
+        for each in (client, publisher_client, admin):
+            await each.aclose()

@@ -270,8 +270,8 @@ class RedisBus:
 
     async def _receive_loop(self) -> None:
         backoff = self._backoff()
-        first = True
         lost_at_ms = 0  # our clock when the subscription was last lost
+        behind = False  # a catch-up from lost_at_ms is owed (until one has run to its end)
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -280,9 +280,9 @@ class RedisBus:
                 self.connected = True
                 backoff.reset()
                 logger.info("receiving market events from Redis")
-                if not first:
+                if behind:
                     await self._catch_up(since_ms=lost_at_ms - CATCH_UP_MARGIN_MS)
-                first = False
+                    behind = False
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     raise_if_cancelled()  # its own timeout may have eaten a cancellation
@@ -292,7 +292,9 @@ class RedisBus:
                 raise_if_cancelled()
                 if self.connected:
                     logger.warning("lost the Redis subscription, reconnecting: %s", error)
-                    lost_at_ms = int(self._clock() * 1000)
+                    if not behind:  # a catch-up cut short starts again from the first loss
+                        lost_at_ms = int(self._clock() * 1000)
+                        behind = True
                 self.connected = False
                 await asyncio.sleep(backoff.next_delay())
             finally:
