@@ -77,3 +77,20 @@ async def test_a_timer_set_again_and_again_leaves_one_live_entry() -> None:
     hub.subscribe(stream, "btc_usd", 60)
     assert len(hub._due) < 100
     hub.close(stream)
+
+
+async def test_a_price_remembered_from_the_cache_still_goes_out_live() -> None:
+    # A stream opening reads the newest price from Redis's key (or the store) while pub/sub has
+    # not handed that very tick over yet: when it comes, every timer=0 stream must still get it.
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    t4, t5 = (Tick("btc_usd", float(n), 1_790_000_000_000 + n) for n in (4, 5))
+    hub.publish(t4)
+    watching = hub.open("alice", None)
+    hub.subscribe(watching, "btc_usd", 0)
+    hub.remember_latest(t5)
+    hub.publish(t5)
+    sent = b"".join(watching._buffer)
+    assert sent.count(b'"timestamp":1790000000004') == 1
+    assert sent.count(b'"timestamp":1790000000005') == 1
+    assert [tick.timestamp for tick in hub.recent["btc_usd"]] == [t4.timestamp, t5.timestamp]
+    hub.close(watching)

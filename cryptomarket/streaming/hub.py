@@ -282,12 +282,15 @@ class StreamHub:
         if is_notice(tick):
             self._expire(tick, None)  # the ingest found it gone: no price to show
             return
-        current = self.latest.get(tick.ticker)
-        if current is not None and tick.timestamp <= current[0].timestamp:
-            return
-        frame = frame or events.price_frame(tick)
-        self.latest[tick.ticker] = (tick, frame)
         recent = self.recent.get(tick.ticker)
+        if recent and tick.timestamp <= recent[-1].timestamp:
+            return  # had live already (each bus may deliver a tick twice around a reconnect)
+        # Judged against the newest tick that went out live, not the latest price: that may
+        # have been read from the cache or the store ahead of this very tick (remember_latest).
+        current = self.latest.get(tick.ticker)
+        frame = frame or events.price_frame(tick)
+        if current is None or tick.timestamp > current[0].timestamp:
+            self.latest[tick.ticker] = (tick, frame)
         if recent is None:
             recent = self.recent[tick.ticker] = deque(maxlen=self.recent_size)
         recent.append(tick)
