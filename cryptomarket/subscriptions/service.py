@@ -14,6 +14,7 @@ from cryptomarket.core.db import Database
 from cryptomarket.core.errors import NotFound
 from cryptomarket.distributed.control import SubscriptionChange
 from cryptomarket.kit.batched import Batched
+from cryptomarket.kit.keyed_lock import KeyedLock
 from cryptomarket.prices.models import Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.prices.service import PriceService, check_form
@@ -72,6 +73,9 @@ class SubscriptionService:
         self.latest = latest  # a shared cache of the newest tick per ticker, asked before the store
         # Users asked for at about once (a storm of reconnecting streams) share one query.
         self._stored: Batched[str, dict[str, int | None]] = Batched(self._subscriptions_of)
+        # One change of a user's subscriptions at a time here, from its commit until the open
+        # streams follow it: a cancel cannot commit between a create's commit and its apply.
+        self._changes = KeyedLock()
 
     async def subscriptions(self, user_id: str) -> dict[str, int | None]:
         """The user's stored subscriptions (ticker -> own timer), in ticker order."""
@@ -84,15 +88,16 @@ class SubscriptionService:
 
     async def subscribe(self, user_id: str, ticker: str, timer: int | None) -> Created:
         await self.prices.check_ticker(ticker)
-        async with self.database.transaction() as connection:
-            created, timer = await UserRepository(connection, self.database.tables).subscribe(
-                user_id, ticker, timer, datetime.now(UTC)
-            )
-        await self.load_latest([ticker])
-        change = SubscriptionChange(user_id, ticker, timer, removed=False)
-        self.apply(change)
-        if self.announcer is not None:
-            await self.announcer.announce(change)
+        await self.load_latest([ticker])  # before: nothing may wait between commit and apply
+        async with self._changes.hold(user_id):
+            async with self.database.transaction() as connection:
+                created, timer = await UserRepository(connection, self.database.tables).subscribe(
+                    user_id, ticker, timer, datetime.now(UTC)
+                )
+            change = SubscriptionChange(user_id, ticker, timer, removed=False)
+            self.apply(change)
+            if self.announcer is not None:
+                await self.announcer.announce(change)
         if created:
             # Shielded: a request cancelled after the commit must still follow the store.
             await asyncio.shield(self.watchers.acquire(ticker))
@@ -102,19 +107,20 @@ class SubscriptionService:
         """Remove the given tickers (all when None); unknown ones are a 404 when named."""
         for ticker in tickers or ():
             check_form(ticker)  # 422: an expired or delisted name is still accepted here
-        async with self.database.transaction() as connection:
-            removed = await UserRepository(connection, self.database.tables).unsubscribe(
-                user_id, tickers
-            )
+        async with self._changes.hold(user_id):
+            async with self.database.transaction() as connection:
+                removed = await UserRepository(connection, self.database.tables).unsubscribe(
+                    user_id, tickers
+                )
+            for ticker in removed:
+                change = SubscriptionChange(user_id, ticker, None, removed=True)
+                self.apply(change)
+                if self.announcer is not None:
+                    await self.announcer.announce(change)
         if tickers is not None and not removed:
             raise NotFound(
                 f"{user_id!r} is not subscribed to {', '.join(tickers)}", code="not_subscribed"
             )
-        for ticker in removed:
-            change = SubscriptionChange(user_id, ticker, None, removed=True)
-            self.apply(change)
-            if self.announcer is not None:
-                await self.announcer.announce(change)
         if removed:
             await asyncio.shield(self._release(removed))
         return Removed(user_id=user_id, removed=removed)
@@ -132,22 +138,34 @@ class SubscriptionService:
                 self.hub.subscribe(stream, change.ticker, change.timer)
 
     async def apply_announced(self, change: SubscriptionChange) -> None:
-        """A change stored by another replica (from the control channel)."""
-        if not change.removed and self.hub.streams_of(change.user_id):
-            await self.load_latest([change.ticker])
-        self.apply(change)
+        """A change stored by another replica (from the control channel): the open streams
+        follow what is stored now, read after the announcement. Announcements of two replicas
+        may arrive in another order than their commits; the store's answer cannot."""
+        if not self.hub.streams_of(change.user_id):
+            return
+        await self.load_latest([change.ticker])
+        async with self._changes.hold(change.user_id):
+            stored = await self.subscriptions(change.user_id)
+            if change.ticker in stored:
+                followed = SubscriptionChange(
+                    change.user_id, change.ticker, stored[change.ticker], removed=False
+                )
+            else:
+                followed = SubscriptionChange(change.user_id, change.ticker, None, removed=True)
+            self.apply(followed)
 
     async def resync_open_streams(self) -> None:
         """Make every open stream follow the stored subscriptions again: after the control
         channel was away, changes made on other replicas meanwhile were never heard here."""
         for user_id in self.hub.user_ids():
-            stored = await self.subscriptions(user_id)
-            await self.load_latest(list(stored))
-            for stream in self.hub.streams_of(user_id):
-                for ticker in [ticker for ticker in stream.timers if ticker not in stored]:
-                    self.hub.unsubscribe(stream, ticker)
-                for ticker, timer in stored.items():
-                    self.hub.subscribe(stream, ticker, timer)
+            async with self._changes.hold(user_id):
+                stored = await self.subscriptions(user_id)
+                await self.load_latest(list(stored))
+                for stream in self.hub.streams_of(user_id):
+                    for ticker in [ticker for ticker in stream.timers if ticker not in stored]:
+                        self.hub.unsubscribe(stream, ticker)
+                    for ticker, timer in stored.items():
+                        self.hub.subscribe(stream, ticker, timer)
 
     async def load_latest(self, tickers: list[str]) -> None:
         """Give the hub a latest price for tickers it has not seen live yet (from the shared
