@@ -239,12 +239,14 @@ class Runtime:
 
     def _end_announced_session(self, ended: SessionEnded) -> None:
         """Another replica signed a session out: its streams here end too."""
+        self.hub.signed_out.add(ended.session)
         for stream in self.hub.streams_of(ended.user_id):
             if stream.token is not None and token_hash(stream.token) == ended.session:
                 self.hub.end_stream(stream, SIGNED_OUT)
 
     async def end_session_streams(self, user_id: str, token: str) -> None:
         """A session was signed out here: end its streams here and on every other replica."""
+        self.hub.signed_out.add(token_hash(token))
         self.hub.end_session(token)
         if self.control is not None:
             await self.control.announce_session_ended(user_id, token_hash(token))

@@ -15,6 +15,7 @@ from __tests__.service import KEYS, Service, running_service
 from __tests__.sse import open_stream
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.streaming.sessions import RecentlySignedOut
 from cryptomarket.users.service import token_hash
 
 RECHECK = 0.5  # seconds between re-checks, in these tests
@@ -113,3 +114,17 @@ async def test_a_sign_out_made_while_the_control_channel_is_away_ends_the_stream
         ended = await stream.until("session_ended", timeout=15)
         assert ended.data == {"reason": "signed_out"}
         assert b.runtime.hub.streams_of("bob") == frozenset()
+
+
+def test_signed_out_sessions_are_kept_a_while_and_a_bounded_number() -> None:
+    now = [0.0]
+    kept = RecentlySignedOut(keep_seconds=300, keep=1_000, clock=lambda: now[0])
+    kept.add("session-a")
+    now[0] = 299.0
+    assert "session-a" in kept
+    now[0] = 301.0
+    assert "session-a" not in kept
+    for n in range(5_000):  # a sign-out storm: the oldest go first
+        kept.add(f"session-{n}")
+    assert len(kept) == 1_000
+    assert "session-4999" in kept and "session-3999" not in kept

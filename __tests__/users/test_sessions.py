@@ -326,3 +326,37 @@ async def test_user_ids_of_one_key_refreshing_together_share_one_authentication(
     assert service.simulator.calls["public/auth"] == before + 2  # theirs, and the wrong one's
     assert {profile.account_id for profile in profiles} == {1001}
     assert wrong.status_code == 401  # a wrong secret never rides on another's answer
+
+
+async def test_a_stream_opening_as_its_session_is_signed_out_is_refused(service: Service) -> None:
+    token = await service.sign_in("alice")
+    client, signing_out = service.client_for(token), service.client_for(token)
+    opens = service.runtime.stream_opens
+    admit = opens.admit
+    checked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def admit_then_wait(user_id: str) -> None:  # its session was read as valid by now
+        await admit(user_id)
+        checked.set()
+        await go_on.wait()
+
+    opens.admit = admit_then_wait  # type: ignore[method-assign]
+
+    async def open_it() -> int | str:
+        async with open_stream(client) as stream:
+            if stream.response.status_code != 200:
+                return stream.response.status_code
+            try:
+                await stream.until("status", timeout=5)
+            except EOFError:
+                return "ended"
+            return "open after its sign-out"
+
+    opening = asyncio.create_task(open_it())
+    await checked.wait()
+    assert (await signing_out.delete("/api/v1/sessions/current")).status_code == 204
+    go_on.set()
+    assert await opening == 401
+    assert not service.runtime.hub.streams_of("alice")
+    await client.aclose()
+    await signing_out.aclose()

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cryptomarket.core.errors import (
     AppError,
     InvalidInput,
+    NotAuthenticated,
     TooMany,
     app_error_response,
     error_response,
@@ -46,6 +47,7 @@ from cryptomarket.streaming.response import (
 from cryptomarket.streaming.stream import Stream
 from cryptomarket.subscriptions.schemas import MAX_TIMER
 from cryptomarket.users.auth import Caller, StreamCallerDep, identify, presented_by
+from cryptomarket.users.service import token_hash
 
 PATH = "/api/v2/sse/connection"
 MAX_TOKEN = 256
@@ -183,6 +185,10 @@ async def open_event_stream(
     first on it (retry, connected, the replay, the upstream status)."""
     await runtime.stream_opens.admit(caller.user_id)
     hub = runtime.hub
+    # No await from here to the registration: a sign-out that ended the session's streams while
+    # this one was opening (its session read as valid just before) is remembered, and refused.
+    if caller.token is not None and token_hash(caller.token) in hub.signed_out:
+        raise NotAuthenticated("this session was signed out; sign in again")
     # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
     # cancel) reaches this stream through the hub and wins over the stored state read here.
     stream = hub.open(

@@ -22,7 +22,7 @@ from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
-from cryptomarket.streaming.sessions import SIGNED_OUT, SessionRecheck
+from cryptomarket.streaming.sessions import SIGNED_OUT, RecentlySignedOut, SessionRecheck
 from cryptomarket.streaming.stream import Stream
 
 logger = logging.getLogger("cryptomarket.streaming")
@@ -78,6 +78,7 @@ class StreamHub:
         self.streams_dropped = 0  # too slow to keep, since start
         # Open streams' sessions and keys, re-checked against the store (streaming/sessions.py).
         self.sessions = SessionRecheck(self._streams, self.end_stream, self._due_changed.set)
+        self.signed_out = RecentlySignedOut()  # refused at registration (streaming/sessions.py)
         self.events_sent = 0  # frames handed to streams, since start
         # Told the name of each instrument whose final frame went out (its catalogue forgets it).
         self.on_expired: Callable[[str], None] | None = None

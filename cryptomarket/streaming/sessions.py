@@ -12,6 +12,8 @@ A check that fails (the store is away) ends nothing; the next one tries again.
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,11 @@ DEFAULT_INTERVAL = 30.0  # seconds; SSE_SESSION_RECHECK
 EXPIRED = "expired"
 SIGNED_OUT = "signed_out"
 KEY_CHANGED = "key_changed"
+
+# A signed-out session is remembered this long, at most this many: far longer than any stream
+# takes from its session check to its registration, and sign-outs are rare.
+SIGNED_OUT_KEPT_SECONDS = 300.0
+SIGNED_OUT_KEPT = 10_000
 
 # The streams to end, with why; the streams not named stay.
 Check = Callable[[list["Stream"]], Awaitable[dict["Stream", str]]]
@@ -101,3 +108,41 @@ class SessionRecheck:
             self.checks += 1
             if not self._again:
                 return
+
+
+class RecentlySignedOut:
+    """Sessions signed out lately, by the hash the store keeps of them.
+
+    A sign-out ends the streams registered with the session; a stream still opening (its session
+    read as valid just before the sign-out committed) is not registered yet, so it checks here as
+    it registers, with no await in between, and is refused."""
+
+    def __init__(
+        self,
+        keep_seconds: float = SIGNED_OUT_KEPT_SECONDS,
+        keep: int = SIGNED_OUT_KEPT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keep_seconds = keep_seconds
+        self._keep = keep
+        self._clock = clock
+        self._ended: OrderedDict[str, float] = OrderedDict()  # session hash -> when, oldest first
+
+    def __len__(self) -> int:
+        return len(self._ended)
+
+    def add(self, session: str) -> None:
+        self._ended[session] = self._clock()
+        self._ended.move_to_end(session)
+        self._prune()
+
+    def __contains__(self, session: str) -> bool:
+        self._prune()
+        return session in self._ended
+
+    def _prune(self) -> None:
+        oldest = self._clock() - self._keep_seconds
+        while self._ended and (
+            len(self._ended) > self._keep or next(iter(self._ended.values())) < oldest
+        ):
+            self._ended.popitem(last=False)
