@@ -394,3 +394,23 @@ async def test_a_gap_published_while_a_stream_opens_reaches_it(database: Databas
     serving.subscriptions = PublishingMeanwhile(serving.subscriptions.stored)
     opened = await serving.reconnect(None)
     assert gaps(opened) == [("btc_usd", 1_000, 2_000)]
+
+
+async def test_a_gap_published_but_not_stored_yet_reaches_a_resuming_client(
+    database: Database,
+) -> None:
+    # A restart's catch-up publishes its ticks, the outage's gap, then the held live ticks; the
+    # writer stores the gap a moment later. A client resuming from before the gap in between
+    # finds it in neither the store nor past its latest price: it must still be told.
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0}))
+    await serving.publish(tick("btc_usd", 1_000, 0))
+    serving.hub.publish(Gap("btc_usd", 1_001, 4_999, "the upstream was down"))  # not stored yet
+    await serving.publish(tick("btc_usd", 5_000, 10), tick("btc_usd", 5_001, 11))
+    resumed = await serving.reconnect("btc_usd:1000")
+    assert gaps(resumed) == [("btc_usd", 1_001, 4_999)]
+    assert sent(resumed) == ["btc_usd:5000", "btc_usd:5001"]
+    async with database.transaction() as connection:  # stored now: told once, not twice
+        await PriceRepository(connection, database.tables).add_gap(
+            Gap("btc_usd", 1_001, 4_999, "the upstream was down")
+        )
+    assert gaps(await serving.reconnect("btc_usd:1000")) == [("btc_usd", 1_001, 4_999)]

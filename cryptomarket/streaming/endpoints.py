@@ -33,6 +33,7 @@ from cryptomarket.core.routing import get_and_post
 from cryptomarket.core.security_headers import secure_start
 from cryptomarket.kit.addresses import address_key
 from cryptomarket.kit.tarpit import Tarpit
+from cryptomarket.prices.models import Gap
 from cryptomarket.runtime import Runtime, RuntimeDep
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import StreamHub
@@ -205,15 +206,22 @@ async def open_event_stream(
         # Latest prices go out in publish order: a client resuming from the last one it got
         # had every other one before it (streaming/replay.py).
         # Gaps after the price each every-tick ticker starts from (its latest): a stream's
-        # series is whole from its first price on, or says where it is not.
+        # series is whole from its first price on, or says where it is not. A resumed one's
+        # goes back to where it stopped: a gap published meanwhile may not be stored yet.
         starts = {ticker: _latest_ms(hub, ticker) for ticker in subscriptions}
+        told: set[Gap] = set()
+        if missed is not None:
+            starts.update((ticker, missed.gaps_since(ticker)) for ticker in missed.tickers)
+            told.update(missed.recorded_gaps)
         for ticker in sorted(subscriptions, key=lambda ticker: _published(hub, ticker)):
             if ticker not in changed_meanwhile:
                 hub.subscribe(stream, ticker, subscriptions[ticker])
         replay += [
             events.gap_frame(gap)
             for gap in hub.recent_gaps
-            if stream.timers.get(gap.ticker) == 0 and gap.to_ts > starts.get(gap.ticker, 0)
+            if stream.timers.get(gap.ticker) == 0
+            and gap.to_ts > starts.get(gap.ticker, 0)
+            and gap not in told
         ]
     except BaseException:
         hub.close(stream)

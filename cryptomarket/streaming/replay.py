@@ -86,6 +86,12 @@ class Missed:
         """The resumed event went out by a timer, not in publish order."""
         return self.stamp is not None and self.ticker not in self.tickers
 
+    def gaps_since(self, ticker: str) -> int:
+        """From where a gap concerns the client: T for the resumed ticker; another ticker's
+        position is known only to within UNCERTAIN_MS of T (a gap it already got may come
+        again, which says nothing new; a gap missed would be a loss)."""
+        return self.timestamp if ticker == self.ticker else self.timestamp - UNCERTAIN_MS
+
     def floor(self, ticker: str) -> int:
         """Without a publish stamp: the timestamp after which this ticker is replayed."""
         return self.timestamp if ticker == self.ticker else self.timestamp + UNCERTAIN_MS
@@ -137,9 +143,7 @@ async def fetch(
             missed.stored[each] = ticks
             if first is not None:
                 missed.first_stored[each] = first
-            # Another ticker's position is known only to within UNCERTAIN_MS of T: a gap it
-            # already got may come again, which says nothing new; a gap missed would be a loss.
-            since = timestamp if each == ticker else timestamp - UNCERTAIN_MS
+            since = missed.gaps_since(each)
             missed.recorded_gaps.extend(await repository.gaps_between(each, since, 2**62))
     return missed
 
