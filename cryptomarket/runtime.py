@@ -150,7 +150,13 @@ class Runtime:
                 max_user_ids=settings.MAX_USER_IDS_PER_ACCOUNT,
             ),
             hub=hub,
-            subscriptions=SubscriptionService(database, prices, hub, NoWatchers()),
+            subscriptions=SubscriptionService(
+                database,
+                prices,
+                hub,
+                NoWatchers(),
+                max_per_user=settings.MAX_SUBSCRIPTIONS_PER_USER,
+            ),
             deribit_sockets=sockets,
         )
         buckets = RedisBuckets(redis, outages) if redis is not None else LocalBuckets()

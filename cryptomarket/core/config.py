@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     SIGN_IN_BURST: int = Field(5, ge=1, le=10_000)
     SIGN_INS_PER_MINUTE: float = Field(10.0, gt=0, le=100_000)
     MAX_USER_IDS_PER_ACCOUNT: int = Field(5, ge=1, le=10_000)
+    # Tickers one user id may subscribe at once: each instrument is an upstream channel of ten
+    # updates a second, so one user must not be able to take every one Deribit lists.
+    MAX_SUBSCRIPTIONS_PER_USER: int = Field(100, ge=1, le=100_000)
     # Public price history per client address, in units (a request, plus one per 1000 rows of
     # its page; a CSV export 20): a burst, then per minute.
     HISTORY_BURST: int = Field(120, ge=20, le=1_000_000)

@@ -64,6 +64,12 @@ Timer = Annotated[
             "content": {"application/json": {"example": ALREADY_SUBSCRIBED}},
         },
         404: UNKNOWN_TICKER,
+        429: error(
+            "The user subscribes MAX_SUBSCRIPTIONS_PER_USER tickers already.",
+            "too_many_subscriptions",
+            "user 'alice' already subscribes 100 tickers, the most allowed "
+            "(MAX_SUBSCRIPTIONS_PER_USER=100); cancel one first",
+        ),
         503: INDEX_LIST_DOWN,
     },
 )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from cryptomarket.core.db import Database
-from cryptomarket.core.errors import NotFound
+from cryptomarket.core.errors import NotFound, TooMany
 from cryptomarket.distributed.control import SubscriptionChange
 from cryptomarket.kit.batched import Batched
 from cryptomarket.kit.keyed_lock import KeyedLock
@@ -64,6 +64,7 @@ class SubscriptionService:
         *,
         announcer: Announcer | None = None,
         latest: LatestSource | None = None,
+        max_per_user: int | None = None,
     ) -> None:
         self.database = database
         self.prices = prices
@@ -71,6 +72,7 @@ class SubscriptionService:
         self.watchers = watchers
         self.announcer = announcer
         self.latest = latest  # a shared cache of the newest tick per ticker, asked before the store
+        self.max_per_user = max_per_user  # MAX_SUBSCRIPTIONS_PER_USER (None: no limit)
         # Users asked for at about once (a storm of reconnecting streams) share one query.
         self._stored: Batched[str, dict[str, int | None]] = Batched(self._subscriptions_of)
         # One change of a user's subscriptions at a time here, from its commit until the open
@@ -91,9 +93,21 @@ class SubscriptionService:
         await self.load_latest([ticker])  # before: nothing may wait between commit and apply
         async with self._changes.hold(user_id):
             async with self.database.transaction() as connection:
-                created, timer = await UserRepository(connection, self.database.tables).subscribe(
+                repository = UserRepository(connection, self.database.tables)
+                if self.max_per_user is not None:
+                    await repository.lock_subscriptions(user_id)
+                created, timer = await repository.subscribe(
                     user_id, ticker, timer, datetime.now(UTC)
                 )
+                if created and self.max_per_user is not None:
+                    held = await repository.count_subscriptions(user_id)
+                    if held > self.max_per_user:  # raised inside: the insert is rolled back
+                        raise TooMany(
+                            f"user {user_id!r} already subscribes {held - 1} tickers, the most "
+                            f"allowed (MAX_SUBSCRIPTIONS_PER_USER={self.max_per_user}); cancel "
+                            "one first",
+                            code="too_many_subscriptions",
+                        )
             change = SubscriptionChange(user_id, ticker, timer, removed=False)
             self.apply(change)
             if self.announcer is not None:

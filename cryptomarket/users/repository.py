@@ -177,6 +177,20 @@ class UserRepository:
             found.setdefault(user_id, {})[ticker] = timer
         return found
 
+    async def lock_subscriptions(self, user_id: str) -> None:
+        """Serialise the new subscriptions of one user until the transaction ends, so two racing
+        cannot both pass the per-user limit. PostgreSQL: the user's row, locked; SQLite
+        serialises every writer already (the insert is the transaction's first statement)."""
+        if self.connection.dialect.name == "postgresql":
+            user = select(self.person.c.user_id).where(self.person.c.user_id == user_id)
+            await self.connection.execute(user.with_for_update())
+
+    async def count_subscriptions(self, user_id: str) -> int:
+        result = await self.connection.execute(
+            select(func.count()).where(self.subscriptions.c.user_id == user_id)
+        )
+        return int(result.scalar_one())
+
     async def subscribe(
         self, user_id: str, ticker: str, timer: int | None, now: datetime
     ) -> tuple[bool, int | None]:
