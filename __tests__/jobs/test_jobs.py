@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from redis import Redis
 from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import OperationalError
 
 from __tests__.app_server import app_settings
 from __tests__.servers import PostgresServer, RedisServer
@@ -19,6 +20,7 @@ from cryptomarket.core.db import create_sync_engine, urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.core.tables import Tables, build_tables
 from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.instruments.store_interval import StoreInterval
 from cryptomarket.jobs import gaps, persist, profiles, retention, sessions
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import store_ticks
@@ -273,3 +275,28 @@ async def test_profile_refresh_authenticates_once_per_key_for_all_its_user_ids(
     with engine.connect() as connection:
         fetched = connection.execute(select(TABLES.person.c.profile_fetched_at)).scalars().all()
     assert len(fetched) == len(user_ids) and None not in fetched
+
+
+def test_an_instruments_update_kept_by_a_run_that_failed_to_store_is_stored_by_the_next(
+    engine: Engine, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's StoreInterval lives across runs: the first update of each window, chosen by
+    # a run whose write failed (PostgreSQL restarting), must still be chosen when read again.
+    interval = StoreInterval(1_000)
+    fields = {"mark_price": 1.0}
+    updates = [Tick("BTC-PERPETUAL", 1.0, 1_700_000_000_000 + ms, fields=fields) for ms in (0, 500)]
+    add_to_stream(redis, *updates)
+    real_store = persist._store
+
+    def database_restarting(engine: Engine, tables: Tables, batch: persist.Batch) -> None:
+        raise OperationalError("INSERT", {}, Exception("the database system is shutting down"))
+
+    monkeypatch.setattr(persist, "_store", database_restarting)
+    with pytest.raises(OperationalError):
+        persist.persist_ticks(redis, engine, TABLES, interval)
+    monkeypatch.setattr(persist, "_store", real_store)
+    persist.persist_ticks(redis, engine, TABLES, interval)
+    instruments = TABLES.instrument_ticks.c
+    with engine.connect() as connection:
+        rows = connection.execute(select(instruments.ticker, instruments.timestamp)).all()
+    assert [tuple(row) for row in rows] == [("BTC-PERPETUAL", 1_700_000_000_000)]
