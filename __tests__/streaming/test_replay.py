@@ -414,3 +414,39 @@ async def test_a_gap_published_but_not_stored_yet_reaches_a_resuming_client(
             Gap("btc_usd", 1_001, 4_999, "the upstream was down")
         )
     assert gaps(await serving.reconnect("btc_usd:1000")) == [("btc_usd", 1_001, 4_999)]
+
+
+async def test_a_latest_price_read_ahead_of_the_store_is_no_excuse_to_skip_ticks(
+    database: Database,
+) -> None:
+    # A replica just started: its hub has no recent ticks yet, the store lags the bus by the
+    # persist interval, and the stream's latest price came from Redis's latest-price key. The
+    # ticks between the store's newest and that latest are in neither: a gap must say so, and
+    # the latest price must still go out.
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0}))
+    await serving.publish(tick("btc_usd", 1_000, 0), tick("btc_usd", 1_001, 1))
+    serving = Serving(database, serving.subscriptions)  # the replica that just started
+    serving.hub.remember_latest(tick("btc_usd", 1_003, 3))  # published, not stored yet
+    stream, opening = await open_event_stream(
+        serving,  # type: ignore[arg-type]  # the parts of a Runtime a stream uses
+        Caller("alice", None),
+        0,
+        "btc_usd:1000",
+    )
+    resumed = SSEParser().feed((opening + b"".join(stream._buffer)).decode())
+    serving.hub.close(stream)
+    assert sent(resumed) == ["btc_usd:1001", "btc_usd:1003"]  # the latest, on subscribe
+    assert gaps(resumed) == [("btc_usd", 1_002, 1_002)]
+
+
+async def test_a_latest_price_the_client_had_is_not_sent_again_nor_a_gap(
+    database: Database,
+) -> None:
+    serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
+    await serving.publish(tick("eth_usd", 1_000, 0), tick("btc_usd", 1_001, 1))
+    serving = Serving(database, serving.subscriptions)  # restarted: latest prices from the store
+    for each in ("btc_usd", "eth_usd"):
+        await serving.subscriptions.load_latest([each])
+    serving.hub.remember_latest(tick("eth_usd", 1_000, 0))  # as load_latest would, with its stamp
+    resumed = await serving.reconnect("btc_usd:1001")
+    assert sent(resumed) == [] and gaps(resumed) == []

@@ -22,6 +22,10 @@ An instrument's store keeps one update per INSTRUMENT_STORE_INTERVAL_MS: what is
 from the store, before the hub's recent ticks take over, lacks the updates in between, and a `gap`
 event says so (the stored ones are replayed still: the client's chart stays drawn).
 
+A replica that just started has no recent ticks, and its latest prices come from Redis's key,
+ahead of the store by up to the persist interval: the ticks between the store's newest and that
+latest price are in neither, and a `gap` event says so (the latest price itself goes out).
+
 The store is read first (`fetch`, which awaits); the hub's recent ticks are merged in by `frames`,
 in the same step of the event loop as the stream's subscriptions start, so a tick published in
 between is in one or the other, never in both or in neither.
@@ -41,7 +45,7 @@ from datetime import datetime
 from cryptomarket.core.db import Database
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.kit.batched import Batched
-from cryptomarket.prices.models import Gap, Tick
+from cryptomarket.prices.models import EPOCH, Gap, Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import StreamHub
@@ -54,6 +58,7 @@ UNCERTAIN_MS = 5_000  # without a publish stamp: how far another ticker's ticks 
 LEFT_OUT = "not replayed: more were missed than a reconnect replays"
 UNCERTAIN = "not replayed: the resumed event is unknown, these may or may not have been sent"
 THINNED = "not replayed: an instrument is stored once per INSTRUMENT_STORE_INTERVAL_MS"
+NOT_STORED_YET = "not replayed: published just before this server started, not stored yet"
 
 
 @dataclass
@@ -178,9 +183,8 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
             start, end = missed.timestamp - UNCERTAIN_MS, missed.floor(ticker)
             gaps.append(Gap(ticker, start, end, UNCERTAIN))
         replayed.extend(ticks)
-        newest = ticks[-1].timestamp if ticks else 0
-        if (latest := hub.latest.get(ticker)) is not None:
-            newest = max(newest, latest[0].timestamp)  # had before, or replayed now
+        newest, unseen = _sent_up_to(hub, stream, missed, ticker, ticks)
+        gaps.extend(unseen)
         if newest:
             stream.last_sent[ticker] = max(newest, stream.last_sent.get(ticker, 0))
     if missed.stamp is not None:
@@ -190,6 +194,36 @@ def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] =
     gaps.extend(gap for gap in missed.recorded_gaps if gap.ticker not in skipped)
     gaps.sort(key=lambda gap: (gap.from_ts, gap.ticker))
     return [events.gap_frame(gap) for gap in gaps] + [_encoded(missed, t) for t in replayed]
+
+
+def _sent_up_to(
+    hub: StreamHub, stream: Stream, missed: Missed, ticker: str, ticks: list[Tick]
+) -> tuple[int, list[Gap]]:
+    """The newest tick of `ticker` the client has once the replay is sent, and a gap for what
+    it cannot get: the hub's latest price counts as had or replayed, unless it was read from
+    Redis's latest-price key ahead of the store (a replica just started). Then it goes out on
+    subscribe, and the ticks before it, in neither the store nor this hub, are a gap."""
+    newest = ticks[-1].timestamp if ticks else 0
+    latest = hub.latest.get(ticker)
+    if latest is None:
+        return newest, []
+    known = max(newest, stream.last_sent.get(ticker, 0))
+    if latest[0].timestamp <= known or not _ahead_of_store(hub, latest[0], missed):
+        return max(newest, latest[0].timestamp), []
+    start = known + 1 if known else missed.gaps_since(ticker)
+    if start >= latest[0].timestamp:
+        return newest, []
+    return newest, [Gap(ticker, start, latest[0].timestamp - 1, NOT_STORED_YET)]
+
+
+def _ahead_of_store(hub: StreamHub, latest: Tick, missed: Missed) -> bool:
+    """Whether the hub's latest price is in neither the replay nor the client's past: read from
+    Redis's latest-price key (it has a publish stamp) and published after the resume point. One
+    this hub published live was merged into the replay (or named in its gaps); one read from
+    the store carries no stamp: replayed if published after the resume point, had if before."""
+    if latest.received_at == EPOCH or publish_stamp(hub, latest.ticker, latest.timestamp):
+        return False
+    return missed.stamp is None or latest.received_at > missed.stamp
 
 
 def _encoded(missed: Missed, tick: Tick) -> bytes:
