@@ -28,6 +28,7 @@ from cryptomarket.streaming.endpoints import open_event_stream
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.streaming.limits import OpenLimiter
 from cryptomarket.streaming.replay import Replays
+from cryptomarket.subscriptions.service import NoWatchers, SubscriptionService
 from cryptomarket.users.auth import Caller
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -445,8 +446,7 @@ async def test_a_latest_price_the_client_had_is_not_sent_again_nor_a_gap(
     serving = Serving(database, StoredSubscriptions({"btc_usd": 0, "eth_usd": 0}))
     await serving.publish(tick("eth_usd", 1_000, 0), tick("btc_usd", 1_001, 1))
     serving = Serving(database, serving.subscriptions)  # restarted: latest prices from the store
-    for each in ("btc_usd", "eth_usd"):
-        await serving.subscriptions.load_latest([each])
-    serving.hub.remember_latest(tick("eth_usd", 1_000, 0))  # as load_latest would, with its stamp
+    reading = SubscriptionService(database, None, serving.hub, NoWatchers())  # type: ignore[arg-type]
+    await reading.load_latest(["btc_usd", "eth_usd"])
     resumed = await serving.reconnect("btc_usd:1001")
     assert sent(resumed) == [] and gaps(resumed) == []

@@ -217,13 +217,16 @@ def _sent_up_to(
 
 
 def _ahead_of_store(hub: StreamHub, latest: Tick, missed: Missed) -> bool:
-    """Whether the hub's latest price is in neither the replay nor the client's past: read from
-    Redis's latest-price key (it has a publish stamp) and published after the resume point. One
-    this hub published live was merged into the replay (or named in its gaps); one read from
-    the store carries no stamp: replayed if published after the resume point, had if before."""
-    if latest.received_at == EPOCH or publish_stamp(hub, latest.ticker, latest.timestamp):
+    """Whether the hub's latest price is in neither the replay nor the client's past: published
+    after the resume point, yet not replayed. One this hub published live was merged into the
+    replay (or named in its gaps); one read from the store was replayed if published after the
+    resume point (the store's answer reaches its newest tick); so one read from Redis's latest
+    key ahead of the store. An unknown resume point has gaps of its own for what is uncertain."""
+    if missed.stamp is None or latest.received_at == EPOCH:
         return False
-    return missed.stamp is None or latest.received_at > missed.stamp
+    if publish_stamp(hub, latest.ticker, latest.timestamp) is not None:
+        return False
+    return latest.received_at > missed.stamp
 
 
 def _encoded(missed: Missed, tick: Tick) -> bytes:

@@ -16,7 +16,7 @@ from cryptomarket.distributed.control import SubscriptionChange
 from cryptomarket.kit.batched import Batched
 from cryptomarket.kit.keyed_lock import KeyedLock
 from cryptomarket.prices.models import Tick
-from cryptomarket.prices.repository import PriceRepository, fields_of
+from cryptomarket.prices.repository import PriceRepository, tick_of
 from cryptomarket.prices.service import PriceService, check_form
 from cryptomarket.streaming.hub import StreamHub
 from cryptomarket.subscriptions.schemas import Created, Removed
@@ -202,7 +202,5 @@ class SubscriptionService:
             repository = PriceRepository(connection, self.database.tables)
             for ticker in missing:
                 row = await repository.latest(ticker)
-                if row is not None:
-                    self.hub.remember_latest(
-                        Tick(row.ticker, row.price, row.timestamp, fields=fields_of(row))
-                    )
+                if row is not None:  # with its publish stamp: the order latest prices go out in
+                    self.hub.remember_latest(tick_of(row))
