@@ -252,10 +252,11 @@ class Runtime:
 
     async def end_session_streams(self, user_id: str, token: str) -> None:
         """A session was signed out here: end its streams here and on every other replica."""
-        self.hub.signed_out.add(token_hash(token))
+        session = token_hash(token)
+        self.hub.signed_out.add(session)
         self.hub.end_session(token)
         if self.control is not None:
-            await self.control.announce_session_ended(user_id, token_hash(token))
+            await self.control.announce_session_ended(user_id, session)
 
     def begin_shutdown(self) -> None:
         """The server is going down: end every stream now, so no response holds the exit up."""

@@ -45,7 +45,7 @@ from datetime import datetime
 from cryptomarket.core.db import Database
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.kit.batched import Batched
-from cryptomarket.prices.models import EPOCH, Gap, Tick
+from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.prices.repository import PriceRepository, fields_of
 from cryptomarket.streaming import events
 from cryptomarket.streaming.hub import StreamHub
@@ -222,7 +222,7 @@ def _ahead_of_store(hub: StreamHub, latest: Tick, missed: Missed) -> bool:
     replay (or named in its gaps); one read from the store was replayed if published after the
     resume point (the store's answer reaches its newest tick); so one read from Redis's latest
     key ahead of the store. An unknown resume point has gaps of its own for what is uncertain."""
-    if missed.stamp is None or latest.received_at == EPOCH:
+    if missed.stamp is None:
         return False
     if publish_stamp(hub, latest.ticker, latest.timestamp) is not None:
         return False
