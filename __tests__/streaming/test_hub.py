@@ -94,3 +94,22 @@ async def test_a_price_remembered_from_the_cache_still_goes_out_live() -> None:
     assert sent.count(b'"timestamp":1790000000005') == 1
     assert [tick.timestamp for tick in hub.recent["btc_usd"]] == [t4.timestamp, t5.timestamp]
     hub.close(watching)
+
+
+async def test_an_expired_instrument_is_remembered_and_its_recent_ticks_forgotten_later() -> None:
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    now = 1_790_000_000_000
+    option = "BTC-8JUN20-8750-P"
+    hub.publish(Tick(option, 1.0, now - 2_000, fields={"mark_price": 1.0}))
+    final = Tick(option, 1.0, now - 1_000, fields={"mark_price": 1.0, "state": "closed"})
+    hub.publish(final)
+    assert option not in hub.latest and len(hub.recent[option]) == 2  # for replays, a while
+    assert hub.expired[option][0] == final
+    hub.forget_quiet_instruments(now)
+    assert option in hub.recent
+    hub.forget_quiet_instruments(now + FORGET_QUIET_MS)
+    assert option not in hub.recent and option in hub.expired
+    late = hub.open("alice", None)  # its store not cleared yet: subscribed, told at once
+    hub.subscribe(late, option, 0)
+    assert option not in late.timers and b"event: expired" in b"".join(late._buffer)
+    hub.close(late)

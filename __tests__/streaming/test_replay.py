@@ -450,3 +450,103 @@ async def test_a_latest_price_the_client_had_is_not_sent_again_nor_a_gap(
     await reading.load_latest(["btc_usd", "eth_usd"])
     resumed = await serving.reconnect("btc_usd:1001")
     assert sent(resumed) == [] and gaps(resumed) == []
+
+
+class ChangedMeanwhile(StoredSubscriptions):
+    """The stored subscriptions, read while the user changes them (on this replica or another):
+    the change reaches the streams the hub holds, the opening one among them, before the read
+    returns; a tick is published too."""
+
+    def __init__(self, serving: Serving, stored: dict[str, int | None], change: str) -> None:
+        super().__init__(stored)
+        self.serving = serving
+        self.change = change
+
+    async def subscriptions(self, user_id: str) -> dict[str, int | None]:
+        hub = self.serving.hub
+        for stream in hub.streams_of(user_id):
+            if self.change == "cancel":
+                hub.unsubscribe(stream, "btc_usd")
+            else:
+                hub.subscribe(stream, "btc_usd", {"same": 0, "timer": 5}[self.change])
+        await self.serving.publish(tick("btc_usd", 1_003, 3))
+        return await super().subscriptions(user_id)
+
+
+@pytest.mark.parametrize("change", ["same", "timer", "cancel"])
+async def test_a_change_made_while_a_stream_resumes_loses_no_tick(
+    database: Database, change: str
+) -> None:
+    # A client re-creates its subscription (same timer), re-times or cancels it, while its
+    # EventSource resumes: an every-tick subscription still gets every tick after its last
+    # event, once; a changed one follows the change.
+    serving = Serving(database, StoredSubscriptions({}))
+    await serving.publish(*(tick("btc_usd", ts, ts - 1_000) for ts in (1_000, 1_001, 1_002)))
+    serving.subscriptions = ChangedMeanwhile(serving, {"btc_usd": 0}, change)
+    stream, opening = await open_event_stream(
+        serving,  # type: ignore[arg-type]  # the parts of a Runtime a stream uses
+        Caller("alice", None),
+        0,
+        "btc_usd:1000",
+    )
+    await serving.publish(tick("btc_usd", 1_004, 4))
+    resumed = SSEParser().feed((opening + b"".join(stream._buffer)).decode())
+    serving.hub.close(stream)
+    connected = next(e for e in resumed if e.event == "connected")
+    assert gaps(resumed) == []
+    if change == "same":
+        assert sent(resumed) == [f"btc_usd:{ts}" for ts in (1_001, 1_002, 1_003, 1_004)]
+        assert connected.data["subscriptions"] == [{"ticker": "btc_usd", "timer": 0}]
+    elif change == "timer":
+        assert len(sent(resumed)) == 1  # its latest price, at once
+        assert connected.data["subscriptions"] == [{"ticker": "btc_usd", "timer": 5}]
+    else:
+        assert sent(resumed) == [] and connected.data["subscriptions"] == []
+
+
+@pytest.mark.parametrize("timer", [0, 5], ids=["resumed-every-tick", "timer"])
+async def test_an_instrument_expiring_while_a_stream_opens_is_told_expired(
+    database: Database, timer: int
+) -> None:
+    # The option's final frame goes out while the stream reads its stored subscriptions (the
+    # ingest has not ended them yet): the stream must get that final price once and the
+    # `expired` event, as the streams open at that moment did, not a subscription that stays
+    # silent for good.
+    option = "BTC-8JUN20-8750-P"
+    serving = Serving(database, StoredSubscriptions({}))
+    await serving.publish(Tick(option, 5.0, 1_000, START, fields={"mark_price": 5.0}))
+    final = Tick(
+        option,
+        6.0,
+        1_001,
+        START + timedelta(milliseconds=1),
+        fields={"mark_price": 6.0, "state": "closed", "delivery_price": 9728.65},
+    )
+
+    class ExpiringMeanwhile(StoredSubscriptions):
+        async def subscriptions(self, user_id: str) -> dict[str, int | None]:
+            await serving.publish(final)
+            return await super().subscriptions(user_id)
+
+    serving.subscriptions = ExpiringMeanwhile({option: timer, "btc_usd": 0})
+    stream, opening = await open_event_stream(
+        serving,  # type: ignore[arg-type]  # the parts of a Runtime a stream uses
+        Caller("alice", None),
+        0,
+        f"{option}:1000" if timer == 0 else None,
+    )
+    opened = SSEParser().feed((opening + b"".join(stream._buffer)).decode())
+    serving.hub.close(stream)
+    assert sent(opened) == [f"{option}:1001"]
+    told = [e.data for e in opened if e.event == "expired"]
+    assert told == [
+        {
+            "ticker": option,
+            "timestamp": 1_001,
+            "datetime": "1970-01-01T00:00:01.001Z",
+            "state": "closed",
+            "delivery_price": 9728.65,
+        }
+    ]
+    connected = next(e for e in opened if e.event == "connected")
+    assert connected.data["subscriptions"] == [{"ticker": "btc_usd", "timer": 0}]

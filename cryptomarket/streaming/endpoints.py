@@ -191,31 +191,37 @@ async def open_event_stream(
     if caller.token is not None and token_hash(caller.token) in hub.signed_out:
         raise NotAuthenticated("this session was signed out; sign in again")
     # Registered before the subscriptions are read: a change made meanwhile (a subscribe or a
-    # cancel) reaches this stream through the hub and wins over the stored state read here.
+    # cancel) reaches this stream through the hub, and wins over the stored state read here.
     stream = hub.open(
-        caller.user_id, timer, caller.token, caller.client_id, account_id=caller.account_id
+        caller.user_id,
+        timer,
+        caller.token,
+        caller.client_id,
+        account_id=caller.account_id,
+        settle_later=True,
     )
     try:
         subscriptions = await runtime.subscriptions.subscriptions(caller.user_id)
         await runtime.subscriptions.load_latest(list(subscriptions))
         missed = await _missed(runtime, stream, subscriptions, last_event_id)
         # From here on no await: the hub's recent ticks and the live ones meet without overlap.
-        changed_meanwhile = set(stream.changed_while_opening or ())
-        stream.changed_while_opening = None
-        replay = [] if missed is None else replay_frames(hub, stream, missed, changed_meanwhile)
+        timers = hub.settle(stream, subscriptions)
+        replay = []
+        if missed is not None:  # those no longer every-tick (changed meanwhile) are not replayed
+            changed = [ticker for ticker in missed.tickers if timers.get(ticker) != 0]
+            replay = replay_frames(hub, stream, missed, changed)
         # Latest prices go out in publish order: a client resuming from the last one it got
         # had every other one before it (streaming/replay.py).
         # Gaps after the price each every-tick ticker starts from (its latest): a stream's
         # series is whole from its first price on, or says where it is not. A resumed one's
         # goes back to where it stopped: a gap published meanwhile may not be stored yet.
-        starts = {ticker: _latest_ms(hub, ticker) for ticker in subscriptions}
+        starts = {ticker: _latest_ms(hub, ticker) for ticker in timers}
         told: set[Gap] = set()
         if missed is not None:
             starts.update((ticker, missed.gaps_since(ticker)) for ticker in missed.tickers)
             told.update(missed.recorded_gaps)
-        for ticker in sorted(subscriptions, key=lambda ticker: _published(hub, ticker)):
-            if ticker not in changed_meanwhile:
-                hub.subscribe(stream, ticker, subscriptions[ticker])
+        for ticker in sorted(timers, key=lambda ticker: _published(hub, ticker)):
+            hub.subscribe(stream, ticker, timers[ticker])
         replay += [
             events.gap_frame(gap)
             for gap in hub.recent_gaps
@@ -237,8 +243,8 @@ async def open_event_stream(
             "timer": stream.default_timer,
             "subscriptions": [  # in the stored order, then those subscribed meanwhile
                 {"ticker": ticker, "timer": stream.timers[ticker]}
-                for ticker in dict.fromkeys([*subscriptions, *stream.timers])
-                if ticker in stream.timers
+                for ticker in timers
+                if ticker in stream.timers  # not one that expired meanwhile
             ],
         },
     )

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -40,6 +40,7 @@ RECENT_GAPS = 1_000
 # Redis stream still hold: else they would stay for every instrument ever watched.
 FORGET_QUIET_MS = 15 * 60 * 1000
 FORGET_EVERY = 60.0  # seconds between two looks for such instruments
+EXPIRED_KEPT = 2_000  # expired instruments remembered (Deribit lists a few hundred a day)
 
 
 class StreamHub:
@@ -80,6 +81,9 @@ class StreamHub:
         self.sessions = SessionRecheck(self._streams, self.end_stream, self._due_changed.set)
         self.signed_out = RecentlySignedOut()  # refused at registration (streaming/sessions.py)
         self.events_sent = 0  # frames handed to streams, since start
+        # The newest instruments that expired, with their final price (None: found gone): a
+        # stream subscribing to one after (opening, or its store not cleared yet) is told so.
+        self.expired: OrderedDict[str, tuple[Tick, bytes | None]] = OrderedDict()
         # Told the name of each instrument whose final frame went out (its catalogue forgets it).
         self.on_expired: Callable[[str], None] | None = None
 
@@ -129,11 +133,14 @@ class StreamHub:
         token: str | None = None,
         key_id: str | None = None,
         account_id: int | None = None,
+        *,
+        settle_later: bool = False,
     ) -> Stream:
         """Register a new stream, within the per-user, per-account and per-process bounds;
         `token` is the session it was opened with (else `key_id`, the client id of its key
         headers), so signing out, or a new key, can end it; `account_id` is the Deribit account
-        owning `user_id` (one account may claim several user ids)."""
+        owning `user_id` (one account may claim several user ids). `settle_later`: its stored
+        subscriptions are yet to be read; changes made meanwhile wait for `settle`."""
         if self.open_streams >= self.max_streams:
             raise Unavailable(
                 f"this server holds its maximum of {self.max_streams} streams; retry shortly",
@@ -164,6 +171,8 @@ class StreamHub:
             key_id=key_id,
             account_id=account_id,
         )
+        if settle_later:
+            stream.opening_changes = {}
         self._by_user.setdefault(user_id, set()).add(stream)
         self._open += 1
         if account_id is not None:
@@ -225,8 +234,12 @@ class StreamHub:
     def subscribe(self, stream: Stream, ticker: str, timer: int | None) -> None:
         """(Re)subscribe a stream to a ticker; the latest price goes out at once."""
         effective = stream.default_timer if timer is None else timer
-        if stream.changed_while_opening is not None:
-            stream.changed_while_opening.add(ticker)
+        if stream.opening_changes is not None:
+            stream.opening_changes[ticker] = effective  # applied by settle
+            return
+        if (final := self.expired.get(ticker)) is not None:
+            self._tell_expired(stream, *final)  # e.g. it expired while the stream opened
+            return
         if stream.timers.get(ticker) == effective:
             return
         self._leave(stream, ticker)
@@ -242,8 +255,9 @@ class StreamHub:
             self.events_sent += 1
 
     def unsubscribe(self, stream: Stream, ticker: str) -> None:
-        if stream.changed_while_opening is not None:
-            stream.changed_while_opening.add(ticker)
+        if stream.opening_changes is not None:
+            stream.opening_changes[ticker] = None  # applied by settle
+            return
         self._leave(stream, ticker)
         stream.timers.pop(ticker, None)
 
@@ -252,6 +266,23 @@ class StreamHub:
         self._stop_every_tick(stream, ticker)
         if stream.schedules.pop(ticker, None) is not None:
             self._due_live -= 1
+
+    def settle(self, stream: Stream, stored: dict[str, int | None]) -> dict[str, int]:
+        """End a stream's opening: the timer of each of its subscriptions, those stored (as read
+        while it opened), each change made meanwhile winning. The caller subscribes the stream
+        to each, after its replay: until then no live tick of any reached it."""
+        changes = stream.opening_changes or {}
+        stream.opening_changes = None
+        timers = {
+            ticker: stream.default_timer if timer is None else timer
+            for ticker, timer in stored.items()
+        }
+        for ticker, timer in changes.items():
+            if timer is None:
+                timers.pop(ticker, None)
+            else:
+                timers[ticker] = timer
+        return timers
 
     def remember_latest(self, tick: Tick) -> None:
         """Keep a price as the latest if it is newer than what the hub has (e.g. from the store)."""
@@ -309,17 +340,23 @@ class StreamHub:
     def _expire(self, tick: Tick, frame: bytes | None) -> None:
         """An instrument's final frame: every stream on it gets that price (whatever its timer),
         then the `expired` event, and its subscription ends (the store's ends in the ingest)."""
-        expired = events.expired_frame(tick)
+        self.expired[tick.ticker] = (tick, frame)
+        while len(self.expired) > EXPIRED_KEPT:
+            self.expired.popitem(last=False)
         for stream in self._streams():
             if tick.ticker in stream.timers:
-                if frame is not None:
-                    self.events_sent += stream.push_price(tick, frame)
-                self.events_sent += stream.push(expired)
-                self.unsubscribe(stream, tick.ticker)
+                self._tell_expired(stream, tick, frame)
+        # Its recent ticks stay a while, for replays of streams that were away when it expired.
         self.latest.pop(tick.ticker, None)
-        self.recent.pop(tick.ticker, None)
         if self.on_expired is not None:
             self.on_expired(tick.ticker)
+
+    def _tell_expired(self, stream: Stream, tick: Tick, frame: bytes | None) -> None:
+        if frame is not None:
+            self.events_sent += stream.push_price(tick, frame)
+        self.events_sent += stream.push(events.expired_frame(tick))
+        self._leave(stream, tick.ticker)
+        stream.timers.pop(tick.ticker, None)
 
     def forget_quiet_instruments(self, now_ms: int) -> list[str]:
         """Drop what is kept of instruments unwatched here and quiet for FORGET_QUIET_MS."""
@@ -334,6 +371,9 @@ class StreamHub:
         for ticker in quiet:
             del self.latest[ticker]
             self.recent.pop(ticker, None)
+        for ticker in [t for t in self.recent if t in self.expired and t not in self.latest]:
+            if now_ms - self.recent[ticker][-1].timestamp > FORGET_QUIET_MS:
+                del self.recent[ticker]
         return quiet
 
     def _streams(self) -> list[Stream]:

@@ -155,8 +155,8 @@ async def fetch(
 
 def frames(hub: StreamHub, stream: Stream, missed: Missed, skip: Iterable[str] = ()) -> list[bytes]:
     """The replay's frames (gaps first, then the ticks), with the hub's recent ticks merged in;
-    the stream then takes each ticker's live ticks after what it has. `skip`: tickers changed
-    while the stream opened, whose live delivery has begun already."""
+    the stream then takes each ticker's live ticks after what it has. `skip`: tickers no longer
+    taken every tick (changed while the stream opened)."""
     skipped = set(skip)
     gaps: list[Gap] = []
     replayed: list[Tick] = []

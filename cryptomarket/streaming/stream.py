@@ -36,7 +36,6 @@ class Stream:
         "_direct",
         "_waiter",
         "account_id",
-        "changed_while_opening",
         "closed",
         "default_timer",
         "dropped",
@@ -45,6 +44,7 @@ class Stream:
         "last_sent",
         "max_buffered",
         "on_drop",
+        "opening_changes",
         "quiet_sweeps",
         "schedules",
         "timers",
@@ -87,9 +87,10 @@ class Stream:
         self._waiter: asyncio.Future[None] | None = None
         self._body: Body | None = None  # the connection's, when its server gives one
         self._direct: Body | None = None  # the body, while frames may go to it at once
-        # Tickers changed by create/cancel while the stream's stored subscriptions were being
-        # read: those changes are newer than what was read. None once the stream is set up.
-        self.changed_while_opening: set[str] | None = set()
+        # Changes by create/cancel made while the stream's stored subscriptions were being read,
+        # newer than what was read: ticker -> its timer (None: cancelled). They are applied with
+        # the stored ones once the replay is known (hub.settle). None: the stream is set up.
+        self.opening_changes: dict[str, int | None] | None = None
 
     def attach(self, body: Body | None) -> None:
         """Write frames to `body` at once whenever nothing is waiting to go before them."""
