@@ -16,7 +16,13 @@ from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
-from cryptomarket.streaming.redis_bus import TICKS_STREAM, RedisBus, pack, unpack
+from cryptomarket.streaming.redis_bus import (
+    CUT_OFF_REASON,
+    TICKS_STREAM,
+    RedisBus,
+    pack,
+    unpack,
+)
 
 Factory = Callable[..., RedisBus]
 
@@ -184,3 +190,41 @@ async def test_a_catch_up_cut_short_is_done_again_from_where_the_subscription_wa
         await publisher.stop()
         for each in (client, publisher_client, admin):
             await each.aclose()
+
+
+async def test_a_replica_cut_off_past_the_streams_retention_is_told_what_it_missed(
+    buses: Factory, redis_server: RedisServer
+) -> None:
+    # Away longer than the stream keeps entries (an hour): what was trimmed meanwhile cannot
+    # be caught up on; the replica's streams must get a gap for it, not silence.
+    admin = Redis.from_url(redis_server.url)
+    await admin.flushdb()
+    publisher = buses(receiving=False)
+    replica = buses(publishing=False, retry_after=1.0)
+    inbox: list[Event] = []
+    replica.subscribe(lambda event, _frame: inbox.append(event))
+    await eventually(lambda: replica.connected, what="subscribed")
+    for event in (Tick("btc_usd", 1.0, 1), Tick("eth_usd", 1.0, 1)):
+        publisher.publish(event)
+    await eventually(lambda: len(inbox) == 2, what="delivered by pub/sub")
+
+    await admin.client_kill_filter(_type="pubsub")
+    await eventually(lambda: not replica.connected, what="cut off")
+    for timestamp in (2, 3):
+        publisher.publish(Tick("btc_usd", 1.0, timestamp))
+        publisher.publish(Tick("eth_usd", 1.0, timestamp))
+    await eventually(lambda: publisher.backlog == 0, what="published")
+    await admin.xtrim(TICKS_STREAM, maxlen=0)  # as the retention trims after an hour
+    publisher.publish(Tick("btc_usd", 1.0, 4))
+    await eventually(lambda: publisher.backlog == 0, what="published after the trim")
+    await admin.aclose()
+
+    await eventually(lambda: len(inbox) >= 5, timeout=15, what="caught up")
+    assert inbox[2:4] == [Gap("btc_usd", 2, 3, CUT_OFF_REASON), Tick("btc_usd", 1.0, 4)]
+    eth = inbox[4]  # none of its ticks left: up to about when the last trimmed one went in
+    assert isinstance(eth, Gap) and (eth.ticker, eth.from_ts, eth.reason) == (
+        "eth_usd",
+        2,
+        CUT_OFF_REASON,
+    )
+    assert eth.to_ts >= 3 and len(inbox) == 5

@@ -16,7 +16,8 @@ Redis may restart under us: publishing buffers a bounded backlog meanwhile (what
 published as a gap once Redis is back), and the subscriber reconnects with backoff and subscribes
 again. Events published while a replica was disconnected are not delivered to it by pub/sub: once
 subscribed again, it reads the newest entries of the stream and delivers the ticks newer than the
-last it delivered per ticker, and the gaps reaching past them (a catch-up).
+last it delivered per ticker, and the gaps reaching past them (a catch-up). Away longer than the
+stream keeps entries, it cannot: its streams get a gap for what was trimmed (the store has it).
 """
 
 import asyncio
@@ -70,6 +71,10 @@ STATUS_TTL_SECONDS = 30  # gone when no leader has rewritten it for this long
 BOUNDS_EVERY_ENTRIES = 500  # stream entries between two checks of its bounds...
 BOUNDS_EVERY_SECONDS = 1.0  # ...and at least this often
 OVERFLOW_REASON = "dropped from the publish backlog while Redis was unreachable"
+CUT_OFF_REASON = (
+    "not delivered: this server was cut off from Redis longer than its tick stream keeps ticks "
+    "(the price history has them)"
+)
 
 Received = Callable[[Event, bytes | None], None]
 
@@ -309,6 +314,10 @@ class RedisBus:
         self._caught_up.clear()  # (bounded: what one catch-up delivered)
         caught = 0
         start = f"{max(since_ms, 0)}-0"
+        # Entries from where the catch-up starts were trimmed: each ticker delivered here is
+        # owed a gap from its newest delivered tick to its first one still in the stream.
+        trimmed_to = await self._trimmed_to(since_ms)
+        owed = dict(self._delivered_newest) if trimmed_to is not None else {}
         while True:
             entries = await self.redis.xrange(TICKS_STREAM, min=start, count=CATCH_UP_PAGE)
             for entry_id, fields in entries or []:
@@ -320,13 +329,38 @@ class RedisBus:
                     event, _ = unpack(data)
                 except (ValueError, KeyError, TypeError):
                     continue
+                if isinstance(event, Tick) and event.ticker in owed:
+                    self._deliver_cut_off(event.ticker, owed.pop(event.ticker), event.timestamp - 1)
                 if isinstance(event, Tick | Gap) and self._missed(event):
                     self._deliver(data, caught_up=True)
                     caught += 1
             if len(entries or []) < CATCH_UP_PAGE:
                 break
+        for ticker, newest in owed.items():  # none of its ticks left in the stream
+            self._deliver_cut_off(ticker, newest, trimmed_to or 0)
         if caught:
             logger.info("caught up on %d event(s) from the Redis stream", caught)
+
+    async def _trimmed_to(self, since_ms: int) -> int | None:
+        """About the ms of the newest entry trimmed from the stream, when entries from
+        `since_ms` on were (its first entry is later, or it is empty); else None."""
+        try:
+            info = await self.redis.xinfo_stream(TICKS_STREAM)
+        except ResponseError:  # no stream: Redis lost it, and with it nothing this replica had
+            return None
+        added = info.get("entries-added")  # Redis 7: a stream Redis restarted without is new
+        if added is not None and int(added) <= int(info.get("length", 0)):
+            return None  # nothing ever removed
+        first = info.get("first-entry")
+        newest_gone = parse_id(first[0])[0] - 1 if first else None
+        if newest_gone is None:  # all of it removed
+            newest_gone = parse_id(info.get("last-generated-id") or b"0-0")[0]
+        return newest_gone if newest_gone >= since_ms else None
+
+    def _deliver_cut_off(self, ticker: str, newest: int, to_ms: int) -> None:
+        """A gap for this replica's streams only: the ticks are stored, not lost."""
+        if to_ms > newest:
+            self._deliver(pack(Gap(ticker, newest + 1, to_ms, CUT_OFF_REASON)))
 
     def _missed(self, event: Tick | Gap) -> bool:
         """Whether a stream entry is newer than what this replica delivered: a tick newer than
