@@ -20,7 +20,7 @@ async def test_closed_streams_and_changed_timers_do_not_pile_up() -> None:
     kept = hub.open("alice", None)
     for timer in range(1, 5_001):  # create_order?timer= again and again on an open stream
         hub.subscribe(kept, "btc_usd", timer)
-    assert len(hub._due) < 200
+    assert len(hub.timers) < 200
     gc.collect()
     assert sum(isinstance(obj, Stream) for obj in gc.get_objects()) < 200
     hub.close(kept)
@@ -75,7 +75,7 @@ async def test_a_timer_set_again_and_again_leaves_one_live_entry() -> None:
         hub.subscribe(stream, "btc_usd", 60)
         hub.unsubscribe(stream, "btc_usd")
     hub.subscribe(stream, "btc_usd", 60)
-    assert len(hub._due) < 100
+    assert len(hub.timers) < 100
     hub.close(stream)
 
 
@@ -113,3 +113,24 @@ async def test_an_expired_instrument_is_remembered_and_its_recent_ticks_forgotte
     hub.subscribe(late, option, 0)
     assert option not in late.timers and b"event: expired" in b"".join(late._buffer)
     hub.close(late)
+
+
+async def test_a_timer_stream_dropped_by_its_own_timer_stops_no_other_stream() -> None:
+    # A client that stopped reading fills its buffer with timer prices until the timer's own
+    # push drops it: the one scheduler of every timer stream of the process must carry on.
+    hub = StreamHub(max_streams=10, max_per_user=10, client_buffer=1)
+    hub.start()
+    hub.publish(Tick("btc_usd", 1.0, 1_790_000_000_000))
+    stalled, reading = hub.open("alice", None), hub.open("bob", None)
+    try:
+        hub.subscribe(stalled, "btc_usd", 1)
+        hub.subscribe(reading, "btc_usd", 1)
+        stamps = itertools.count(1_790_000_000_001)
+        while not stalled.dropped:  # a new price for each firing; bob reads his
+            hub.publish(Tick("btc_usd", 1.0, next(stamps)))
+            assert await asyncio.wait_for(reading.next_chunk(), 2.0)
+        hub.publish(Tick("btc_usd", 1.0, next(stamps)))
+        assert await asyncio.wait_for(reading.next_chunk(), 2.0)  # the scheduler still runs
+    finally:
+        hub.close(reading)
+        await hub.stop()

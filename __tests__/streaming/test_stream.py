@@ -249,7 +249,7 @@ async def test_connect_and_disconnect_a_thousand_times_leaves_nothing(service: S
     gc.collect()
     assert [obj for obj in gc.get_objects() if isinstance(obj, HubStream)] == []
     assert all(not streams for streams in hub._every_tick.values())
-    stale = [entry for entry in hub._due if not entry[2].closed]
+    stale = [entry for entry in hub.timers.entries() if not entry[2].closed]
     assert stale == []
     await client.aclose()
 

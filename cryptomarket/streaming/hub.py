@@ -8,7 +8,6 @@ dropped; a closed stream's state is gone at once.
 """
 
 import asyncio
-import heapq
 import itertools
 import logging
 import time
@@ -24,6 +23,7 @@ from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
 from cryptomarket.streaming.sessions import SIGNED_OUT, RecentlySignedOut, SessionRecheck
 from cryptomarket.streaming.stream import Stream
+from cryptomarket.streaming.timers import TimerSchedule
 
 logger = logging.getLogger("cryptomarket.streaming")
 
@@ -68,17 +68,12 @@ class StreamHub:
         self._by_account: dict[int, int] = {}
         self._open = 0  # streams in _by_user, kept as a count: open() checks it every time
         self._every_tick: dict[str, set[Stream]] = {}  # ticker -> streams with timer 0
-        # (due, order, stream, ticker, schedule id): live while the stream's schedule of the
-        # ticker is still that id.
-        self._due: list[tuple[float, int, Stream, str, int]] = []
-        self._order = itertools.count()
-        self._due_changed = asyncio.Event()
-        self._due_live = 0  # entries known live at the last compaction, plus those added since
+        self.timers = TimerSchedule()  # of the streams with a timer
         self._ids = itertools.count(1)
         self._scheduler: asyncio.Task[None] | None = None
         self.streams_dropped = 0  # too slow to keep, since start
         # Open streams' sessions and keys, re-checked against the store (streaming/sessions.py).
-        self.sessions = SessionRecheck(self._streams, self.end_stream, self._due_changed.set)
+        self.sessions = SessionRecheck(self._streams, self.end_stream, self.timers.changed.set)
         self.signed_out = RecentlySignedOut()  # refused at registration (streaming/sessions.py)
         self.events_sent = 0  # frames handed to streams, since start
         # The newest instruments that expired, with their final price (None: found gone): a
@@ -94,7 +89,7 @@ class StreamHub:
     @ping_interval.setter
     def ping_interval(self, seconds: float) -> None:
         self._ping_interval = seconds
-        self._due_changed.set()  # the scheduler re-plans its next sweep
+        self.timers.changed.set()  # the scheduler re-plans its next sweep
 
     @property
     def open_streams(self) -> int:
@@ -214,7 +209,7 @@ class StreamHub:
         for ticker in list(stream.timers):
             self._leave(stream, ticker)
         stream.forget()  # its timer entries, now stale, hold an empty shell until compacted
-        self._compact_if_stale()
+        self.timers.forget_closed()
 
     def _release_account(self, stream: Stream) -> None:
         """Free the stream's slot of its account; an account with none left is forgotten."""
@@ -247,10 +242,8 @@ class StreamHub:
         if effective == 0:
             self._every_tick.setdefault(ticker, set()).add(stream)
         else:
-            self._due_live += 1
-            schedule = stream.schedules[ticker] = next(self._order)
-            self._schedule(asyncio.get_running_loop().time() + effective, stream, ticker, schedule)
-            self._compact_if_stale()
+            now = asyncio.get_running_loop().time()
+            self.timers.start(stream, ticker, effective, now)
         if (latest := self.latest.get(ticker)) and stream.push_price(*latest):
             self.events_sent += 1
 
@@ -264,8 +257,7 @@ class StreamHub:
     def _leave(self, stream: Stream, ticker: str) -> None:
         """Stop a stream's current delivery of a ticker (its timer entry turns stale)."""
         self._stop_every_tick(stream, ticker)
-        if stream.schedules.pop(ticker, None) is not None:
-            self._due_live -= 1
+        self.timers.stop(stream, ticker)
 
     def settle(self, stream: Stream, stored: dict[str, int | None]) -> dict[str, int]:
         """End a stream's opening: the timer of each of its subscriptions, those stored (as read
@@ -388,45 +380,16 @@ class StreamHub:
             if not watchers:
                 del self._every_tick[ticker]
 
-    def _compact_if_stale(self) -> None:
-        """Closed streams and changed timers leave entries behind until they come due (up to a
-        day away); once they outnumber the live ones, rebuild the heap without them."""
-        if len(self._due) <= 2 * self._due_live + 64:
-            return
-        self._due = [
-            entry
-            for entry in self._due
-            if not entry[2].closed and entry[2].schedules.get(entry[3]) == entry[4]
-        ]
-        heapq.heapify(self._due)
-        self._due_live = len(self._due)
-        self._due_changed.set()
-
-    def _schedule(self, due: float, stream: Stream, ticker: str, schedule: int) -> None:
-        first = not self._due or due < self._due[0][0]
-        heapq.heappush(self._due, (due, next(self._order), stream, ticker, schedule))
-        if first:
-            self._due_changed.set()
-
     async def _run_timers(self) -> None:
         loop = asyncio.get_running_loop()
         last_sweep = last_forget = loop.time()
         while True:
-            self._due_changed.clear()
+            self.timers.changed.clear()
             now = loop.time()
-            sent = 0
-            while self._due and self._due[0][0] <= now:
-                due, _, stream, ticker, schedule = heapq.heappop(self._due)
-                if stream.closed or stream.schedules.get(ticker) != schedule:
-                    continue  # closed, unsubscribed, re-timed or subscribed anew: stale
-                if latest := self.latest.get(ticker):
-                    sent += stream.push_price(*latest)
-                timer = stream.timers[ticker]
-                following = due + timer
-                self._schedule(
-                    following if following > now else now + timer, stream, ticker, schedule
-                )
-            self.events_sent += sent
+            try:
+                self.timers.fire_due(now, self._send_latest)
+            except Exception:  # one bad firing must not stop every timer stream of the process
+                logger.exception("a stream timer failed")
             next_sweep = last_sweep + self._ping_interval / PING_SWEEPS
             if now >= next_sweep:
                 self._ping_quiet_streams()
@@ -435,14 +398,19 @@ class StreamHub:
             if now >= last_forget + FORGET_EVERY:
                 self.forget_quiet_instruments(int(time.time() * 1000))
                 last_forget = now
-            wake_at = min(self._due[0][0], next_sweep) if self._due else next_sweep
+            due = self.timers.next_due
+            wake_at = next_sweep if due is None else min(due, next_sweep)
             if (session_check := self.sessions.due(now)) is not None:
                 wake_at = min(wake_at, session_check)
             try:
                 async with asyncio.timeout(max(wake_at - now, 0.0)):
-                    await self._due_changed.wait()
+                    await self.timers.changed.wait()
             except TimeoutError:
                 pass
+
+    def _send_latest(self, stream: Stream, ticker: str) -> None:
+        if latest := self.latest.get(ticker):
+            self.events_sent += stream.push_price(*latest)
 
     def _ping_quiet_streams(self) -> None:
         """A stream that got no frame for PING_SWEEPS - 1 sweeps gets a ping on this one, so no
