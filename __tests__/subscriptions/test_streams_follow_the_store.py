@@ -50,3 +50,17 @@ async def test_announcements_out_of_commit_order_still_leave_the_stream_as_the_s
     )
     assert stream.timers == {"eth_usd": 30}
     service_on.runtime.hub.close(stream)
+
+
+async def test_a_resync_reaches_a_stream_still_opening(service_on: Service) -> None:
+    # A stream opening holds the changes made meanwhile until it settles; a resync (the control
+    # channel back after missing announcements) must correct those as well as its live ones.
+    await service_on.sign_in("alice")
+    subscriptions = service_on.runtime.subscriptions
+    hub = service_on.runtime.hub
+    stream = hub.open("alice", None, settle_later=True)
+    subscriptions.apply(SubscriptionChange("alice", "sol_usdc", 60, removed=False))  # announced
+    await subscriptions.subscribe("alice", "eth_usd", 30)  # stored; sol_usdc never was
+    await subscriptions.resync_open_streams()
+    assert hub.settle(stream, await subscriptions.subscriptions("alice")) == {"eth_usd": 30}
+    hub.close(stream)

@@ -176,7 +176,8 @@ class SubscriptionService:
                 stored = await self.subscriptions(user_id)
                 await self.load_latest(list(stored))
                 for stream in self.hub.streams_of(user_id):
-                    for ticker in [ticker for ticker in stream.timers if ticker not in stored]:
+                    held = [*stream.timers, *(stream.opening_changes or ())]  # or to be, opening
+                    for ticker in [ticker for ticker in held if ticker not in stored]:
                         self.hub.unsubscribe(stream, ticker)
                     for ticker, timer in stored.items():
                         self.hub.subscribe(stream, ticker, timer)
