@@ -34,6 +34,7 @@ from cryptomarket.distributed.rate_limit import RedisBuckets
 from cryptomarket.instruments.catalogue import InstrumentCatalogue
 from cryptomarket.jobs.scheduler import EmbeddedScheduler
 from cryptomarket.kit.buckets import LocalBuckets
+from cryptomarket.kit.csv import wants_csv
 from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
 from cryptomarket.prices.limits import HistoryLimiter, request_cost
@@ -312,7 +313,7 @@ async def within_history_limit(request: Request, runtime: RuntimeDep) -> AsyncIt
     """The public price routes' cost, spent from the client address's bucket; a big read holds
     its address's turn until its answer is sent (the exit runs after the response)."""
     query = request.query_params
-    export = query.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
+    export = wants_csv(request, query.get("format"))  # as the route will decide it
     address = request.client.host if request.client else "unknown"
     async with runtime.history_limits.admitted(address, request_cost(query.get("limit"), export)):
         yield

@@ -59,3 +59,13 @@ def test_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert entry["level"] == "INFO"
     assert entry["logger"] == "cryptomarket.test"
     assert entry["message"] == "client_secret=*** sent"
+
+
+def test_a_secret_parameter_with_an_encoded_name_is_masked_too() -> None:
+    # The server decodes `tok%65n` to `token` and signs in with it: the access line must not
+    # show it in clear.
+    for name in ("tok%65n", "%74oken", "client_s%65cret"):
+        masked = mask_secrets(f"GET /api/v2/sse/connection?timer=5&{name}={SECRET} HTTP/1.1")
+        assert SECRET not in masked and "timer=5" in masked
+    harmless = "GET /api/v1/prices?ticker=btc%5Fusd&limit=10 HTTP/1.1"
+    assert mask_secrets(harmless) == harmless

@@ -82,3 +82,27 @@ async def test_an_address_runs_one_big_read_at_a_time_until_its_last_byte_is_sen
         assert whole.count(b"\n") == 300_001  # the whole export, header included
         answers = await asyncio.gather(*waiting)  # their turns came, one after another
         assert [answer.status_code for answer in answers] == [200] * len(waiting)
+
+
+async def test_a_page_or_export_costs_the_same_however_it_is_spelled(
+    simulator: Simulator, sqlite_url: str
+) -> None:
+    # FastAPI reads "0010000" and "+10000" as 10,000 rows, and an Accept of TEXT/CSV as an
+    # export: each must cost what it reads. And a user's own history route costs the same.
+    limits = {"HISTORY_BURST": 20, "HISTORY_PER_MINUTE": 1}
+    async with running_service(simulator, sqlite_url, **limits) as service:
+        client = service.client
+        for spelled, address in (("0010000", "203.0.113.20"), ("+10000", "203.0.113.21")):
+            headers = {"X-Forwarded-For": address}
+            assert (await by_date(client, headers, limit=spelled)).status_code == 200  # 11 units
+            assert (await by_date(client, headers, limit=spelled)).status_code == 429
+        shouting = {"X-Forwarded-For": "203.0.113.22", "Accept": "TEXT/CSV"}
+        assert (await by_date(client, shouting)).headers["content-type"].startswith("text/csv")
+        assert (await by_date(client, shouting)).status_code == 429  # 20 units: none left
+        own = service.client_for(await service.sign_in("alice"))
+        path = "/api/v1/market/alice/get_order/btc_usd"
+        params = {"start_date": DAY["start_date"], "limit": 10_000}
+        mine = {"X-Forwarded-For": "203.0.113.23"}
+        assert (await own.get(path, params=params, headers=mine)).status_code == 200
+        assert (await own.get(path, params=params, headers=mine)).status_code == 429
+        await own.aclose()

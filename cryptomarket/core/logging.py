@@ -11,6 +11,7 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 MASK = "***"
 
@@ -36,11 +37,26 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# A query parameter whose name is percent-encoded (`tok%65n=`): the server decodes the name, so
+# it is as much a secret as the plain one.
+_ENCODED_PARAMETER = re.compile(r"([?&;])([^=&;#\s]*%[^=&;#\s]*)=([^&;#\s]*)")
+_SENSITIVE_NAME = re.compile(rf"(?i)(?:{_SENSITIVE_KEYS})")
+
+
 def mask_secrets(text: str) -> str:
     """Replace every secret-looking value in the text with ***."""
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
+    if "%" in text:
+        text = _ENCODED_PARAMETER.sub(_mask_encoded, text)
     return text
+
+
+def _mask_encoded(match: re.Match[str]) -> str:
+    name = unquote_plus(match.group(2)).strip()
+    if _SENSITIVE_NAME.fullmatch(name) and match.group(3) != MASK:
+        return f"{match.group(1)}{match.group(2)}={MASK}"
+    return match.group(0)
 
 
 class SecretMaskingFilter(logging.Filter):

@@ -13,15 +13,16 @@ once, costing nothing.
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
+
+from pydantic import TypeAdapter, ValidationError
 
 from cryptomarket.core.errors import TooMany
 from cryptomarket.kit.addresses import address_key
 from cryptomarket.kit.buckets import Buckets, LocalBuckets, Rate
+from cryptomarket.prices.service import MAX_LIMIT
 
 ROWS_PER_UNIT = 1_000
-DIGITS = re.compile(r"[0-9]{1,6}")
 EXPORT_COST = 20
 BIG_READ = 3  # units from which a read is big: a page of 2,000 rows or more, or an export
 BIG_READS_AT_ONCE = 1  # per address and process
@@ -41,9 +42,22 @@ def request_cost(limit: str | None, export: bool) -> float:
     """Units a history request spends: one, plus one per thousand rows of its page."""
     if export:
         return EXPORT_COST
-    # ASCII digits only: other scripts' digits pass str.isdigit(), not int() (FastAPI's 422).
-    rows = int(limit) if limit is not None and DIGITS.fullmatch(limit) else 0
-    return 1 + rows // ROWS_PER_UNIT
+    return 1 + page_rows(limit) // ROWS_PER_UNIT
+
+
+_WHOLE_NUMBER = TypeAdapter(int)
+
+
+def page_rows(limit: str | None) -> int:
+    """The page size the route will read, parsed as FastAPI parses it ("0010000", "+1_0000"
+    and "10000.0" are all 10,000); 0 for a value the route refuses (422, whatever its cost)."""
+    if limit is None or len(limit) > 32:
+        return 0
+    try:
+        rows = _WHOLE_NUMBER.validate_python(limit)
+    except ValidationError:
+        return 0
+    return rows if 0 < rows <= MAX_LIMIT else 0
 
 
 class HistoryLimiter:

@@ -19,7 +19,7 @@ from cryptomarket.kit.json import json_page
 from cryptomarket.prices.endpoints import Cursor, EndDate, Limit, StartDate
 from cryptomarket.prices.schemas import PriceRange
 from cryptomarket.prices.service import DEFAULT_LIMIT
-from cryptomarket.runtime import RuntimeDep
+from cryptomarket.runtime import RuntimeDep, within_history_limit
 from cryptomarket.subscriptions.schemas import MAX_TIMER, Created, Removed, TimerBody
 from cryptomarket.users.auth import UserIdPath, require_owner
 
@@ -129,6 +129,7 @@ async def cancel_all_orders(user_id: UserIdPath, runtime: RuntimeDep) -> Removed
 @get_and_post(
     router,
     "/get_order/{ticker}",
+    dependencies=[Depends(within_history_limit)],  # the same pages as /api/v1/prices/by-date
     response_model=PriceRange,
     summary="A ticker's history in a date range",
     responses={404: UNKNOWN_TICKER, 422: INVALID_DATE, 503: INDEX_LIST_DOWN},
