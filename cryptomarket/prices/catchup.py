@@ -37,6 +37,7 @@ class Catchup:
     deadline: asyncio.TimerHandle | None = None
     # The history fetched for the backfill, kept until the last outage has its first live tick.
     history: tuple[list[Tick], str] | None = None
+    down: bool = True  # dropped since the latest connect: the last outage goes on
 
     @property
     def since(self) -> int:
@@ -103,7 +104,9 @@ class Catchups:
         catchup = self._running.get(ticker)
         if catchup is None:
             self._running[ticker] = Catchup([newest], until=newest)
-        elif newest > catchup.starts[-1]:
+            return
+        catchup.down = True
+        if newest > catchup.starts[-1]:
             catchup.starts.append(newest)  # dropped again, after ticks of its own
 
     def fill_hole(self, ticker: str, known: int, tick: Tick) -> None:
@@ -136,6 +139,7 @@ class Catchups:
         if catchup.task is not None:
             catchup.task.cancel()
         catchup.until = until
+        catchup.down = False
         catchup.history = None  # fetched again: it must reach past this reconnect
         catchup.task = self._spawn(self._backfill(ticker, catchup))
 
@@ -218,6 +222,8 @@ class Catchups:
             elif event.timestamp not in published:  # a held tick the history had too
                 published.add(event.timestamp)
                 self._publish(replace(event, received_at=publish_stamp()))
+        if catchup.down:  # given up while the socket is down: the outage since the drop goes on
+            self._running[ticker] = Catchup([catchup.starts[-1]], until=catchup.starts[-1])
         if result.ticks or result.gaps:
             logger.info(
                 "%s: backfilled %d tick(s), %d gap(s), %d coarse point(s) not used%s",
