@@ -13,6 +13,7 @@ from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.errors import (
+    CreditTimeout,
     InvalidCredentials,
     InvalidParams,
     LoginOverLimit,
@@ -356,3 +357,23 @@ async def test_a_transient_auth_refusal_is_final_for_authenticate_only(
     assert not keeper.closed
     await sim_control(simulator, ("sim/fail_requests", {"code": 12003, "seconds": 0}))
     await keeper.wait_ready(timeout=5)
+
+
+async def test_a_subscribe_without_credit_in_time_keeps_the_socket_and_leaves_the_set(
+    open_connection: Factory,
+) -> None:
+    # Credit for the subscribe never came within the wait: it was never sent. Every channel of
+    # the socket is fine, so the socket stays; the channel is not in the set (not subscribed).
+    budget = CreditBudget(max_wait=0.01)
+    connection = await open_connection(budget=budget)
+    await connection.wait_ready()
+    while True:  # spend the subscribe bucket
+        try:
+            await budget.acquire("public/subscribe")
+        except CreditTimeout:
+            break
+    socket = connection._ws
+    with pytest.raises(CreditTimeout):
+        await connection.subscribe(["deribit_price_index.eth_usd"])
+    assert "deribit_price_index.eth_usd" not in connection.channels
+    assert connection._ws is socket and connection.connected

@@ -152,3 +152,28 @@ async def test_upstream_channels_follow_the_stored_subscriptions(
     assert "deribit_price_index.btc_usd" in ingest.connection.channels  # tracked
     assert simulator.calls["public/unsubscribe"] == 1
     assert ingest.tickers == {"btc_usd"}
+
+
+async def test_a_subscribe_answered_with_an_error_is_asked_again(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    # Deribit answers the subscribe with an error (maintenance): the channel is not subscribed,
+    # so it must not stay in the set every later change and reconnect trusts, and the ingest
+    # asks again until Deribit takes it; a user's prices start then, not at the next reconnect.
+    ingest = await start_ingest(database, {"btc_usd"})
+    await ingest.connection.wait_ready()
+    ingest.resubscribe_after = 0.2
+    failing = {"code": 11051, "seconds": 1, "methods": ["public/subscribe"]}
+    await sim_control(simulator, ("sim/fail_requests", failing))
+    await store_subscription(database, "alice", "sol_usdc", add=True)
+    await ingest.acquire("sol_usdc")
+    channel = "deribit_price_index.sol_usdc"
+    assert channel not in ingest.connection.channels
+    await eventually(lambda: channel in ingest.connection.channels, timeout=10, what="asked again")
+    await eventually_async(
+        lambda: _has_ticks(database, "sol_usdc"), timeout=10, what="its ticks stored"
+    )
+
+
+async def _has_ticks(database: Database, ticker: str) -> bool:
+    return bool(await stored(database, ticker))

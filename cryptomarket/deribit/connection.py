@@ -26,6 +26,7 @@ from cryptomarket.deribit.errors import (
     AuthorizationRequired,
     ConnectionClosed,
     ConnectionLost,
+    CreditTimeout,
     DeribitError,
     DeribitTransportError,
     Forbidden,
@@ -176,6 +177,7 @@ class DeribitConnection:
         go out one at a time, so an unsubscribe can never overtake a later subscribe. Until
         the socket's set-up has replayed the set, a change only edits the set (the replay
         takes it along); after that it goes out at once, even before the state says CONNECTED.
+        An error answer, or no credit to send it in time, leaves them out of the set and raises.
         """
         async with self._channel_changes:
             new = sorted(set(channels) - self._channels)
@@ -187,9 +189,15 @@ class DeribitConnection:
                 return []  # the set-up of the next socket subscribes the whole set
             try:
                 return await self._subscribe_now(new, priority=False)
+            except CreditTimeout:  # never sent: not subscribed, and the socket is fine
+                self._channels.difference_update(new)
+                raise
             except DeribitTransportError:
                 self._resync(ws)
                 return []
+            except DeribitError:  # answered with an error: not subscribed (the caller retries)
+                self._channels.difference_update(new)
+                raise
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
         """Drop channels from the set and unsubscribe them upstream."""

@@ -50,6 +50,7 @@ HOLE_SPACINGS = 3
 HOLE_FLOOR_MS = 1_000
 # An instrument that sends nothing for this long (it updates ten times a second) is asked about.
 SILENT_AFTER = 60.0
+RESUBSCRIBE_AFTER = 5.0  # seconds before a subscribe Deribit answered with an error goes again
 
 
 class Publisher(Protocol):
@@ -103,6 +104,8 @@ class Ingest:
         self._expiring: set[str] = set()  # instruments whose subscriptions are being ended
         # When each watched instrument was last asked about (or first watched), ms.
         self._watched_since: dict[str, float] = {}
+        self._retrying: set[str] = set()  # tickers whose failed subscribe is asked again
+        self.resubscribe_after = RESUBSCRIBE_AFTER
         self._removers = [
             connection.on_notification(self._on_notification),
             connection.on_state(self._on_state),
@@ -195,6 +198,18 @@ class Ingest:
             await change([channel_of(ticker)])
         except (DeribitError, DeribitTransportError) as error:
             logger.warning("%s: upstream channel change failed: %s", ticker, error)
+            if change == self.connection.subscribe and ticker not in self._retrying:
+                self._retrying.add(ticker)  # not subscribed: asked again, or none would
+                self._spawn(self._subscribe_again(ticker))
+
+    async def _subscribe_again(self, ticker: str) -> None:
+        """A subscribe Deribit answered with an error (or credit did not allow in time): the
+        channel is not in the connection's set; ask again while the store still wants it."""
+        try:
+            await asyncio.sleep(self.resubscribe_after)
+        finally:
+            self._retrying.discard(ticker)
+        await self._recount(ticker, unreadable=self._refs.get(ticker, 0))
 
     # -- upstream events --------------------------------------------------------------------
 
