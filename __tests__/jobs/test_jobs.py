@@ -46,9 +46,14 @@ def engine(postgres_server: PostgresServer) -> Iterator[Engine]:
 @pytest.fixture
 def redis(redis_server: RedisServer) -> Iterator[Redis]:
     client = Redis.from_url(redis_server.url, socket_timeout=5)
-    client.delete(TICKS_STREAM, "cryptomarket:job-lock:persist", persist.NEW_STREAM_KEY)
+    client.delete(
+        TICKS_STREAM,
+        "cryptomarket:job-lock:persist",
+        persist.NEW_STREAM_KEY,
+        persist.NEW_STREAM_CHECKED,
+    )
     yield client
-    client.delete(TICKS_STREAM, persist.NEW_STREAM_KEY)
+    client.delete(TICKS_STREAM, persist.NEW_STREAM_KEY, persist.NEW_STREAM_CHECKED)
     client.close()
 
 
@@ -300,3 +305,36 @@ def test_an_instruments_update_kept_by_a_run_that_failed_to_store_is_stored_by_t
     with engine.connect() as connection:
         rows = connection.execute(select(instruments.ticker, instruments.timestamp)).all()
     assert [tuple(row) for row in rows] == [("BTC-PERPETUAL", 1_700_000_000_000)]
+
+
+def test_a_lost_stream_is_checked_for_every_ticker_not_only_the_first_batchs(
+    engine: Engine, redis: Redis
+) -> None:
+    before = [Tick(ticker, 1.0, 1_000_000) for ticker in ("btc_usd", "eth_usd", "sol_usdc")]
+    add_to_stream(redis, *before)
+    persist.persist_ticks(redis, engine, TABLES)
+    redis.delete(TICKS_STREAM)  # a Redis restart, with what was not stored yet
+    add_to_stream(redis, Tick("btc_usd", 2.0, 1_005_000))  # persist runs before eth ticks
+    persist.persist_ticks(redis, engine, TABLES)
+    add_to_stream(redis, Tick("eth_usd", 2.0, 1_005_500))
+    persist.persist_ticks(redis, engine, TABLES)
+    assert recorded_gaps_of(engine) == [
+        ("btc_usd", 1_000_001, 1_004_999),
+        ("eth_usd", 1_000_001, 1_005_499),
+    ]
+    # Past the window, a ticker met for the first time was not ingested at the restart: its
+    # span since the store's newest is no loss.
+    add_to_stream(redis, Tick("btc_usd", 3.0, 1_005_000 + persist.NEW_STREAM_WINDOW_MS))
+    persist.persist_ticks(redis, engine, TABLES)
+    add_to_stream(redis, Tick("sol_usdc", 2.0, 2_000_000))
+    persist.persist_ticks(redis, engine, TABLES)
+    assert [gap[0] for gap in recorded_gaps_of(engine)] == ["btc_usd", "eth_usd"]
+
+
+def recorded_gaps_of(engine: Engine) -> list[tuple[str, int, int]]:
+    column = TABLES.price_gaps.c
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(column.ticker, column.from_ts, column.to_ts).order_by(column.ticker)
+        )
+        return [(row.ticker, row.from_ts, row.to_ts) for row in rows]

@@ -8,9 +8,12 @@ cannot both take a new entry; a per-job lock makes an overlapping run skip altog
 When the group has to be created while the store already holds ticks, the stream is new: Redis
 restarted and lost what had not been stored yet. The span between the newest stored tick and the
 first one in the new stream is recorded as a gap, which the gap backfill then fills from Deribit.
-That the stream is new is kept in Redis (NEW_STREAM_KEY, set with the group in one script) until
-a batch with ticks has been stored, so a run that meets the new stream still empty, or dies
-before storing, does not forget it. Each tick is stored with its publish-order stamp (the
+That the stream is new is kept in Redis (NEW_STREAM_KEY, set with the group in one script), so a
+run that meets the new stream still empty, or dies before storing, does not forget it. Each ticker
+is checked once (NEW_STREAM_CHECKED), when its first ticks in the new stream are stored: not all
+tickers tick in the first batch. The check ends NEW_STREAM_WINDOW_MS after the new stream's first
+tick: a ticker first seen later was not ingested when Redis restarted (its span since the store's
+newest was watched by no one, not lost). Each tick is stored with its publish-order stamp (the
 header's `received_us`) as `received_at`.
 """
 
@@ -37,7 +40,9 @@ BATCH = 5_000
 MAX_BATCHES = 40  # per run; the next run goes on
 LOCK_TTL = 10.0  # renewed after every batch; a killed run blocks the next for this long
 LOST_STREAM_REASON = "Redis lost these ticks before they were stored"
-NEW_STREAM_KEY = "cryptomarket:persist:new-stream"
+NEW_STREAM_KEY = "cryptomarket:persist:new-stream"  # "1", then the new stream's first tick ms
+NEW_STREAM_CHECKED = "cryptomarket:persist:new-stream-checked"  # tickers checked for a loss
+NEW_STREAM_WINDOW_MS = 60_000
 
 # Create the group (and the stream) unless it exists; when it had to be created, mark the stream
 # new in the same step, so no run can see the group without the mark.
@@ -50,6 +55,7 @@ if type(created) == 'table' and created.err then
   return redis.error_reply(created.err)
 end
 redis.call('SET', KEYS[2], '1')
+redis.call('DEL', KEYS[3])
 return 1
 """
 
@@ -71,7 +77,7 @@ def persist_ticks(
             logger.info("another persist run is in progress; skipped")
             return 0
         _ensure_group(redis)
-        new_stream = bool(redis.exists(NEW_STREAM_KEY))
+        new_stream = _new_stream_start(redis)
         written = 0
         pending_first = True
         for _ in range(MAX_BATCHES):
@@ -83,14 +89,22 @@ def persist_ticks(
                 break
             if store_interval is not None:
                 batch.ticks = [tick for tick in batch.ticks if store_interval.keep(tick)]
-            checks_new_stream = new_stream and bool(batch.ticks)
-            if checks_new_stream:
-                batch.gaps.extend(_lost_before(engine, tables, batch.ticks))
+            checked: set[str] = set()
+            if new_stream is not None and batch.ticks:
+                if new_stream == 0:  # its first ticks: the window starts
+                    new_stream = min(tick.timestamp for tick in batch.ticks)
+                    redis.set(NEW_STREAM_KEY, str(new_stream))
+                checked = _unchecked(redis, batch.ticks, new_stream + NEW_STREAM_WINDOW_MS)
+                batch.gaps.extend(_lost_before(engine, tables, batch.ticks, checked))
             _store(engine, tables, batch)
             redis.xack(TICKS_STREAM, GROUP, *batch.ids)
-            if checks_new_stream:
-                redis.delete(NEW_STREAM_KEY)  # its loss is recorded now
-                new_stream = False
+            if checked:  # their loss is recorded now
+                redis.sadd(NEW_STREAM_CHECKED, *checked)
+            if new_stream and max((t.timestamp for t in batch.ticks), default=0) >= (
+                new_stream + NEW_STREAM_WINDOW_MS
+            ):
+                redis.delete(NEW_STREAM_KEY, NEW_STREAM_CHECKED)  # every loss recorded
+                new_stream = None
             written += len(batch.ticks)
             if not lock.extend():
                 logger.warning("persist lock lost mid-run (a batch took over %.0f s)", LOCK_TTL)
@@ -100,7 +114,23 @@ def persist_ticks(
 
 def _ensure_group(redis: Redis) -> bool:
     """Create the consumer group if missing; True when it had to be (a new stream, marked)."""
-    return bool(redis.eval(ENSURE_GROUP, 2, TICKS_STREAM, NEW_STREAM_KEY, GROUP))
+    keys = (TICKS_STREAM, NEW_STREAM_KEY, NEW_STREAM_CHECKED)
+    return bool(redis.eval(ENSURE_GROUP, len(keys), *keys, GROUP))
+
+
+def _new_stream_start(redis: Redis) -> int | None:
+    """None: the stream is not new; 0: new, no tick of it stored yet; else its first tick's ms."""
+    mark: Any = redis.get(NEW_STREAM_KEY)
+    if mark is None:
+        return None
+    return int(mark) if mark != b"1" else 0
+
+
+def _unchecked(redis: Redis, ticks: list[Tick], window_end: int) -> set[str]:
+    """The tickers first met in the new stream's window and not checked for a loss yet."""
+    met = {tick.ticker for tick in ticks if tick.timestamp < window_end}
+    done: Any = redis.smembers(NEW_STREAM_CHECKED)
+    return met - {name.decode() if isinstance(name, bytes) else name for name in done}
 
 
 def _read(redis: Redis, position: str) -> Batch:
@@ -124,10 +154,12 @@ def _read(redis: Redis, position: str) -> Batch:
     return batch
 
 
-def _lost_before(engine: Engine, tables: Tables, ticks: list[Tick]) -> list[Gap]:
+def _lost_before(engine: Engine, tables: Tables, ticks: list[Tick], tickers: set[str]) -> list[Gap]:
+    """For each of `tickers`, the span from the store's newest tick to its first in `ticks`."""
     first: dict[str, int] = {}
     for tick in ticks:
-        first[tick.ticker] = min(tick.timestamp, first.get(tick.ticker, tick.timestamp))
+        if tick.ticker in tickers:
+            first[tick.ticker] = min(tick.timestamp, first.get(tick.ticker, tick.timestamp))
     gaps = []
     with engine.connect() as connection:
         for ticker, earliest in first.items():
