@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from redis import Redis
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from __tests__.app_server import app_settings
@@ -338,3 +339,41 @@ def recorded_gaps_of(engine: Engine) -> list[tuple[str, int, int]]:
             select(column.ticker, column.from_ts, column.to_ts).order_by(column.ticker)
         )
         return [(row.ticker, row.from_ts, row.to_ts) for row in rows]
+
+
+async def test_a_gap_widened_while_the_gap_job_fills_it_keeps_its_widened_span(
+    engine: Engine,
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The writer, recovering from a long database outage, widens the gap it recorded (same
+    # start, later end) while the job fetches history for the span it read: the job must not
+    # replace the row by what it filled, or the widened part is neither stored nor a gap.
+    simulator = await simulator_factory(tick_interval=0.02)
+    await _ticks_of(simulator, "btc_usd", 20)
+    history = simulator.history("btc_usd")
+    start, end = history[3][0], history[-4][0]
+    widened = end + 600_000
+    recorded = {"ticker": "btc_usd", "from_ts": start, "reason": "the write buffer was full"}
+    with engine.begin() as connection:
+        connection.execute(
+            insert(TABLES.price_gaps).values(**recorded, to_ts=end, recorded_at=datetime.now(UTC))
+        )
+    fill = gaps.fill_window
+
+    async def widening_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        filled = await fill(*args, **kwargs)
+        with engine.begin() as connection:
+            column = TABLES.price_gaps.c
+            connection.execute(
+                update(TABLES.price_gaps).where(column.from_ts == start).values(to_ts=widened)
+            )
+        return filled
+
+    monkeypatch.setattr(gaps, "fill_window", widening_meanwhile)
+    settings = app_settings(DERIBIT_WS_URL=simulator.url)
+    await asyncio.to_thread(gaps.backfill_gaps, settings, engine, TABLES)
+    column = TABLES.price_gaps.c
+    with engine.connect() as connection:
+        spans = connection.execute(select(column.from_ts, column.to_ts)).all()
+    assert any(from_ts <= end + 1 and to_ts >= widened for from_ts, to_ts in spans), spans

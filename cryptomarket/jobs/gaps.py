@@ -67,14 +67,24 @@ def backfill_gaps(settings: Settings, engine: Engine, tables: Tables) -> int:
 
     stored = 0
     dialect = engine.dialect.name
+    bounds = {gap_id: (gap.from_ts, gap.to_ts) for gap_id, gap in gaps}
     for gap_id, filled in with_deribit(settings, fetch):
         if any(rest.reason.startswith(FAILED_PREFIX) for rest in filled.gaps):
             continue  # Deribit did not answer: try again next run
         with engine.begin() as connection:
             store_ticks(connection, tables, filled.ticks)
-            connection.execute(delete(tables.price_gaps).where(column.id == gap_id))
-            for rest in filled.gaps:
-                connection.execute(upsert_gap(tables, dialect, rest))
+            # Replaced only as read: the writer may have widened it meanwhile (its span then
+            # reaches past the window filled here, and the next run looks at it again).
+            replaced = connection.execute(
+                delete(tables.price_gaps).where(
+                    column.id == gap_id,
+                    column.from_ts == bounds[gap_id][0],
+                    column.to_ts == bounds[gap_id][1],
+                )
+            )
+            if replaced.rowcount:
+                for rest in filled.gaps:
+                    connection.execute(upsert_gap(tables, dialect, rest))
         stored += len(filled.ticks)
     logger.info("gap backfill: %d gap(s) looked at, %d tick(s) stored", len(gaps), stored)
     return stored
