@@ -377,3 +377,46 @@ async def test_a_gap_widened_while_the_gap_job_fills_it_keeps_its_widened_span(
     with engine.connect() as connection:
         spans = connection.execute(select(column.from_ts, column.to_ts)).all()
     assert any(from_ts <= end + 1 and to_ts >= widened for from_ts, to_ts in spans), spans
+
+
+async def test_keys_deribit_refuses_go_behind_the_others_and_hold_no_one_back(
+    engine: Engine, simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two users deleted their Deribit keys; their profiles are the oldest. A run takes two
+    # users: the refused ones must not be picked again and again while bob is never refreshed.
+    monkeypatch.setattr(profiles, "USERS_PER_RUN", 2)
+    key = Fernet.generate_key().decode()
+    box = SecretBox([SecretStr(key)])
+    now = datetime.now(UTC)
+    users = {  # user id -> (client id, secret, profile age)
+        "gone-1": ("sim-alice", "deleted-1", timedelta(hours=5)),
+        "gone-2": ("sim-alice", "deleted-2", timedelta(hours=4)),
+        "bob": ("sim-bob", "sim-bob-secret", timedelta(hours=3)),
+    }
+    with engine.begin() as connection:
+        for n, (user_id, (client_id, secret, age)) in enumerate(users.items()):
+            connection.execute(
+                insert(TABLES.person).values(
+                    user_id=user_id,
+                    client_id=client_id,
+                    client_secret_encrypted=box.encrypt(secret),
+                    profile_fetched_at=now - age,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            connection.execute(
+                insert(TABLES.sessions).values(
+                    token_hash=f"{n}" * 64, user_id=user_id, created_at=now, expires_at=now + DAY
+                )
+            )
+    settings = app_settings(DERIBIT_WS_URL=simulator.url, ENCRYPTION_KEYS=key)
+    run = profiles.refresh_profiles
+    assert await asyncio.to_thread(run, settings, engine, TABLES, None) == 0  # both refused
+    assert await asyncio.to_thread(run, settings, engine, TABLES, None) == 1  # bob's turn
+    with engine.connect() as connection:
+        column = TABLES.person.c
+        bob = connection.execute(select(column.profile).where(column.user_id == "bob")).scalar()
+    assert bob is not None and bob["username"] == "bob"
+    assert await asyncio.to_thread(run, settings, engine, TABLES, None) == 0  # none due now
+    assert simulator.calls["public/auth"] == 3  # each refused key once, bob's once

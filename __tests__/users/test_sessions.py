@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from __tests__.helpers import eventually_async
+from __tests__.helpers import eventually, eventually_async
 from __tests__.service import KEYS, Service, running_service
 from __tests__.simulated import sim_control
 from __tests__.sse import open_stream
@@ -360,3 +360,33 @@ async def test_a_stream_opening_as_its_session_is_signed_out_is_refused(service:
     assert not service.runtime.hub.streams_of("alice")
     await client.aclose()
     await signing_out.aclose()
+
+
+async def test_a_refused_background_refresh_is_not_started_again_by_every_read(
+    service: Service,
+) -> None:
+    # The user deleted the key on Deribit: the aging profile is still served, and reading it
+    # again and again does not send Deribit a login each time.
+    token = await service.sign_in("alice")
+    database = service.runtime.database
+    person = database.tables.person
+    old = datetime.now(UTC) - timedelta(hours=2)
+    async with database.transaction() as connection:
+        row = (await connection.execute(select(person.c.profile))).scalar_one()
+        aged = {**row, "fetched_at": old.isoformat()}
+        await connection.execute(update(person).values(profile=aged, profile_fetched_at=old))
+    refusing = {"code": 12003, "seconds": 60, "methods": ["public/auth"]}  # login_over_limit
+    await sim_control(service.simulator, ("sim/fail_requests", refusing))
+    client = service.client_for(token)
+    logins = service.simulator.calls["public/auth"]
+    assert (await client.get("/api/v1/users/alice")).status_code == 200
+    users = service.runtime.users
+    await eventually(lambda: not users._refreshing, what="the background refresh refused")
+    assert service.simulator.calls["public/auth"] == logins + 1
+    for _ in range(3):
+        answer = await client.get("/api/v1/users/alice")
+        assert answer.status_code == 200 and answer.json()["profile"]["username"] == "alice"
+        assert not users._refreshing  # none started
+    assert service.simulator.calls["public/auth"] == logins + 1
+    await sim_control(service.simulator, ("sim/fail_requests", {**refusing, "seconds": 0}))
+    await client.aclose()

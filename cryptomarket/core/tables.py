@@ -68,6 +68,7 @@ def build_tables(dialect: str) -> Tables:
         Column("client_secret_encrypted", LargeBinary, nullable=False),
         Column("deribit_account_id", BigInteger, nullable=True),
         Column("profile", JSON, nullable=True),
+        # When the profile was last fetched or tried (jobs/profiles.py orders refreshes by it).
         Column("profile_fetched_at", DateTime(timezone=True), nullable=True),
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -32,7 +32,9 @@ def refresh_profiles(
     settings: Settings, engine: Engine, tables: Tables, redis: Redis | None
 ) -> int:
     """Fetch again the profiles older than PROFILE_REFRESH_AFTER of users with a live session;
-    returns how many were refreshed. A user whose key Deribit refuses is skipped (and logged)."""
+    returns how many were refreshed. A user whose key Deribit refuses (or that cannot be read)
+    is logged and tried again PROFILE_REFRESH_AFTER later, behind the others: `profile_fetched_at`
+    is when the profile was last fetched or tried (the profile keeps its own `fetched_at`)."""
     now = datetime.now(UTC)
     person, sessions = tables.person, tables.sessions
     live = select(sessions.c.user_id).where(
@@ -65,6 +67,7 @@ def refresh_profiles(
             logger.warning(
                 "profile of %s not refreshed: its key can no longer be read", row.user_id
             )
+    tried = [row.user_id for row in rows]
 
     # The user ids of one key share one fetch: one socket and one authentication per key, not
     # per user id (an account may claim several), so a run spends few of Deribit's sessions.
@@ -87,6 +90,11 @@ def refresh_profiles(
 
     fetched = with_deribit(settings, fetch)
     with engine.begin() as connection:
+        # Every one tried goes behind the others, fetched or not: a key Deribit refuses is not
+        # asked again every run, nor do a hundred of them hold back every other user.
+        connection.execute(
+            update(person).where(person.c.user_id.in_(tried)).values(profile_fetched_at=now)
+        )
         for user_id, _client_id, profile in fetched:
             connection.execute(
                 update(person)

@@ -5,6 +5,8 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -38,6 +40,9 @@ logger = logging.getLogger("cryptomarket.users")
 
 PROFILE_TTL = timedelta(hours=27)  # served from the store this long (the issue: 27 hours)
 PROFILE_REFRESH_AFTER = timedelta(hours=1)  # older than this: refreshed in the background
+# After a background refresh failed (the key refused, the account throttled): reads of the user
+# serve what is kept and start no other for this long, not one Deribit login per read.
+REFRESH_RETRY_AFTER = 300.0
 
 
 def token_hash(token: str) -> str:
@@ -79,6 +84,7 @@ class UserService:
         self.cache = cache
         self.max_user_ids = max_user_ids
         self._refreshing: set[str] = set()
+        self._refresh_failed: OrderedDict[str, float] = OrderedDict()  # user -> monotonic time
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetches: dict[Credentials, asyncio.Future[Profile]] = {}
         # Sessions asked for at about once (a storm of reconnecting streams) share one query.
@@ -235,17 +241,25 @@ class UserService:
             await self.cache.set(profile_key(out.user_id), out.model_dump(mode="json"), left)
 
     def _refresh_later(self, user_id: str) -> None:
-        if user_id in self._refreshing:
+        now = time.monotonic()
+        while self._refresh_failed and next(iter(self._refresh_failed.values())) < now - (
+            REFRESH_RETRY_AFTER
+        ):
+            self._refresh_failed.popitem(last=False)  # in failure order: the oldest first
+        if user_id in self._refreshing or user_id in self._refresh_failed:
             return
         self._refreshing.add(user_id)
 
         async def refresh() -> None:
             try:
                 await self.refresh_profile(user_id)
-            except AppError as error:
-                logger.warning("profile of %s not refreshed: %s", user_id, error.detail)
-            except Exception:
-                logger.exception("profile of %s not refreshed", user_id)
+            except Exception as error:
+                if not isinstance(error, Unavailable):  # Deribit away: the next read may retry
+                    self._refresh_failed[user_id] = time.monotonic()
+                if isinstance(error, AppError):
+                    logger.warning("profile of %s not refreshed: %s", user_id, error.detail)
+                else:
+                    logger.exception("profile of %s not refreshed", user_id)
             finally:
                 self._refreshing.discard(user_id)
 
