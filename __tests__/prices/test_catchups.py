@@ -55,3 +55,25 @@ async def test_a_deadline_passed_while_the_socket_is_down_again_keeps_the_ticker
     await eventually(lambda: TICKER not in under_way, what="the second deadline")
     assert accounted(events, 2_000, 9_000) == list(range(2_000, 9_001, 1_000))
     assert [e.timestamp for e in events if isinstance(e, Tick)] == [6_000, 9_000]
+
+
+async def test_a_ticker_released_during_its_catch_up_is_not_remembered_after_it() -> None:
+    # Daily options come and go: one released while caught up must leave nothing behind.
+    events: list[Tick | Gap] = []
+    ingested = {"BTC-8JUN20-8750-P"}
+    under_way = Catchups(
+        never_answers,
+        publish=events.append,
+        publish_gap=events.append,
+        spacing=lambda ticker: None,
+        ingested=lambda ticker: ticker in ingested,
+        spawn=asyncio.create_task,
+    )
+    under_way.hold("BTC-8JUN20-8750-P", 1_000)
+    under_way.catch_up("BTC-8JUN20-8750-P", 5_000)
+    under_way.add("BTC-8JUN20-8750-P", Tick("BTC-8JUN20-8750-P", 1.0, 6_000))
+    ingested.clear()  # released: the ingest forgets it
+    under_way.forget("BTC-8JUN20-8750-P")
+    under_way.give_up("BTC-8JUN20-8750-P", "released")
+    assert [e.timestamp for e in events if isinstance(e, Tick)] == [6_000]  # not lost
+    assert under_way.accounted_to == {}

@@ -117,4 +117,8 @@ async def test_an_instrument_no_longer_watched_leaves_nothing_behind(
     assert "BTC-PERPETUAL" not in ingest.last_seen
     assert "BTC-PERPETUAL" not in ingest.live_spacing
     assert len(ingest._changing) == 0  # the per-ticker lock went with its last user
+    # A catch-up under way when it was released publishes its held ticks after: still nothing
+    # kept of it.
+    ingest._publish_caught_up(Tick("BTC-PERPETUAL", 1.0, 2**40, fields={"mark_price": 1.0}))
+    assert "BTC-PERPETUAL" not in ingest.last_seen
     assert "btc_usd" in ingest.last_seen  # a tracked index keeps where it stands

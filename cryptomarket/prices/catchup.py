@@ -206,7 +206,8 @@ class Catchups:
             return  # given up or superseded meanwhile
         del self._running[ticker]
         ends = [end for _, end in catchup.windows()]
-        self.accounted_to[ticker] = max(ends, default=0) - 1  # filled or a gap up to here
+        if self._ingested(ticker):  # else forgotten already (released meanwhile): not again
+            self.accounted_to[ticker] = max(ends, default=0) - 1  # filled or a gap up to here
         if catchup.deadline is not None:
             catchup.deadline.cancel()
         events: list[tuple[int, int, Tick | Gap]] = [

@@ -264,7 +264,9 @@ class Ingest:
 
     def _publish_caught_up(self, tick: Tick) -> None:
         """A backfilled or held tick, stamped already, in order."""
-        self.last_seen[tick.ticker] = max(tick.timestamp, self.last_seen.get(tick.ticker, 0))
+        ticker = tick.ticker
+        if ticker in self.tickers or not is_instrument(ticker):  # else released: forgotten
+            self.last_seen[ticker] = max(tick.timestamp, self.last_seen.get(ticker, 0))
         self._publish(tick)
 
     def _publish(self, tick: Tick) -> None:
