@@ -4,6 +4,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -390,3 +391,42 @@ async def test_a_refused_background_refresh_is_not_started_again_by_every_read(
     assert service.simulator.calls["public/auth"] == logins + 1
     await sim_control(service.simulator, ("sim/fail_requests", {**refusing, "seconds": 0}))
     await client.aclose()
+
+
+async def test_a_refresh_that_read_the_key_before_a_new_sign_in_does_not_undo_it(
+    service: Service,
+) -> None:
+    # The refresh read the stored key and waits on Deribit; the user signs in again with
+    # another key (stored with its own, newer profile). The refresh must not overwrite that
+    # profile, nor cache the old key's client id for the next 27 hours.
+    await service.sign_in("alice")
+    users = service.runtime.users
+    database = service.runtime.database
+    person = database.tables.person
+    fetching, release = asyncio.Event(), asyncio.Event()
+    fetch = users._fetch_profile
+
+    async def slow_fetch(credentials: Any) -> Any:
+        fetching.set()
+        await release.wait()
+        return await fetch(credentials)
+
+    users._fetch_profile = slow_fetch  # type: ignore[method-assign]
+    refreshing = asyncio.create_task(users.refresh_profile("alice"))
+    await fetching.wait()
+    async with database.transaction() as connection:  # what the new sign-in stores
+        await connection.execute(
+            update(person).values(
+                client_id="sim-alice-2",
+                client_secret_encrypted=b"another key",
+                profile={"marker": "the new sign-in's"},
+            )
+        )
+    release.set()
+    await refreshing
+    del users._fetch_profile
+    async with database.reading() as connection:
+        row = (await connection.execute(select(person.c.client_id, person.c.profile))).one()
+    assert row.client_id == "sim-alice-2" and row.profile == {"marker": "the new sign-in's"}
+    cached = await users._cached("alice")  # (a cache only in distributed mode)
+    assert cached is None or cached.client_id == "sim-alice-2"

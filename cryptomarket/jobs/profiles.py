@@ -57,6 +57,7 @@ def refresh_profiles(
     keys: list[tuple[str, str, str]] = []
     # Secrets read with an old key, re-encrypted under the first one as they are refreshed.
     rotations: dict[str, tuple[bytes, bytes]] = {}
+    read_as = {row.user_id: row.client_secret_encrypted for row in rows}
     for row in rows:
         stored = row.client_secret_encrypted
         try:
@@ -95,14 +96,21 @@ def refresh_profiles(
         connection.execute(
             update(person).where(person.c.user_id.in_(tried)).values(profile_fetched_at=now)
         )
-        for user_id, _client_id, profile in fetched:
-            connection.execute(
+        kept = []
+        for user_id, client_id, profile in fetched:
+            stored_now = connection.execute(  # not if a sign-in stored another key meanwhile
                 update(person)
-                .where(person.c.user_id == user_id)
+                .where(
+                    person.c.user_id == user_id,
+                    person.c.client_secret_encrypted == read_as[user_id],
+                )
                 .values(
                     profile=profile.model_dump(mode="json"), profile_fetched_at=profile.fetched_at
                 )
             )
+            if not stored_now.rowcount:
+                continue
+            kept.append((user_id, client_id, profile))
             if user_id in rotations:  # only if no sign-in stored another secret meanwhile
                 old, new = rotations[user_id]
                 connection.execute(
@@ -112,9 +120,9 @@ def refresh_profiles(
                 )
     if redis is not None:
         ttl_ms = int(PROFILE_TTL.total_seconds() * 1000)
-        for user_id, client_id, profile in fetched:
+        for user_id, client_id, profile in kept:
             out = UserOut(user_id=user_id, client_id=client_id, profile=profile)
             redis.set(
                 PREFIX + profile_key(user_id), json.dumps(out.model_dump(mode="json")), px=ttl_ms
             )
-    return len(fetched)
+    return len(kept)

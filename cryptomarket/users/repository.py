@@ -103,12 +103,20 @@ class UserRepository:
         )
         return list(result.scalars())
 
-    async def set_profile(self, user_id: str, profile: dict[str, Any], now: datetime) -> None:
-        await self.connection.execute(
+    async def set_profile(
+        self, user_id: str, profile: dict[str, Any], now: datetime, *, fetched_with: bytes
+    ) -> bool:
+        """Store a profile fetched with the key `fetched_with` (its stored secret), unless a
+        sign-in stored another key meanwhile (its own profile is newer); whether it was."""
+        result = await self.connection.execute(
             update(self.person)
-            .where(self.person.c.user_id == user_id)
+            .where(
+                self.person.c.user_id == user_id,
+                self.person.c.client_secret_encrypted == fetched_with,
+            )
             .values(profile=profile, profile_fetched_at=now)
         )
+        return bool(result.rowcount)
 
     async def replace_secret(self, user_id: str, old: bytes, new: bytes) -> None:
         """Store `new` (the same secret under the newest key) only if `old` is still stored: a

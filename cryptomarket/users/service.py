@@ -212,10 +212,14 @@ class UserService:
                 "the stored Deribit key can no longer be read; sign in again", code="sign_in_again"
             ) from None
         profile = await self._fetch_profile(Credentials(person.client_id, secret))
+        stored = person.client_secret_encrypted
         async with self.database.transaction() as connection:
             users = UserRepository(connection, self.database.tables)
-            await users.set_profile(user_id, profile.model_dump(mode="json"), profile.fetched_at)
-            stored = person.client_secret_encrypted
+            dumped = profile.model_dump(mode="json")
+            if not await users.set_profile(
+                user_id, dumped, profile.fetched_at, fetched_with=stored
+            ):
+                return profile  # a sign-in stored another key meanwhile, and its profile
             if self.box.needs_rotation(stored):  # read with an old key: store it under the new
                 await users.replace_secret(user_id, stored, self.box.rotate(stored))
         await self._remember(UserOut(user_id=user_id, client_id=person.client_id, profile=profile))
