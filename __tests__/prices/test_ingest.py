@@ -177,3 +177,31 @@ async def test_a_subscribe_answered_with_an_error_is_asked_again(
 
 async def _has_ticks(database: Database, ticker: str) -> bool:
     return bool(await stored(database, ticker))
+
+
+async def test_an_unsubscribe_answered_with_an_error_is_asked_again(
+    database: Database, simulator: Simulator, start_ingest: StartIngest
+) -> None:
+    # Deribit refuses the unsubscribe (maintenance): it still sends the channel, so the set must
+    # still say so, and the ingest asks again until it is gone upstream.
+    ingest = await start_ingest(database, {"btc_usd"})
+    await ingest.connection.wait_ready()
+    ingest.resubscribe_after = 0.2
+    await store_subscription(database, "alice", "sol_usdc", add=True)
+    await ingest.acquire("sol_usdc")
+    channel = "deribit_price_index.sol_usdc"
+    await eventually_async(
+        lambda: _has_ticks(database, "sol_usdc"), timeout=10, what="its ticks stored"
+    )
+    failing = {"code": 11051, "seconds": 1, "methods": ["public/unsubscribe"]}
+    await sim_control(simulator, ("sim/fail_requests", failing))
+    await store_subscription(database, "alice", "sol_usdc", add=False)
+    await ingest.release("sol_usdc")
+    assert channel in ingest.connection.channels  # refused: still subscribed upstream
+    await eventually(lambda: channel not in ingest.connection.channels, timeout=10, what="gone")
+    assert simulator.calls["public/unsubscribe"] >= 2
+    # A tick of it still on its way (sent before Deribit took the unsubscribe) is not ingested.
+    received = ingest.ticks_in
+    late = {"index_name": "sol_usdc", "price": 1.0, "timestamp": 2**41}
+    ingest._on_notification(channel, late)
+    assert ingest.ticks_in == received and ingest.last_seen.get("sol_usdc") != 2**41

@@ -123,6 +123,10 @@ class DeribitConnection:
     def channels(self) -> frozenset[str]:
         return frozenset(self._channels)
 
+    def follows(self, channel: str) -> bool:
+        """Whether the channel is in the set (no copy: asked for every notification)."""
+        return channel in self._channels
+
     def on_notification(self, handler: NotificationHandler) -> Callable[[], None]:
         """Call `handler(channel, data)` for every subscription message; returns a remover."""
         self._notification_handlers.append(handler)
@@ -200,7 +204,8 @@ class DeribitConnection:
                 raise
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
-        """Drop channels from the set and unsubscribe them upstream."""
+        """Drop channels from the set and unsubscribe them upstream. An error answer, or no
+        credit to send it in time, puts them back in the set and raises (still subscribed)."""
         async with self._channel_changes:
             gone = sorted(self._channels.intersection(channels))
             self._channels.difference_update(gone)
@@ -209,6 +214,9 @@ class DeribitConnection:
                 try:
                     for batch in batches(gone):
                         await self._request("public/unsubscribe", {"channels": batch})
+                except (CreditTimeout, DeribitError):
+                    self._channels.update(gone)
+                    raise
                 except DeribitTransportError:
                     self._resync(ws)
 

@@ -50,7 +50,7 @@ HOLE_SPACINGS = 3
 HOLE_FLOOR_MS = 1_000
 # An instrument that sends nothing for this long (it updates ten times a second) is asked about.
 SILENT_AFTER = 60.0
-RESUBSCRIBE_AFTER = 5.0  # seconds before a subscribe Deribit answered with an error goes again
+RESUBSCRIBE_AFTER = 5.0  # seconds before a channel change Deribit refused goes again
 
 
 class Publisher(Protocol):
@@ -104,7 +104,7 @@ class Ingest:
         self._expiring: set[str] = set()  # instruments whose subscriptions are being ended
         # When each watched instrument was last asked about (or first watched), ms.
         self._watched_since: dict[str, float] = {}
-        self._retrying: set[str] = set()  # tickers whose failed subscribe is asked again
+        self._retrying: set[str] = set()  # tickers whose failed channel change goes again
         self.resubscribe_after = RESUBSCRIBE_AFTER
         self._removers = [
             connection.on_notification(self._on_notification),
@@ -198,13 +198,13 @@ class Ingest:
             await change([channel_of(ticker)])
         except (DeribitError, DeribitTransportError) as error:
             logger.warning("%s: upstream channel change failed: %s", ticker, error)
-            if change == self.connection.subscribe and ticker not in self._retrying:
-                self._retrying.add(ticker)  # not subscribed: asked again, or none would
-                self._spawn(self._subscribe_again(ticker))
+            if ticker not in self._retrying:  # no later change would fix it: ask again
+                self._retrying.add(ticker)
+                self._spawn(self._change_again(ticker))
 
-    async def _subscribe_again(self, ticker: str) -> None:
-        """A subscribe Deribit answered with an error (or credit did not allow in time): the
-        channel is not in the connection's set; ask again while the store still wants it."""
+    async def _change_again(self, ticker: str) -> None:
+        """A channel change Deribit answered with an error (or credit did not allow in time):
+        the connection's set says what is upstream still; make it follow the store again."""
         try:
             await asyncio.sleep(self.resubscribe_after)
         finally:
@@ -215,8 +215,8 @@ class Ingest:
 
     def _on_notification(self, channel: str, data: Any) -> None:
         ticker = ticker_of(channel)
-        if ticker is None:
-            return
+        if ticker is None or not self.connection.follows(channel):
+            return  # not one we follow (an unsubscribe Deribit has not taken yet)
         try:
             received = parse_frame(ticker, data)
         except MalformedFrame as why:
