@@ -4,6 +4,8 @@ while the gateway was down, or one that is no longer listed at all)."""
 
 import asyncio
 
+import pytest
+
 from __tests__.helpers import eventually_async
 from __tests__.prices.conftest import StartIngest
 from __tests__.prices.test_ingest import store_subscription
@@ -11,6 +13,7 @@ from __tests__.simulated import sim_control
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.instruments.frames import is_final
+from cryptomarket.prices import ingest as ingest_module
 from cryptomarket.prices.models import Tick
 from cryptomarket.streaming.bus import Event
 from cryptomarket.users.repository import UserRepository
@@ -122,3 +125,34 @@ async def test_an_instrument_no_longer_watched_leaves_nothing_behind(
     ingest._publish_caught_up(Tick("BTC-PERPETUAL", 1.0, 2**40, fields={"mark_price": 1.0}))
     assert "BTC-PERPETUAL" not in ingest.last_seen
     assert "btc_usd" in ingest.last_seen  # a tracked index keeps where it stands
+
+
+@pytest.mark.parametrize("answer", ["not_found", "unknown", "before_final"])
+async def test_a_silent_expired_instrument_ends_whatever_deribit_answers_of_it(
+    database: Database,
+    simulator: Simulator,
+    start_ingest: StartIngest,
+    answer: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What public/ticker says of an expired name is unverified (reference 13.4): 13020, the
+    # -32602 of an unknown name, or the frame before the final one (still `open`, its delivery
+    # price estimate "expired"), asked again a few times in case the final frame still comes.
+    monkeypatch.setattr(ingest_module, "EXPIRED_ASKS", 2)
+    expired = simulator.instrument_names("option")[1]
+    assert simulator.expire_instrument(expired, ticker_answer=answer)
+    await asyncio.sleep(0.1)  # the simulator's next step moves it to the expired list
+    await store_subscription(database, "alice", expired, add=True)
+    ingest = await start_ingest(database, set(), silent_after=0.4)
+    finals: list[Tick] = []
+    ingest.bus.subscribe(  # type: ignore[attr-defined]
+        lambda event: finals.append(event) if isinstance(event, Tick) else None
+    )
+    await ingest.connection.wait_ready()
+    await ingest.follow({expired: 1})
+
+    async def ended() -> bool:
+        return await subscribers(database, expired) == 0 and not ingest.tickers
+
+    await eventually_async(ended, timeout=10, what="the silent instrument ended")
+    assert [tick.fields for tick in finals if tick.ticker == expired] == [{"state": "closed"}]

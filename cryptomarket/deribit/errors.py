@@ -75,6 +75,10 @@ class Forbidden(DeribitError):
     code = 13021
 
 
+class InstrumentNotFound(DeribitError):
+    code = 13020  # not_found: what `public/ticker` answers of an expired name is unverified
+
+
 class TemporarilyUnavailable(DeribitError):
     code = 13028
     retryable = True
@@ -124,6 +128,7 @@ ERRORS_BY_CODE: dict[int, type[DeribitError]] = {
         InvalidCredentials,
         Unauthorized,
         Forbidden,
+        InstrumentNotFound,
         TemporarilyUnavailable,
         DeribitTimedOut,
         RequestTooLarge,

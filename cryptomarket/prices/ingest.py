@@ -26,7 +26,12 @@ from typing import Any, Protocol
 
 from cryptomarket.core.db import Database
 from cryptomarket.deribit.connection import ConnectionState, DeribitConnection
-from cryptomarket.deribit.errors import DeribitError, DeribitTransportError, InvalidParams
+from cryptomarket.deribit.errors import (
+    DeribitError,
+    DeribitTransportError,
+    InstrumentNotFound,
+    InvalidParams,
+)
 from cryptomarket.instruments.frames import expiry_notice, is_final, parse_ticker
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.kit.keyed_lock import KeyedLock
@@ -50,6 +55,7 @@ HOLE_SPACINGS = 3
 HOLE_FLOOR_MS = 1_000
 # An instrument that sends nothing for this long (it updates ten times a second) is asked about.
 SILENT_AFTER = 60.0
+EXPIRED_ASKS = 5  # a silent instrument Deribit says expired, without its final frame, is ended
 RESUBSCRIBE_AFTER = 5.0  # seconds before a channel change Deribit refused goes again
 
 
@@ -105,6 +111,7 @@ class Ingest:
         # When each watched instrument was last asked about (or first watched), ms.
         self._watched_since: dict[str, float] = {}
         self._retrying: set[str] = set()  # tickers whose failed channel change goes again
+        self._asked_expired: dict[str, int] = {}  # silent instrument -> asks that said expired
         self.resubscribe_after = RESUBSCRIBE_AFTER
         self._removers = [
             connection.on_notification(self._on_notification),
@@ -300,6 +307,7 @@ class Ingest:
         self.live_spacing.pop(ticker, None)
         self._spacing_from.pop(ticker, None)
         self._watched_since.pop(ticker, None)
+        self._asked_expired.pop(ticker, None)
         if is_instrument(ticker):
             self.last_seen.pop(ticker, None)
             self._catchups.forget(ticker)
@@ -344,14 +352,15 @@ class Ingest:
                     await self._ask_about(ticker)
 
     async def _ask_about(self, ticker: str) -> None:
+        """What Deribit answers of an expired name is unverified (reference 13.4): an error
+        (-32602 or 13020 not_found), its final frame, or its frame from just before (state
+        `open`, `estimated_delivery_price` "expired"); each ends it, the last after
+        EXPIRED_ASKS asks in a row (the final frame may still come)."""
         self._watched_since[ticker] = time.time() * 1000  # asked: not again before SILENT_AFTER
         try:
             result = await self.connection.call("public/ticker", {"instrument_name": ticker})
-        except InvalidParams:  # "instrument not found": gone (expired) or never listed
-            logger.info("%s: silent and unknown to Deribit: ended", ticker)
-            self.bus.publish(expiry_notice(ticker, int(time.time() * 1000), publish_stamp()))
-            self._expiring.add(ticker)
-            self._spawn(self._expire(ticker))
+        except (InvalidParams, InstrumentNotFound):  # gone (expired) or never listed
+            self._end_silent(ticker, "silent and unknown to Deribit")
             return
         except (DeribitError, DeribitTransportError) as error:
             logger.warning("%s: silent, and public/ticker failed: %s", ticker, error)
@@ -361,6 +370,19 @@ class Ingest:
             logger.info("%s: silent, and expired: its final state published", ticker)
             self.last_seen[ticker] = tick.timestamp
             self._publish(replace(tick, received_at=publish_stamp()))
+        elif tick is not None and (tick.fields or {}).get("estimated_delivery_price") == "expired":
+            asked = self._asked_expired[ticker] = self._asked_expired.get(ticker, 0) + 1
+            if asked >= EXPIRED_ASKS:
+                self._end_silent(ticker, f"silent and expired for {asked} asks, no final frame")
+        else:
+            self._asked_expired.pop(ticker, None)
+
+    def _end_silent(self, ticker: str, why: str) -> None:
+        logger.info("%s: %s: ended", ticker, why)
+        self._asked_expired.pop(ticker, None)
+        self.bus.publish(expiry_notice(ticker, int(time.time() * 1000), publish_stamp()))
+        self._expiring.add(ticker)
+        self._spawn(self._expire(ticker))
 
     async def _watch_staleness(self) -> None:
         """Connected but no tick for `stale_after` seconds: tell the clients the data is stale."""

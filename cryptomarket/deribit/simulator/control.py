@@ -13,6 +13,7 @@ from cryptomarket.deribit.errors import (
     TooManyRequests,
 )
 from cryptomarket.deribit.simulator import rpc
+from cryptomarket.deribit.simulator.instrument_market import EXPIRED_ANSWERS
 from cryptomarket.deribit.simulator.market import check_chart_spacing
 from cryptomarket.deribit.simulator.methods import index_name
 from cryptomarket.deribit.simulator.state import Call, Handler, InjectedError, now_ms
@@ -154,9 +155,14 @@ def produced(call: Call) -> dict[str, object]:
 
 
 def expire_instrument(call: Call) -> str:
-    """The instrument expires now: its last two frames go out, then its channels fall silent."""
+    """The instrument expires now: its last two frames go out, then its channels fall silent.
+    `ticker_answer`: what `public/ticker` answers of it after (EXPIRED_ANSWERS; Deribit's is
+    unverified): its final frame (default), the frame before it, 13020 or -32602."""
     name = rpc.string(call.params, "instrument_name")
-    if not call.state.instruments.expire(name, now_ms()):
+    answer = rpc.string(call.params, "ticker_answer", "final")
+    if answer not in EXPIRED_ANSWERS:
+        raise rpc.invalid_params(f"must be one of {', '.join(EXPIRED_ANSWERS)}", "ticker_answer")
+    if not call.state.instruments.expire(name, now_ms(), answer):
         raise rpc.invalid_params("instrument not found", "instrument_name")
     log.info("sim: %s expires now", name)
     return "ok"

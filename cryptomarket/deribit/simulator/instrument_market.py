@@ -16,6 +16,10 @@ from cryptomarket.deribit.simulator.instruments import EXPIRED_KEPT, Catalogue, 
 from cryptomarket.deribit.simulator.record import TickRecord
 from cryptomarket.deribit.simulator.tickers import Book, expiry_frames, new_book, update
 
+# What `public/ticker` may answer of an expired instrument (unverified on Deribit, reference
+# 13.4): its final frame, the frame before it, 13020 not_found, or -32602 as for an unknown name.
+EXPIRED_ANSWERS = ("final", "before_final", "not_found", "unknown")
+
 WINDOWS_MS = {"raw": 0, "100ms": 100, "agg2": 1000}
 RECORDED = "100ms"  # the channel the gateway uses: its frames are `sim/produced`'s truth
 REFRESH_MS = 1000  # how often the listing is brought up to date
@@ -42,6 +46,9 @@ class _Active:
     latest: dict[str, Any] | None = None
     sent_window: dict[str, int] = field(default_factory=dict)  # interval -> last window sent
     expiring: bool = False
+    # What `public/ticker` answers of it once expired (unverified on Deribit: reference 13.4).
+    answer: str = "final"
+    before_final: dict[str, Any] | None = None  # its frame before the final one
 
 
 class InstrumentMarket:
@@ -79,21 +86,30 @@ class InstrumentMarket:
         return True
 
     def ticker(self, name: str, now_ms: int) -> dict[str, Any] | None:
-        """`public/ticker`: the latest update (an expired instrument's final one)."""
+        """`public/ticker`: the latest update (an expired instrument's final one, or the one
+        before it when so asked)."""
         if name in self._expired:
-            return self._expired[name].latest
+            expired = self._expired[name]
+            return expired.before_final if expired.answer == "before_final" else expired.latest
         if name not in self._active and not self.activate(name, now_ms):
             return None
         return self._active[name].latest
 
-    def expire(self, name: str, now_ms: int) -> bool:
-        """`sim/expire_instrument`: expire a listed instrument now."""
+    def expire(self, name: str, now_ms: int, answer: str = "final") -> bool:
+        """`sim/expire_instrument`: expire a listed instrument now; `answer` is what
+        `public/ticker` says of it after (EXPIRED_ANSWERS)."""
         if self.catalogue.live.get(name) is None:
             return False
         self.activate(name, now_ms)
         self.catalogue.expire(name, now_ms)
         self._active[name].expiring = True
+        self._active[name].answer = answer
         return True
+
+    def expired_answer(self, name: str) -> str | None:
+        """What `public/ticker` answers of an expired instrument kept here; None: not one."""
+        expired = self._expired.get(name)
+        return None if expired is None else expired.answer
 
     def produced(
         self, name: str, since: int | None, until: int | None
@@ -139,7 +155,7 @@ class InstrumentMarket:
         base = active.latest or update(active.book, active.instrument, index, active.book.last_ts)
         out = []
         for data in expiry_frames(base, active.instrument, index):
-            active.latest = data
+            active.before_final, active.latest = active.latest, data
             out.extend(self._send(active, data, every_window=True))
         return out
 

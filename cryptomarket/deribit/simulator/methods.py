@@ -2,7 +2,11 @@
 
 from typing import Any
 
-from cryptomarket.deribit.errors import InternalServerError, RawNotForUnauthorized
+from cryptomarket.deribit.errors import (
+    InstrumentNotFound,
+    InternalServerError,
+    RawNotForUnauthorized,
+)
 from cryptomarket.deribit.simulator import rpc, summary
 from cryptomarket.deribit.simulator.auth_methods import private_grant
 from cryptomarket.deribit.simulator.indexes import COMBO_ENABLED, INDEX_NAMES
@@ -119,6 +123,11 @@ def get_instruments(call: Call) -> list[dict[str, Any]]:
 
 def ticker(call: Call) -> dict[str, Any]:
     name = rpc.string(call.params, "instrument_name")
+    answer = call.state.instruments.expired_answer(name)
+    if answer == "not_found":
+        raise InstrumentNotFound("not_found", data={"reason": "instrument not found"})
+    if answer == "unknown":
+        raise rpc.invalid_params("instrument not found", "instrument_name")
     data = call.state.instruments.ticker(name, now_ms())
     if data is None:
         raise rpc.invalid_params("instrument not found", "instrument_name")

@@ -93,8 +93,9 @@ class Simulator:
         live = self._state.instruments.catalogue.live.values()
         return sorted(i.name for i in live if kind is None or i.kind == kind)
 
-    def expire_instrument(self, instrument_name: str) -> bool:
-        return self._state.instruments.expire(instrument_name, time.time_ns() // 1_000_000)
+    def expire_instrument(self, instrument_name: str, ticker_answer: str = "final") -> bool:
+        now = time.time_ns() // 1_000_000
+        return self._state.instruments.expire(instrument_name, now, ticker_answer)
 
     async def start(self) -> None:
         if self._server is not None:
