@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from __tests__.distributed.processes import Processes
 from __tests__.helpers import eventually, eventually_async
-from __tests__.servers import RedisServer
+from __tests__.servers import RedisServer, free_port
 from __tests__.service import running_service
 from __tests__.sse import open_stream
 from cryptomarket.core.db import urls_for
@@ -19,7 +19,7 @@ from cryptomarket.deribit.simulator import Simulator
 from cryptomarket.distributed.ingest_leader import LEADER_KEY
 from cryptomarket.prices.models import Tick
 from cryptomarket.streaming.bus import Event
-from cryptomarket.streaming.redis_bus import UPSTREAM_STATUS_KEY, RedisBus
+from cryptomarket.streaming.redis_bus import UPSTREAM_STATUS_KEY, RedisBus, latest_key, pack
 
 LEADING = "leading: this process now holds the upstream connection"
 
@@ -143,5 +143,42 @@ async def test_a_replica_started_after_ingest_connected_knows_the_upstream_is_co
                 assert 0 < await client.ttl(UPSTREAM_STATUS_KEY) <= 30
             finally:
                 await client.aclose()
+    finally:
+        processes.stop_all()
+
+
+async def test_a_leader_taking_over_with_the_store_away_goes_on_from_what_was_published(
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    redis_server: RedisServer,
+    received: list[Tick],
+    tmp_path: Path,
+) -> None:
+    # PostgreSQL restarts as the ingest takes the lead: the stored subscriptions are unknown.
+    # The process must lead anyway (not crash-loop), and follow the tickers the last leader
+    # published, so a user's eth_usd keeps flowing and is caught up from where it stopped.
+    simulator, _store, processes = await ingest_setting(simulator_factory, redis_server, tmp_path)
+    await eventually(lambda: len(simulator.history("eth_usd")) >= 5, what="eth_usd ticking")
+    last_ts, last_price = simulator.history("eth_usd")[1]  # the last leader's newest
+    client = Redis.from_url(redis_server.url)
+    await client.set(latest_key("eth_usd"), pack(Tick("eth_usd", last_price, last_ts)))
+    await client.aclose()
+    away = f"postgresql://nobody@127.0.0.1:{free_port()}/gone"
+    try:
+        leader = processes.start("ingest-1", "-m", "cryptomarket", "ingest", DATABASE_URL=away)
+        await leader.logged("stored subscriptions unknown")
+        await leader.logged(LEADING)
+        await eventually(
+            lambda: {"btc_usd", "eth_usd"} <= {tick.ticker for tick in received},
+            timeout=10,
+            what="ticks of the tracked ticker and of the one published lately",
+        )
+
+        def missing() -> list[int]:
+            got = {tick.timestamp for tick in received if tick.ticker == "eth_usd"}
+            sent = [ts for ts, _ in simulator.history("eth_usd") if last_ts < ts <= max(got)]
+            return [ts for ts in sent if ts not in got]
+
+        await eventually(lambda: not missing(), timeout=10, what="caught up from its newest")
+        assert leader.running
     finally:
         processes.stop_all()

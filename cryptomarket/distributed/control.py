@@ -83,6 +83,12 @@ def decode(data: bytes) -> Message:
 
 OnChange = Callable[[SubscriptionChange], Awaitable[None]]
 OnSubscribed = Callable[[], Awaitable[None]]
+
+
+class MissedUnknown(Exception):
+    """The changes announced while the channel was away could not be recounted."""
+
+
 OnSessionEnded = Callable[[SessionEnded], None]
 
 
@@ -153,13 +159,13 @@ class ControlChannel:
                 if self.on_listening is not None:
                     self.on_listening()
                 if on_subscribed is not None:
-                    await on_subscribed()
+                    await self._recount_missed(on_subscribed)
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     raise_if_cancelled()
                     if message is not None and message["type"] == "message":
                         await self._handle(message["data"], on_change)
-            except (RedisError, OSError) as error:
+            except (RedisError, OSError, MissedUnknown) as error:
                 raise_if_cancelled()
                 if self.listening:
                     logger.warning("lost the control channel, reconnecting: %s", error)
@@ -170,6 +176,16 @@ class ControlChannel:
                 self.listening = False
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _recount_missed(self, on_subscribed: OnSubscribed) -> None:
+        """What was announced while not listening is recounted from the store; with the store
+        away too, the channel is left and subscribed again later, to recount then (else those
+        changes would stay missed, and one failure must not end the listening for good)."""
+        try:
+            await on_subscribed()
+        except Exception as error:
+            raise_if_cancelled()
+            raise MissedUnknown(f"missed changes not recounted: {type(error).__name__}") from None
 
     async def _handle(self, data: bytes, on_change: OnChange) -> None:
         try:

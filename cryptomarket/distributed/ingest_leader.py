@@ -23,7 +23,7 @@ from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.connection import DeribitConnection
 from cryptomarket.deribit.credits import CreditBudget
 from cryptomarket.deribit.pool import DeribitPool
-from cryptomarket.distributed.connect import async_redis
+from cryptomarket.distributed.connect import async_redis, cancel_for_sure
 from cryptomarket.distributed.control import ControlChannel, SubscriptionChange
 from cryptomarket.distributed.deribit_credits import deployment_limits
 from cryptomarket.distributed.deribit_sockets import DeploymentSockets
@@ -33,7 +33,7 @@ from cryptomarket.prices.backfill import chart_source
 from cryptomarket.prices.ingest import Ingest
 from cryptomarket.runtime import stale_after
 from cryptomarket.streaming.bus import upstream_status
-from cryptomarket.streaming.redis_bus import RedisBus, read_latest
+from cryptomarket.streaming.redis_bus import LATEST_PREFIX, RedisBus, read_latest
 from cryptomarket.users.repository import UserRepository
 
 logger = logging.getLogger("cryptomarket.ingest")
@@ -43,6 +43,8 @@ LEASE_TTL = 3.0  # seconds a dead leader keeps the lease
 RENEW_EVERY = 1.0
 WAIT_POLL = 0.5  # how often a waiting process tries to take the lease
 RECOUNT_EVERY = 30.0
+RECOUNT_RETRY = 2.0  # seconds before a recount the store refused is tried again
+LEAD_RETRY = 2.0  # seconds before leading again after the lead failed
 HISTORY_POOL_SIZE = 2  # connections for backfill requests
 
 
@@ -57,7 +59,11 @@ async def run_ingest(settings: Settings) -> None:
         while True:
             await _wait_for(lease)
             logger.info("leading: this process now holds the upstream connection")
-            await _lead(settings, redis, database, lease)
+            try:
+                await _lead(settings, redis, database, lease)
+            except Exception:  # whatever failed, the process goes on: wait to lead again
+                logger.exception("leading failed; leading again shortly")
+                await asyncio.sleep(LEAD_RETRY)
     finally:
         with contextlib.suppress(RedisError, OSError):
             await lease.release()  # a clean exit hands over at once
@@ -160,16 +166,18 @@ async def _lead_with(  # noqa: PLR0917  # the leader's parts, passed down once
     )
     control = ControlChannel(redis, OutageLog("redis"))
     recount = Recount(ingest, database)
+    # The lease is renewed from the start: setting up may take longer than its TTL.
+    keeping = asyncio.create_task(_keep(lease, recount), name="ingest-lease")
     try:
         await _continue_from_published(redis, ingest, database)
-        await recount.now()
         bus.start(publishing=True, receiving=False)
         bus.publish(upstream_status(ingest.status))  # a new leader: what it has, kept in Redis
         recount.start()
         control.listen(recount.on_change, recount.on_subscribed)
         await ingest.start()
-        await _keep(lease, recount)
+        await keeping
     finally:
+        await cancel_for_sure([keeping])
         await control.stop()
         await recount.stop()
         await ingest.stop()
@@ -206,18 +214,40 @@ async def _keep(lease: Lease, recount: "Recount") -> None:
 
 
 async def _continue_from_published(redis: Redis, ingest: Ingest, database: Database) -> None:
-    """Backfill from the newest tick any leader published (Redis), not only from the store,
-    which the persist job fills a little later."""
-    async with database.reading() as connection:
-        counts = await UserRepository(connection, database.tables).subscribed_tickers()
+    """Follow the stored subscriptions, and backfill from the newest tick any leader published
+    (Redis), not only from the store, which the persist job fills a little later. With the
+    store away, every ticker published lately is followed until a recount can read it: each
+    is then caught up from where the last leader stopped, not left out until the store is
+    back (its ticks meanwhile neither stored nor in a gap)."""
+    try:
+        async with database.reading() as connection:
+            counts = await UserRepository(connection, database.tables).subscribed_tickers()
+    except Exception as error:
+        logger.warning(
+            "stored subscriptions unknown (%s): following the tickers published lately",
+            type(error).__name__,
+        )
+        counts = dict.fromkeys(await _published_lately(redis), 1)
     tickers = sorted(ingest.tracked | set(counts))
     try:
         latest = await read_latest(redis, tickers)
     except (RedisError, OSError) as error:
         logger.warning("newest published ticks unknown: %s", type(error).__name__)
-        return
+        latest = {}
     for ticker, tick in latest.items():
         ingest.last_seen[ticker] = max(tick.timestamp, ingest.last_seen.get(ticker, 0))
+    await ingest.follow(counts)
+
+
+async def _published_lately(redis: Redis) -> list[str]:
+    """The tickers with a latest tick in Redis (kept a day after each leader's last)."""
+    try:
+        keys = [key async for key in redis.scan_iter(match=LATEST_PREFIX + "*", count=1_000)]
+    except (RedisError, OSError) as error:
+        logger.warning("tickers published lately unknown: %s", type(error).__name__)
+        return []
+    names = [key.decode() if isinstance(key, bytes) else str(key) for key in keys]
+    return [name.removeprefix(LATEST_PREFIX) for name in names]
 
 
 class Recount:
@@ -257,5 +287,7 @@ class Recount:
             self._wanted.clear()
             try:
                 await self.now()
-            except Exception as error:  # the store may be down; the next request retries
+            except Exception as error:  # the store may be down: again shortly
                 logger.warning("could not recount the subscriptions: %s", type(error).__name__)
+                await asyncio.sleep(RECOUNT_RETRY)
+                self._wanted.set()
