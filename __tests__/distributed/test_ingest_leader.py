@@ -1,12 +1,15 @@
 """`cryptomarket ingest` twice: one leads and publishes, the other waits and takes over."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from __tests__.app_server import app_settings
 from __tests__.distributed.processes import Processes
 from __tests__.helpers import eventually, eventually_async
 from __tests__.servers import RedisServer, free_port
@@ -16,6 +19,8 @@ from cryptomarket.core.db import urls_for
 from cryptomarket.core.migrate import upgrade
 from cryptomarket.deribit.backoff import Backoff
 from cryptomarket.deribit.simulator import Simulator
+from cryptomarket.distributed import ingest_leader
+from cryptomarket.distributed.connect import cancel_for_sure
 from cryptomarket.distributed.ingest_leader import LEADER_KEY
 from cryptomarket.prices.models import Tick
 from cryptomarket.streaming.bus import Event
@@ -182,3 +187,37 @@ async def test_a_leader_taking_over_with_the_store_away_goes_on_from_what_was_pu
         assert leader.running
     finally:
         processes.stop_all()
+
+
+async def test_a_lead_slow_to_set_up_keeps_its_lease(
+    *,
+    simulator_factory: Callable[..., Awaitable[Simulator]],
+    redis_server: RedisServer,
+    received: list[Tick],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Setting up takes longer than the lease (a cold store, many subscribed instruments): the
+    # lease must be renewed meanwhile, or it expires and the process hands the lead around
+    # without ever publishing.
+    simulator, store, _processes = await ingest_setting(simulator_factory, redis_server, tmp_path)
+    setting_up = ingest_leader._continue_from_published
+
+    async def slowly(*args: Any) -> None:
+        await asyncio.sleep(ingest_leader.LEASE_TTL + 1)
+        await setting_up(*args)
+
+    monkeypatch.setattr(ingest_leader, "_continue_from_published", slowly)
+    settings = app_settings(
+        REDIS_URL=redis_server.url,
+        DATABASE_URL=store,
+        DERIBIT_WS_URL=simulator.url,
+        TRACKED_TICKERS="btc_usd",
+    )
+    leading = asyncio.create_task(ingest_leader.run_ingest(settings))
+    try:
+        await eventually(lambda: len(received) >= 3, timeout=15, what="ticks from the leader")
+        assert "lost the lease" not in caplog.text
+    finally:
+        await cancel_for_sure([leading])
