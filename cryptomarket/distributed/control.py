@@ -26,6 +26,7 @@ from cryptomarket.distributed.outages import OutageLog
 logger = logging.getLogger("cryptomarket.distributed.control")
 
 CONTROL_CHANNEL = "cryptomarket:control"
+ANNOUNCE_RETRIES = 8  # a failed announcement is tried again this often, with backoff
 
 
 @dataclass(frozen=True)
@@ -105,34 +106,48 @@ class ControlChannel:
         self.origin = uuid.uuid4().hex
         self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # announcements tried again
         self.listening = False
         self.on_session_ended: OnSessionEnded | None = None  # replicas end those streams
         self.on_listening: Callable[[], None] | None = None  # after each (re)subscription
 
     async def announce(self, change: SubscriptionChange) -> None:
-        """Tell every other process; a failure is logged (the change is stored already)."""
+        """Tell every other process (the change is stored already)."""
         stamped = SubscriptionChange(
             change.user_id, change.ticker, change.timer, change.removed, self.origin
         )
-        try:
-            await self.redis.publish(CONTROL_CHANNEL, encode(stamped))
-        except (RedisError, OSError) as error:
-            self.outages.failed(error)
-            logger.warning(
-                "could not announce a subscription change of %s: %s",
-                change.user_id,
-                type(error).__name__,
-            )
+        await self._announce(encode(stamped), f"a subscription change of {change.user_id}")
 
     async def announce_session_ended(self, user_id: str, session: str) -> None:
-        """Tell the other replicas a session ended; a failure is logged (the store knows)."""
+        """Tell the other replicas a session ended (the store knows it already)."""
+        message = encode(SessionEnded(user_id, session, self.origin))
+        await self._announce(message, "the end of a session")
+
+    async def _announce(self, message: bytes, what: str) -> None:
+        """Publish now; a failure is logged and tried again a few times in the background: the
+        others' subscriptions may be fine (only this process's Redis client failed), so no
+        resync of theirs would ever make up for it."""
         try:
-            await self.redis.publish(
-                CONTROL_CHANNEL, encode(SessionEnded(user_id, session, self.origin))
-            )
+            await self.redis.publish(CONTROL_CHANNEL, message)
         except (RedisError, OSError) as error:
             self.outages.failed(error)
-            logger.warning("could not announce the end of a session: %s", type(error).__name__)
+            logger.warning("could not announce %s, trying again: %s", what, type(error).__name__)
+            retry = asyncio.create_task(self._announce_again(message, what))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+
+    async def _announce_again(self, message: bytes, what: str) -> None:
+        backoff = self._backoff()
+        for _ in range(ANNOUNCE_RETRIES):
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await self.redis.publish(CONTROL_CHANNEL, message)
+            except (RedisError, OSError) as error:
+                self.outages.failed(error)
+                continue
+            logger.info("announced %s at a later try", what)
+            return
+        logger.warning("gave up announcing %s", what)
 
     def listen(self, on_change: OnChange, on_subscribed: OnSubscribed | None = None) -> None:
         """Apply every change announced by another process; `on_subscribed` after each
@@ -143,6 +158,7 @@ class ControlChannel:
             )
 
     async def stop(self) -> None:
+        await cancel_for_sure(list(self._retries))
         if self._task is not None:
             await cancel_for_sure([self._task])
             self._task = None
