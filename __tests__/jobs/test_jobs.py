@@ -290,7 +290,9 @@ def test_an_instruments_update_kept_by_a_run_that_failed_to_store_is_stored_by_t
     # a run whose write failed (PostgreSQL restarting), must still be chosen when read again.
     interval = StoreInterval(1_000)
     fields = {"mark_price": 1.0}
-    updates = [Tick("BTC-PERPETUAL", 1.0, 1_700_000_000_000 + ms, fields=fields) for ms in (0, 500)]
+    # Updates in two windows: each window's first must be chosen again, not only the newest's.
+    stamps = (0, 500, 1_500, 1_700)
+    updates = [Tick("BTC-PERPETUAL", 1.0, 1_700_000_000_000 + ms, fields=fields) for ms in stamps]
     add_to_stream(redis, *updates)
     real_store = persist._store
 
@@ -305,7 +307,10 @@ def test_an_instruments_update_kept_by_a_run_that_failed_to_store_is_stored_by_t
     instruments = TABLES.instrument_ticks.c
     with engine.connect() as connection:
         rows = connection.execute(select(instruments.ticker, instruments.timestamp)).all()
-    assert [tuple(row) for row in rows] == [("BTC-PERPETUAL", 1_700_000_000_000)]
+    assert sorted(tuple(row) for row in rows) == [
+        ("BTC-PERPETUAL", 1_700_000_000_000),
+        ("BTC-PERPETUAL", 1_700_000_001_500),
+    ]
 
 
 def test_a_lost_stream_is_checked_for_every_ticker_not_only_the_first_batchs(

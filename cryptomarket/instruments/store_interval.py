@@ -6,10 +6,14 @@ delivery price). Index prices are always stored.
 Ticks of a ticker come in timestamp order (ingest publishes them so), so the newest stored window
 per instrument, and which update was chosen in it, is all there is to remember. The same update
 read again (a persist run whose write failed leaves its batch to the next run) is chosen again:
-the choice must not be spent before the write succeeds. A window that ended FORGET_AFTER_MS before
-the newest update seen is forgotten: its instrument's next update lies in a later window anyway,
-and without that the dict would keep every instrument ever stored.
+the choice must not be spent before the write succeeds; a batch spanning many windows is chosen
+inside `choosing()`, which undoes its choices when its write fails. A window that ended
+FORGET_AFTER_MS before the newest update seen is forgotten: its instrument's next update lies in
+a later window anyway, and without that the dict would keep every instrument ever stored.
 """
+
+import contextlib
+from collections.abc import Iterator
 
 from cryptomarket.instruments.frames import is_final, is_notice
 from cryptomarket.instruments.names import is_instrument
@@ -43,6 +47,17 @@ class StoreInterval:
             return kept == (window, tick.timestamp)  # the chosen update, read again
         self._window[tick.ticker] = (window, tick.timestamp)
         return True
+
+    @contextlib.contextmanager
+    def choosing(self) -> Iterator[None]:
+        """Choices made in the block are undone if it fails: the write they were made for did
+        not happen, and the same ticks read again must be chosen again, every window of them."""
+        window, swept_at = dict(self._window), self._swept_at
+        try:
+            yield
+        except BaseException:
+            self._window, self._swept_at = window, swept_at
+            raise
 
     def __len__(self) -> int:
         return len(self._window)

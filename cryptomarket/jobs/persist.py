@@ -17,6 +17,7 @@ newest was watched by no one, not lost). Each tick is stored with its publish-or
 header's `received_us`) as `received_at`.
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,16 +88,18 @@ def persist_ticks(
                 continue
             if not batch.ids:
                 break
-            if store_interval is not None:
-                batch.ticks = [tick for tick in batch.ticks if store_interval.keep(tick)]
             checked: set[str] = set()
-            if new_stream is not None and batch.ticks:
-                if new_stream == 0:  # its first ticks: the window starts
-                    new_stream = min(tick.timestamp for tick in batch.ticks)
-                    redis.set(NEW_STREAM_KEY, str(new_stream))
-                checked = _unchecked(redis, batch.ticks, new_stream + NEW_STREAM_WINDOW_MS)
-                batch.gaps.extend(_lost_before(engine, tables, batch.ticks, checked))
-            _store(engine, tables, batch)
+            choosing = store_interval.choosing() if store_interval is not None else None
+            with choosing or contextlib.nullcontext():
+                if store_interval is not None:
+                    batch.ticks = [tick for tick in batch.ticks if store_interval.keep(tick)]
+                if new_stream is not None and batch.ticks:
+                    if new_stream == 0:  # its first ticks: the window starts
+                        new_stream = min(tick.timestamp for tick in batch.ticks)
+                        redis.set(NEW_STREAM_KEY, str(new_stream))
+                    checked = _unchecked(redis, batch.ticks, new_stream + NEW_STREAM_WINDOW_MS)
+                    batch.gaps.extend(_lost_before(engine, tables, batch.ticks, checked))
+                _store(engine, tables, batch)
             redis.xack(TICKS_STREAM, GROUP, *batch.ids)
             if checked:  # their loss is recorded now
                 redis.sadd(NEW_STREAM_CHECKED, *checked)
