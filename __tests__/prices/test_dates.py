@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from cryptomarket.prices.dates import InvalidDate, parse_datetime
+from cryptomarket.prices.dates import InvalidDate, parse_datetime, to_ms
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,7 @@ from cryptomarket.prices.dates import InvalidDate, parse_datetime
         ("2024-05-01T12:30:00 03:00", datetime(2024, 5, 1, 9, 30, tzinfo=UTC)),  # "+" unencoded
         ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
         ("2024-05-01 09:30", datetime(2024, 5, 1, 9, 30, tzinfo=UTC)),
+        ("2024-05-01 12:30:00 03:00", datetime(2024, 5, 1, 9, 30, tzinfo=UTC)),  # space, too
     ],
 )
 def test_accepted_forms_all_become_utc(text: str, expected: datetime) -> None:
@@ -53,3 +54,13 @@ def test_nonsense_is_one_sentence_naming_the_parameter(text: str, words: str) ->
         parse_datetime(text, name="end_date")
     assert str(caught.value).startswith("end_date")
     assert words in str(caught.value)
+
+
+def test_milliseconds_are_exact_and_a_start_within_one_rounds_up() -> None:
+    # A float product of seconds is a millisecond low for some dates (2004, 2038): a range's
+    # end would leave out a tick at exactly that millisecond.
+    assert to_ms(parse_datetime("2004-04-12T04:40:05.949Z")) == 1_081_744_805_949
+    assert to_ms(parse_datetime("2038-06-01T00:00:00.123Z")) == 2_158_963_200_123
+    half_past = parse_datetime("2024-05-01T09:30:00.0005Z")
+    assert to_ms(half_past) == 1_714_555_800_000  # an end: the tick at .000 is before it
+    assert to_ms(half_past, up=True) == 1_714_555_800_001  # a start: the tick at .000 is not after

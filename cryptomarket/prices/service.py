@@ -179,7 +179,7 @@ class PriceService:
         """A range's ends in ms once the dates and the ticker are checked (an export)."""
         start, end = parse_range(start_date, end_date)
         await self.check_ticker(ticker, stored=True)
-        return to_ms(start), to_ms(end)
+        return to_ms(start, up=True), to_ms(end)
 
     async def between(
         self,
@@ -195,7 +195,7 @@ class PriceService:
         after = read_cursor(cursor)
         async with self.database.reading() as connection:
             rows = await PriceRepository(connection, self.database.tables).between(
-                ticker, to_ms(start), to_ms(end), after=after, limit=limit
+                ticker, to_ms(start, up=True), to_ms(end), after=after, limit=limit
             )
         return PriceRange.model_construct(  # every field ours and valid already
             ticker=ticker,
