@@ -4,7 +4,9 @@ watched leave behind."""
 import asyncio
 import gc
 import itertools
+from datetime import UTC, datetime, timedelta
 
+from __tests__.sse import SSEParser
 from cryptomarket.prices.models import Tick
 from cryptomarket.streaming.hub import FORGET_QUIET_MS, StreamHub
 from cryptomarket.streaming.stream import Stream
@@ -134,3 +136,26 @@ async def test_a_timer_stream_dropped_by_its_own_timer_stops_no_other_stream() -
     finally:
         hub.close(reading)
         await hub.stop()
+
+
+async def test_a_latest_price_sent_on_subscribe_does_not_rewind_the_resume_point() -> None:
+    # btc 1000, eth 1100, btc 2000 are published; a stream on btc (every tick) then subscribes
+    # eth and gets its latest at once. With its id, a client resuming from eth_usd:1100 would
+    # be replayed btc_usd:2000, which it has: the price goes without one.
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    stream = hub.open("alice", None)
+    hub.subscribe(stream, "btc_usd", 0)
+    for n, (ticker, timestamp) in enumerate((("btc_usd", 1_000), ("eth_usd", 1_100))):
+        hub.publish(Tick(ticker, 1.0, timestamp, start + timedelta(milliseconds=n)))
+    hub.publish(Tick("btc_usd", 1.0, 2_000, start + timedelta(milliseconds=2)))
+    hub.subscribe(stream, "eth_usd", 0)
+    sent = SSEParser().feed(b"".join(stream._buffer).decode())
+    assert [(e.data["ticker"], e.data["timestamp"], e.id) for e in sent] == [
+        ("btc_usd", 1_000, "btc_usd:1000"),
+        ("btc_usd", 2_000, "btc_usd:2000"),
+        ("eth_usd", 1_100, None),
+    ]
+    hub.publish(Tick("eth_usd", 1.0, 2_100, start + timedelta(milliseconds=3)))
+    assert b"id: eth_usd:2100" in stream._buffer[-1]  # the next ones carry theirs
+    hub.close(stream)

@@ -8,6 +8,7 @@ dropped; a closed stream's state is gone at once.
 """
 
 import asyncio
+import bisect
 import itertools
 import logging
 import time
@@ -244,8 +245,28 @@ class StreamHub:
         else:
             now = asyncio.get_running_loop().time()
             self.timers.start(stream, ticker, effective, now)
-        if (latest := self.latest.get(ticker)) and stream.push_price(*latest):
-            self.events_sent += 1
+        if (latest := self.latest.get(ticker)) is not None:
+            tick, frame = latest
+            if stream.push_price(tick, self._in_publish_order(stream, tick, frame)):
+                self.events_sent += 1
+
+    def _in_publish_order(self, stream: Stream, tick: Tick, frame: bytes) -> bytes:
+        """The latest price as a subscribe sends it: without its id if the stream already had a
+        price published after it. A resume from that id would replay what the client has (a
+        replay is by publish order), while an event without one leaves the client's last id."""
+        for ticker, timestamp in stream.last_sent.items():
+            sent = self.publish_stamp(ticker, timestamp)
+            if sent is not None and sent > tick.received_at:
+                return frame.replace(f"id: {events.event_id(tick)}\n".encode(), b"", 1)
+        return frame
+
+    def publish_stamp(self, ticker: str, timestamp: int) -> datetime | None:
+        """The publish stamp of one of the recent ticks (a ticker's come in timestamp order)."""
+        recent = self.recent.get(ticker, ())
+        at = bisect.bisect_left(recent, timestamp, key=_timestamp)
+        if at < len(recent) and recent[at].timestamp == timestamp:
+            return recent[at].received_at
+        return None
 
     def unsubscribe(self, stream: Stream, ticker: str) -> None:
         if stream.opening_changes is not None:
@@ -424,3 +445,7 @@ class StreamHub:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _timestamp(tick: Tick) -> int:
+    return tick.timestamp

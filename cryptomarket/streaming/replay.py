@@ -316,12 +316,7 @@ def _merged(stored: Iterable[Tick], recent: Iterable[Tick]) -> list[Tick]:
 
 
 def publish_stamp(hub: StreamHub, ticker: str, timestamp: int) -> datetime | None:
-    """The publish stamp of one of the hub's recent ticks (a ticker's come in timestamp order)."""
-    recent = hub.recent.get(ticker, ())
-    at = bisect.bisect_left(recent, timestamp, key=_timestamp)
-    if at < len(recent) and recent[at].timestamp == timestamp:
-        return recent[at].received_at
-    return None
+    return hub.publish_stamp(ticker, timestamp)
 
 
 def recent_after(hub: StreamHub, ticker: str, stamp: datetime) -> list[Tick]:
@@ -329,10 +324,6 @@ def recent_after(hub: StreamHub, ticker: str, stamp: datetime) -> list[Tick]:
     recent = hub.recent.get(ticker, ())
     at = bisect.bisect_right(recent, stamp, key=_received_at)
     return [recent[index] for index in range(at, len(recent))]
-
-
-def _timestamp(tick: Tick) -> int:
-    return tick.timestamp
 
 
 def _received_at(tick: Tick) -> datetime:
