@@ -159,3 +159,15 @@ async def test_a_latest_price_sent_on_subscribe_does_not_rewind_the_resume_point
     hub.publish(Tick("eth_usd", 1.0, 2_100, start + timedelta(milliseconds=3)))
     assert b"id: eth_usd:2100" in stream._buffer[-1]  # the next ones carry theirs
     hub.close(stream)
+
+
+async def test_a_stream_registered_after_shutdown_began_ends_at_once() -> None:
+    # SIGTERM came while a request was still signing in (a key checked with Deribit): the
+    # stream it registers after must end as soon as its opening is out, not keep the server
+    # waiting out its graceful timeout and then cut the body short.
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    hub.close_all()  # SIGTERM
+    late = hub.open("alice", None, settle_later=True)
+    hub.settle(late, {"btc_usd": 0})
+    assert await asyncio.wait_for(late.next_chunk(), 1.0) is None
+    hub.close(late)

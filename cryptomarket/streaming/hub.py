@@ -73,6 +73,7 @@ class StreamHub:
         self._ids = itertools.count(1)
         self._scheduler: asyncio.Task[None] | None = None
         self.streams_dropped = 0  # too slow to keep, since start
+        self.closing = False  # shutting down: no stream stays open
         # Open streams' sessions and keys, re-checked against the store (streaming/sessions.py).
         self.sessions = SessionRecheck(self._streams, self.end_stream, self.timers.changed.set)
         self.signed_out = RecentlySignedOut()  # refused at registration (streaming/sessions.py)
@@ -108,7 +109,10 @@ class StreamHub:
             self._scheduler = asyncio.create_task(self._run_timers(), name="stream-timers")
 
     def close_all(self) -> None:
-        """End every stream: each sends what it has buffered and finishes its response."""
+        """End every stream: each sends what it has buffered and finishes its response. The
+        server is going down: a stream registered from now on (its request was under way) ends
+        as soon as its opening is sent, and its client comes back after `retry`, elsewhere."""
+        self.closing = True
         for stream in self._streams():
             stream.close()
 
@@ -169,6 +173,8 @@ class StreamHub:
         )
         if settle_later:
             stream.opening_changes = {}
+        if self.closing:
+            stream.close()
         self._by_user.setdefault(user_id, set()).add(stream)
         self._open += 1
         if account_id is not None:
