@@ -2,12 +2,16 @@
 watched leave behind."""
 
 import asyncio
+import contextlib
 import gc
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from __tests__.sse import SSEParser
 from cryptomarket.prices.models import Tick
+from cryptomarket.streaming import hub as hub_module
 from cryptomarket.streaming.hub import FORGET_QUIET_MS, StreamHub
 from cryptomarket.streaming.stream import Stream
 
@@ -171,3 +175,18 @@ async def test_a_stream_registered_after_shutdown_began_ends_at_once() -> None:
     hub.settle(late, {"btc_usd": 0})
     assert await asyncio.wait_for(late.next_chunk(), 1.0) is None
     hub.close(late)
+
+
+async def test_a_stream_ended_while_its_client_does_not_read_is_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Signed out while its tab is frozen: the writer waits on a client that never reads, and
+    # no later push can drop a closed stream. Its slot (the user's stream limit) must come back.
+    monkeypatch.setattr(hub_module, "END_GRACE", 0.05)
+    hub = StreamHub(max_streams=10, max_per_user=10)
+    stream = hub.open("alice", None, token="t")
+    stream.writer = asyncio.create_task(asyncio.Event().wait())  # stuck sending
+    assert hub.end_session("t") == 1
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(stream.writer, 1.0)
+    assert stream.writer.cancelled() and hub.open_streams == 0

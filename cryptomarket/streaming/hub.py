@@ -29,6 +29,7 @@ from cryptomarket.streaming.timers import TimerSchedule
 logger = logging.getLogger("cryptomarket.streaming")
 
 DEFAULT_TIMER = 60
+END_GRACE = 10.0  # seconds an ended stream's client has to read its end
 PING_INTERVAL = 15.0  # an idle stream gets a `: ping` at least this often
 PING_SWEEPS = 3  # idle streams are found by this many sweeps per interval, not a timer each
 # Per ticker, in publish order: Last-Event-ID replay of what the store may not have yet.
@@ -190,9 +191,17 @@ class StreamHub:
         return len(ended)
 
     def end_stream(self, stream: Stream, reason: str) -> None:
-        """End a stream whose session ended: a `session_ended` event says why, then its end."""
+        """End a stream whose session ended: a `session_ended` event says why, then its end. A
+        client that stopped reading would hold its writer (and its slot) for good: cut after
+        END_GRACE seconds (no push can drop a closed stream)."""
         stream.push(events.session_ended_frame(reason))
         stream.close()
+        asyncio.get_running_loop().call_later(END_GRACE, self._cut_if_still_writing, stream)
+
+    def _cut_if_still_writing(self, stream: Stream) -> None:
+        if stream in self._by_user.get(stream.user_id, ()):
+            logger.warning("stream %s of %s cut: its end was not read", stream.id, stream.user_id)
+            self._drop(stream)
 
     def _drop(self, stream: Stream) -> None:
         """A stream too far behind: its state goes now, and its response is aborted (the
