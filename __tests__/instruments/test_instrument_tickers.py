@@ -142,3 +142,43 @@ async def test_bad_instrument_names_are_clear_errors(
         if answer.status_code == 404:
             assert re.search(r"/api/v1/instruments", body["detail"]), body
     await client.aclose()
+
+
+async def test_an_option_that_never_traded_streams_stores_and_exports_its_nulls(
+    service: Service,
+) -> None:
+    # A far out-of-the-money option: no bids (an empty side is 0.0), never traded (last price
+    # and 24 h stats null). Every path must carry the nulls, none may fail on them.
+    listed = (await service.client.get("/api/v1/instruments?currency=BTC")).json()["instruments"]
+    calls = [i for i in listed if i["family"] == "option" and i["option_type"] == "call"]
+    first_expiry = min(i["expiration_timestamp"] for i in calls)
+    wing = max(
+        (i for i in calls if i["expiration_timestamp"] == first_expiry), key=lambda i: i["strike"]
+    )["instrument_name"]
+    client = service.client_for(await service.sign_in("alice"))
+    answer = await client.get(f"/api/v1/market/alice/create_order/{wing}?timer=0")
+    assert answer.status_code == 201, answer.text
+    async with open_stream(client) as stream:
+        price = await stream.until("price", ticker=wing)
+    assert price.data["last_price"] is None and price.data["best_bid_price"] == 0.0
+    assert price.data["stats"]["high"] is None and price.data["stats"]["price_change"] is None
+
+    async def stored() -> bool:
+        answer = await service.client.get(f"/api/v1/prices?ticker={wing}&limit=5")
+        return answer.status_code == 200 and bool(answer.json()["items"])
+
+    await eventually_async(stored, what="its updates stored")
+    item = (await service.client.get(f"/api/v1/prices?ticker={wing}&limit=5")).json()["items"][0]
+    assert item["last_price"] is None and item["stats"]["low"] is None
+    exported = await service.client.get(
+        f"/api/v1/prices/by-date?ticker={wing}&start_date=2020-01-01&format=csv"
+    )
+    assert exported.status_code == 200, exported.text
+    header, row = exported.text.splitlines()[:2]
+    columns = dict(zip(header.split(","), row.split(","), strict=True))
+    assert columns["last_price"] == "" and columns["stats_high"] == ""
+    candles = await service.client.get(
+        f"/api/v1/prices/candles?ticker={wing}&resolution=1&start_date=2020-01-01"
+    )
+    assert candles.status_code == 200, candles.text
+    await client.aclose()

@@ -42,6 +42,7 @@ FAMILIES = (
 )
 OPTION_EXPIRIES = 3  # the nearest expiries carry options
 STRIKES_EACH_SIDE = 2
+WINGS = (0.25, 4.0)  # far strikes, as factors of the index: no bids, no trades
 
 
 @dataclass
@@ -214,8 +215,13 @@ class Catalogue:
     def _list_options(self, family: Family, expiry: int, period: str, now_ms: int) -> None:
         step = family.strike_step
         centre = round(self.index_price(family.index) / step) * step
-        for offset in range(-STRIKES_EACH_SIDE, STRIKES_EACH_SIDE + 1):
-            strike = round(centre + offset * step, 8)
+        strikes = [
+            centre + offset * step for offset in range(-STRIKES_EACH_SIDE, STRIKES_EACH_SIDE + 1)
+        ]
+        # And the far wings, where a call (or put) is worth the minimum tick and never trades.
+        strikes += [round(centre * factor / step) * step for factor in WINGS]
+        strikes = [round(strike, 8) for strike in strikes]
+        for strike in strikes:
             if strike <= 0:
                 continue
             for option_type in ("call", "put"):

@@ -129,7 +129,13 @@ def update(book: Book, instrument: Instrument, index: float, now_ms: int) -> dic
     spread = tick * rng.randint(1, 4)
     bid = max(_round_to(mark - spread / 2, tick), tick)
     ask = _round_to(mark + spread / 2, tick)
-    if book.last_price is None or rng.random() < 0.3:  # a trade, at one side of the book
+    # A deep out-of-the-money option (marked at the minimum tick) has no bids and does not
+    # trade: its bid side is empty (0.0, as every capture shows it) and, never traded, its
+    # last price and 24 h stats are null (reference 13.2).
+    worthless = instrument.kind == "option" and mark <= tick
+    if worthless:
+        bid = 0.0
+    elif book.last_price is None or rng.random() < 0.3:  # a trade, at one side of the book
         book.last_price = ask if rng.random() < 0.5 else bid
         book.volume += rng.uniform(0.1, 5.0) * family.contract_size
     book.first_mark = book.first_mark or mark
@@ -145,7 +151,7 @@ def update(book: Book, instrument: Instrument, index: float, now_ms: int) -> dic
         last_price=book.last_price,
         best_bid_price=bid,
         best_ask_price=ask,
-        best_bid_amount=round(amount * rng.randint(1, 500), 6),
+        best_bid_amount=0.0 if worthless else round(amount * rng.randint(1, 500), 6),
         best_ask_amount=round(amount * rng.randint(1, 500), 6),
         open_interest=round(book.open_interest, 4),
         min_price=_round_to(mark * (1 - BAND), tick),
@@ -165,6 +171,12 @@ def update(book: Book, instrument: Instrument, index: float, now_ms: int) -> dic
 
 
 def _stats(book: Book, index: float, linear: bool) -> dict[str, Any]:
+    if book.last_price is None:  # never traded
+        nothing = None
+        return dict.fromkeys(("high", "low", "price_change", "volume_usd"), nothing) | {
+            "volume": 0.0,
+            "volume_notional": nothing,
+        }
     change = 0.0
     if book.first_mark and book.last_price:
         change = round((book.last_price / book.first_mark - 1) * 100, 4)
