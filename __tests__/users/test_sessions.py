@@ -430,3 +430,18 @@ async def test_a_refresh_that_read_the_key_before_a_new_sign_in_does_not_undo_it
     assert row.client_id == "sim-alice-2" and row.profile == {"marker": "the new sign-in's"}
     cached = await users._cached("alice")  # (a cache only in distributed mode)
     assert cached is None or cached.client_id == "sim-alice-2"
+
+
+async def test_a_key_without_the_scope_to_read_the_account_is_a_clear_403(
+    service: Service,
+) -> None:
+    # Deribit answers 13021 when the key lacks account:read: the sign-in says so, once.
+    forbidden = {"code": 13021, "seconds": 60, "methods": ["private/get_account_summaries"]}
+    await sim_control(service.simulator, ("sim/fail_requests", forbidden))
+    response = await service.client.post(
+        "/api/v1/sessions",
+        json={"user_id": "alice", "client_id": "sim-alice", "client_secret": ALICE_SECRET},
+    )
+    assert "forbidden" in error(response, 403, "deribit_forbidden")
+    await sim_control(service.simulator, ("sim/fail_requests", {**forbidden, "seconds": 0}))
+    await service.sign_in("alice")

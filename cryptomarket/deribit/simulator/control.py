@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from cryptomarket.deribit.errors import (
+    Forbidden,
     LoginOverLimit,
     Maintenance,
     TemporarilyUnavailable,
@@ -88,6 +89,9 @@ INJECTABLE_ERRORS: dict[int, str] = {
     Maintenance.code: "system_maintenance",
     LoginOverLimit.code: "login_over_limit",  # answered to public/auth by a throttled account
     TemporarilyUnavailable.code: "temporarily_unavailable",
+    # A key without the scope a method needs (account:read for the summaries): the simulator
+    # grants every scope, so only this way can a test meet it.
+    Forbidden.code: "forbidden",
 }
 
 
