@@ -245,7 +245,7 @@ async def test_connect_and_disconnect_a_thousand_times_leaves_nothing(service: S
         await cycle()
     await eventually(lambda: hub.open_streams == 0, what="every stream freed")
     await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before, what="tasks finished")
-    assert not hub._by_user
+    assert not hub.registered
     gc.collect()
     assert [obj for obj in gc.get_objects() if isinstance(obj, HubStream)] == []
     assert all(not streams for streams in hub._every_tick.values())

@@ -16,12 +16,12 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from cryptomarket.core.errors import TooMany, Unavailable
 from cryptomarket.instruments.frames import is_final, is_notice
 from cryptomarket.instruments.names import is_instrument
 from cryptomarket.prices.models import Gap, Tick
 from cryptomarket.streaming import events
 from cryptomarket.streaming.bus import Event, UpstreamStatus
+from cryptomarket.streaming.registry import OpenStreams
 from cryptomarket.streaming.sessions import SIGNED_OUT, RecentlySignedOut, SessionRecheck
 from cryptomarket.streaming.stream import Stream
 from cryptomarket.streaming.timers import TimerSchedule
@@ -54,9 +54,9 @@ class StreamHub:
         max_per_account: int | None = None,
         client_buffer: int = 2_000,
     ) -> None:
-        self.max_streams = max_streams
-        self.max_per_user = max_per_user
-        self.max_per_account = max_per_account  # None: no bound per Deribit account
+        self.registered = OpenStreams(
+            max_streams=max_streams, max_per_user=max_per_user, max_per_account=max_per_account
+        )
         self.client_buffer = client_buffer
         self._ping_interval = PING_INTERVAL
         self.latest: dict[str, tuple[Tick, bytes]] = {}
@@ -65,10 +65,6 @@ class StreamHub:
         self.recent_size = RECENT_TICKS
         self.upstream = events.status_frame("connecting", _now())
         self.upstream_state = "connecting"
-        self._by_user: dict[str, set[Stream]] = {}
-        # Deribit account -> its open streams here, across its user ids; only accounts with one.
-        self._by_account: dict[int, int] = {}
-        self._open = 0  # streams in _by_user, kept as a count: open() checks it every time
         self._every_tick: dict[str, set[Stream]] = {}  # ticker -> streams with timer 0
         self.timers = TimerSchedule()  # of the streams with a timer
         self._ids = itertools.count(1)
@@ -96,14 +92,14 @@ class StreamHub:
 
     @property
     def open_streams(self) -> int:
-        return self._open
+        return self.registered.count
 
     def user_ids(self) -> list[str]:
         """The users with an open stream here."""
-        return list(self._by_user)
+        return self.registered.users()
 
     def streams_of(self, user_id: str) -> frozenset[Stream]:
-        return frozenset(self._by_user.get(user_id, ()))
+        return self.registered.of(user_id)
 
     def start(self) -> None:
         if self._scheduler is None:
@@ -142,26 +138,8 @@ class StreamHub:
         headers), so signing out, or a new key, can end it; `account_id` is the Deribit account
         owning `user_id` (one account may claim several user ids). `settle_later`: its stored
         subscriptions are yet to be read; changes made meanwhile wait for `settle`."""
-        if self.open_streams >= self.max_streams:
-            raise Unavailable(
-                f"this server holds its maximum of {self.max_streams} streams; retry shortly",
-                code="too_many_streams",
-            )
         # Nothing is stored until every bound passed: a refused open leaves no entry behind.
-        if len(self._by_user.get(user_id, ())) >= self.max_per_user:
-            raise TooMany(
-                f"user {user_id!r} already has {self.max_per_user} open streams; close one first",
-                code="too_many_streams",
-            )
-        held = 0 if account_id is None else self._by_account.get(account_id, 0)
-        limit = self.max_per_account
-        if account_id is not None and limit is not None and held >= limit:
-            raise TooMany(
-                f"the Deribit account of user {user_id!r} already has {held} open streams "
-                "across its user ids, the most allowed per Deribit account "
-                f"(SSE_MAX_STREAMS_PER_ACCOUNT={limit}); close one first",
-                code="too_many_streams",
-            )
+        self.registered.admit(user_id, account_id)
         stream = Stream(
             id=f"s{next(self._ids)}",
             user_id=user_id,
@@ -176,10 +154,7 @@ class StreamHub:
             stream.opening_changes = {}
         if self.closing:
             stream.close()
-        self._by_user.setdefault(user_id, set()).add(stream)
-        self._open += 1
-        if account_id is not None:
-            self._by_account[account_id] = held + 1
+        self.registered.add(stream)
         return stream
 
     def end_session(self, token: str) -> int:
@@ -199,7 +174,7 @@ class StreamHub:
         asyncio.get_running_loop().call_later(END_GRACE, self._cut_if_still_writing, stream)
 
     def _cut_if_still_writing(self, stream: Stream) -> None:
-        if stream in self._by_user.get(stream.user_id, ()):
+        if stream in self.registered:
             logger.warning("stream %s of %s cut: its end was not read", stream.id, stream.user_id)
             self._drop(stream)
 
@@ -213,34 +188,16 @@ class StreamHub:
     def close(self, stream: Stream) -> None:
         """Forget a stream at once (its timer entries are skipped when they come due)."""
         stream.close()
-        mine = self._by_user.get(stream.user_id)
-        if mine is not None and stream in mine:
-            if stream.dropped:
-                self.streams_dropped += 1
-            mine.discard(stream)
-            self._open -= 1
-            if not mine:
-                del self._by_user[stream.user_id]
-            self._release_account(stream)
+        if self.registered.remove(stream) and stream.dropped:
+            self.streams_dropped += 1
         for ticker in list(stream.timers):
             self._leave(stream, ticker)
         stream.forget()  # its timer entries, now stale, hold an empty shell until compacted
         self.timers.forget_closed()
 
-    def _release_account(self, stream: Stream) -> None:
-        """Free the stream's slot of its account; an account with none left is forgotten."""
-        account_id = stream.account_id
-        if account_id is None:
-            return
-        held = self._by_account.get(account_id, 0) - 1
-        if held > 0:
-            self._by_account[account_id] = held
-        else:
-            del self._by_account[account_id]
-
     def streams_per_account(self) -> dict[int, int]:
         """Open streams here per Deribit account, for the accounts holding any."""
-        return dict(self._by_account)
+        return self.registered.per_account()
 
     def subscribe(self, stream: Stream, ticker: str, timer: int | None) -> None:
         """(Re)subscribe a stream to a ticker; the latest price goes out at once."""
@@ -405,7 +362,7 @@ class StreamHub:
         return quiet
 
     def _streams(self) -> list[Stream]:
-        return [stream for streams in self._by_user.values() for stream in streams]
+        return self.registered.all()
 
     # -- timers -----------------------------------------------------------------------------
 
