@@ -261,7 +261,7 @@ class Runtime:
 
     def begin_shutdown(self) -> None:
         """The server is going down: end every stream now, so no response holds the exit up."""
-        self.hub.close_all()
+        self.hub.shut_down()
 
     async def stop(self) -> None:
         if self.scheduler is not None:

@@ -170,7 +170,7 @@ async def test_a_stream_registered_after_shutdown_began_ends_at_once() -> None:
     # stream it registers after must end as soon as its opening is out, not keep the server
     # waiting out its graceful timeout and then cut the body short.
     hub = StreamHub(max_streams=10, max_per_user=10)
-    hub.close_all()  # SIGTERM
+    hub.shut_down()  # SIGTERM
     late = hub.open("alice", None, settle_later=True)
     hub.settle(late, {"btc_usd": 0})
     assert await asyncio.wait_for(late.next_chunk(), 1.0) is None

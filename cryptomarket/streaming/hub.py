@@ -106,15 +106,19 @@ class StreamHub:
             self._scheduler = asyncio.create_task(self._run_timers(), name="stream-timers")
 
     def close_all(self) -> None:
-        """End every stream: each sends what it has buffered and finishes its response. The
-        server is going down: a stream registered from now on (its request was under way) ends
-        as soon as its opening is sent, and its client comes back after `retry`, elsewhere."""
-        self.closing = True
+        """End every stream: each sends what it has buffered and finishes its response."""
         for stream in self._streams():
             stream.close()
 
-    async def stop(self) -> None:
+    def shut_down(self) -> None:
+        """The server is going down: every stream ends, and so does one registered from now on
+        (its request was under way) as soon as its opening is sent; its client comes back after
+        `retry`, to the next server."""
+        self.closing = True
         self.close_all()
+
+    async def stop(self) -> None:
+        self.shut_down()
         await self.sessions.stop()
         if self._scheduler is not None:
             self._scheduler.cancel()
