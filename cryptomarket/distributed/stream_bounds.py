@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from cryptomarket.distributed.memory import RedisMemory, read_memory
 from cryptomarket.prices.models import Gap, Tick
-from cryptomarket.streaming.redis_codec import TICKS_STREAM, pack, unpack
+from cryptomarket.streaming.redis_codec import TICKS_STREAM, pack, read_message
 
 logger = logging.getLogger("cryptomarket.distributed.stream_bounds")
 
@@ -160,19 +160,14 @@ class StreamBounds:
             )
             for _entry_id, fields in entries or []:
                 count += 1
-                data = (fields or {}).get(b"event")
-                if not isinstance(data, bytes):
-                    continue
-                try:
-                    event, _ = unpack(data)
-                except (ValueError, KeyError, TypeError):
-                    continue
+                read = read_message((fields or {}).get(b"event"))
+                event = None if read is None else read[0]
                 if isinstance(event, Tick):
                     span = spans.setdefault(event.ticker, [event.timestamp, event.timestamp])
                     span[0] = min(span[0], event.timestamp)
                     span[1] = max(span[1], event.timestamp)
                 elif isinstance(event, Gap):
-                    kept_gaps.append(data)
+                    kept_gaps.append(pack(event))
             if not entries or len(entries) < READ_CHUNK:
                 break
             last_id = entries[-1][0]

@@ -38,6 +38,7 @@ from cryptomarket.streaming.redis_codec import (
     UPSTREAM_STATUS_KEY,
     latest_key,
     pack,
+    read_message,
     unpack,
 )
 from cryptomarket.streaming.redis_receiver import CUT_OFF_REASON, Received, RedisReceiver
@@ -265,14 +266,8 @@ class RedisBus:
 async def read_upstream_status(redis: Redis) -> UpstreamStatus | None:
     """The upstream status the ingest leader keeps in Redis; None when no leader has written
     it for STATUS_TTL_SECONDS (no ingest leads) or Redis lost it."""
-    data = await redis.get(UPSTREAM_STATUS_KEY)
-    if not isinstance(data, bytes):
-        return None
-    try:
-        event, _ = unpack(data)
-    except (ValueError, KeyError, TypeError):
-        return None
-    return event if isinstance(event, UpstreamStatus) else None
+    read = read_message(await redis.get(UPSTREAM_STATUS_KEY))
+    return read[0] if read is not None and isinstance(read[0], UpstreamStatus) else None
 
 
 async def read_latest(redis: Redis, tickers: list[str]) -> dict[str, Tick]:
@@ -282,12 +277,6 @@ async def read_latest(redis: Redis, tickers: list[str]) -> dict[str, Tick]:
     values = await redis.mget([latest_key(ticker) for ticker in tickers])
     found: dict[str, Tick] = {}
     for value in values:
-        if not isinstance(value, bytes):
-            continue
-        try:
-            tick, _ = unpack(value)
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(tick, Tick):
+        if (read := read_message(value)) is not None and isinstance(tick := read[0], Tick):
             found[tick.ticker] = tick
     return found

@@ -106,3 +106,14 @@ def unpack(message: bytes) -> tuple[Event, bytes | None]:
         gap = Gap(header["ticker"], int(header["from"]), int(header["to"]), header["reason"])
         return gap, None
     return UpstreamStatus(header["state"], datetime.fromisoformat(header["at"])), None
+
+
+def read_message(data: object) -> tuple[Event, bytes | None] | None:
+    """What a stream entry's field, a key or a pub/sub message holds, as `unpack` reads it; None
+    when it holds no message, or one that cannot be read (another version's, or damaged)."""
+    if not isinstance(data, bytes):
+        return None
+    try:
+        return unpack(data)
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -27,8 +27,7 @@ from cryptomarket.streaming.redis_codec import (
     EVENTS_CHANNEL,
     TICKS_STREAM,
     UPSTREAM_STATUS_KEY,
-    pack,
-    unpack,
+    read_message,
 )
 
 logger = logging.getLogger("cryptomarket.streaming.redis")
@@ -113,18 +112,14 @@ class RedisReceiver:
         while True:
             entries = await self.redis.xrange(TICKS_STREAM, min=start, count=CATCH_UP_PAGE)
             for entry_id, fields in entries or []:
-                data = (fields or {}).get(b"event")
                 start = f"({entry_id.decode() if isinstance(entry_id, bytes) else entry_id}"
-                if not isinstance(data, bytes):
+                if (read := read_message((fields or {}).get(b"event"))) is None:
                     continue
-                try:
-                    event, _ = unpack(data)
-                except (ValueError, KeyError, TypeError):
-                    continue
+                event, frame = read
                 if isinstance(event, Tick) and event.ticker in owed:
                     self._deliver_cut_off(event.ticker, owed.pop(event.ticker), event.timestamp - 1)
                 if isinstance(event, Tick | Gap) and self._missed(event):
-                    self._deliver(data, caught_up=True)
+                    self._hand_out(event, frame, caught_up=True)
                     caught += 1
             if len(entries or []) < CATCH_UP_PAGE:
                 break
@@ -152,7 +147,7 @@ class RedisReceiver:
     def _deliver_cut_off(self, ticker: str, newest: int, to_ms: int) -> None:
         """A gap for this replica's streams only: the ticks are stored, not lost."""
         if to_ms > newest:
-            self._deliver(pack(Gap(ticker, newest + 1, to_ms, CUT_OFF_REASON)))
+            self._hand_out(Gap(ticker, newest + 1, to_ms, CUT_OFF_REASON), None)
 
     def _missed(self, event: Tick | Gap) -> bool:
         """Whether a stream entry is newer than what this replica delivered: a tick newer than
@@ -169,12 +164,15 @@ class RedisReceiver:
         if isinstance(data, bytes):
             self._deliver(data)
 
-    def _deliver(self, data: bytes, *, caught_up: bool = False) -> None:
-        try:
-            event, frame = unpack(data)
-        except (ValueError, KeyError, TypeError):
+    def _deliver(self, data: bytes) -> None:
+        if (read := read_message(data)) is None:
             logger.warning("ignored a malformed event from Redis")
             return
+        self._hand_out(*read)
+
+    def _hand_out(self, event: Event, frame: bytes | None, *, caught_up: bool = False) -> None:
+        """To the listeners, once: a tick or gap the catch-up read is not handed out again
+        when pub/sub brings it too."""
         if isinstance(event, UpstreamStatus):
             known = self._delivered_status
             if known is not None and (event == known or _aware(event.at) < _aware(known.at)):
