@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from redis import Redis
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from __tests__.app_server import app_settings
@@ -256,24 +256,10 @@ async def test_profile_refresh_authenticates_once_per_key_for_all_its_user_ids(
     """Every authentication may count against Deribit's 16 sessions per key (reference 3.3)."""
     key = Fernet.generate_key().decode()
     secret = SecretBox([SecretStr(key)]).encrypt("sim-alice-secret")
-    now = datetime.now(UTC)
     user_ids = ["alice", "alice-desk", "alice-bot"]
     with engine.begin() as connection:
         for n, user_id in enumerate(user_ids):
-            connection.execute(
-                insert(TABLES.person).values(
-                    user_id=user_id,
-                    client_id="sim-alice",
-                    client_secret_encrypted=secret,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            connection.execute(
-                insert(TABLES.sessions).values(
-                    token_hash=f"{n}" * 64, user_id=user_id, created_at=now, expires_at=now + DAY
-                )
-            )
+            signed_in(connection, n, user_id, "sim-alice", secret, fetched_at=None)
     settings = app_settings(DERIBIT_WS_URL=simulator.url, ENCRYPTION_KEYS=key)
     refreshed = await asyncio.to_thread(profiles.refresh_profiles, settings, engine, TABLES, None)
     assert refreshed == len(user_ids)
@@ -400,21 +386,7 @@ async def test_keys_deribit_refuses_go_behind_the_others_and_hold_no_one_back(
     }
     with engine.begin() as connection:
         for n, (user_id, (client_id, secret, age)) in enumerate(users.items()):
-            connection.execute(
-                insert(TABLES.person).values(
-                    user_id=user_id,
-                    client_id=client_id,
-                    client_secret_encrypted=box.encrypt(secret),
-                    profile_fetched_at=now - age,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            connection.execute(
-                insert(TABLES.sessions).values(
-                    token_hash=f"{n}" * 64, user_id=user_id, created_at=now, expires_at=now + DAY
-                )
-            )
+            signed_in(connection, n, user_id, client_id, box.encrypt(secret), fetched_at=now - age)
     settings = app_settings(DERIBIT_WS_URL=simulator.url, ENCRYPTION_KEYS=key)
     run = profiles.refresh_profiles
     assert await asyncio.to_thread(run, settings, engine, TABLES, None) == 0  # both refused
@@ -425,3 +397,31 @@ async def test_keys_deribit_refuses_go_behind_the_others_and_hold_no_one_back(
     assert bob is not None and bob["username"] == "bob"
     assert await asyncio.to_thread(run, settings, engine, TABLES, None) == 0  # none due now
     assert simulator.calls["public/auth"] == 3  # each refused key once, bob's once
+
+
+def signed_in(
+    connection: Connection,
+    n: int,
+    user_id: str,
+    client_id: str,
+    secret: bytes,
+    *,
+    fetched_at: datetime | None,
+) -> None:
+    """A user with a stored key and a live session (its n-th), its profile fetched then."""
+    now = datetime.now(UTC)
+    connection.execute(
+        insert(TABLES.person).values(
+            user_id=user_id,
+            client_id=client_id,
+            client_secret_encrypted=secret,
+            profile_fetched_at=fetched_at,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    connection.execute(
+        insert(TABLES.sessions).values(
+            token_hash=f"{n}" * 64, user_id=user_id, created_at=now, expires_at=now + DAY
+        )
+    )

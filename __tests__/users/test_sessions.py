@@ -250,8 +250,9 @@ async def _secret_nowhere(
     await client.aclose()
 
 
-async def test_an_aging_profile_is_refreshed_in_the_background(service: Service) -> None:
-    token = await service.sign_in("alice")
+async def age_the_profile(service: Service) -> datetime:
+    """Make the signed-in user's stored profile two hours old (past the background refresh's
+    age, within what may be served); returns the fetch time it now says."""
     database = service.runtime.database
     person = database.tables.person
     old = datetime.now(UTC) - timedelta(hours=2)
@@ -259,6 +260,12 @@ async def test_an_aging_profile_is_refreshed_in_the_background(service: Service)
         row = (await connection.execute(select(person.c.profile))).scalar_one()
         aged = {**row, "fetched_at": old.isoformat()}
         await connection.execute(update(person).values(profile=aged, profile_fetched_at=old))
+    return old
+
+
+async def test_an_aging_profile_is_refreshed_in_the_background(service: Service) -> None:
+    token = await service.sign_in("alice")
+    old = await age_the_profile(service)
     client = service.client_for(token)
     calls = service.simulator.calls["private/get_account_summaries"]
     stale = (await client.get("/api/v1/users/alice")).json()
@@ -369,13 +376,7 @@ async def test_a_refused_background_refresh_is_not_started_again_by_every_read(
     # The user deleted the key on Deribit: the aging profile is still served, and reading it
     # again and again does not send Deribit a login each time.
     token = await service.sign_in("alice")
-    database = service.runtime.database
-    person = database.tables.person
-    old = datetime.now(UTC) - timedelta(hours=2)
-    async with database.transaction() as connection:
-        row = (await connection.execute(select(person.c.profile))).scalar_one()
-        aged = {**row, "fetched_at": old.isoformat()}
-        await connection.execute(update(person).values(profile=aged, profile_fetched_at=old))
+    await age_the_profile(service)
     refusing = {"code": 12003, "seconds": 60, "methods": ["public/auth"]}  # login_over_limit
     await sim_control(service.simulator, ("sim/fail_requests", refusing))
     client = service.client_for(token)

@@ -57,7 +57,7 @@ def refresh_profiles(
     keys: list[tuple[str, str, str]] = []
     # Secrets read with an old key, re-encrypted under the first one as they are refreshed.
     rotations: dict[str, tuple[bytes, bytes]] = {}
-    read_as = {row.user_id: row.client_secret_encrypted for row in rows}
+    read_as = {row.user_id: row.client_secret_encrypted for row in rows}  # each one tried
     for row in rows:
         stored = row.client_secret_encrypted
         try:
@@ -68,7 +68,6 @@ def refresh_profiles(
             logger.warning(
                 "profile of %s not refreshed: its key can no longer be read", row.user_id
             )
-    tried = [row.user_id for row in rows]
 
     # The user ids of one key share one fetch: one socket and one authentication per key, not
     # per user id (an account may claim several), so a run spends few of Deribit's sessions.
@@ -94,7 +93,7 @@ def refresh_profiles(
         # Every one tried goes behind the others, fetched or not: a key Deribit refuses is not
         # asked again every run, nor do a hundred of them hold back every other user.
         connection.execute(
-            update(person).where(person.c.user_id.in_(tried)).values(profile_fetched_at=now)
+            update(person).where(person.c.user_id.in_(read_as)).values(profile_fetched_at=now)
         )
         kept = []
         for user_id, client_id, profile in fetched:
