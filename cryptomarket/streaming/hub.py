@@ -344,8 +344,7 @@ class StreamHub:
         if frame is not None:
             self.events_sent += stream.push_price(tick, frame)
         self.events_sent += stream.push(events.expired_frame(tick))
-        self._leave(stream, tick.ticker)
-        stream.timers.pop(tick.ticker, None)
+        self.unsubscribe(stream, tick.ticker)
 
     def forget_quiet_instruments(self, now_ms: int) -> list[str]:
         """Drop what is kept of instruments unwatched here and quiet for FORGET_QUIET_MS."""

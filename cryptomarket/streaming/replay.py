@@ -111,7 +111,7 @@ async def fetch(
     store_interval_ms: int = 0,
 ) -> Missed:
     ticker, timestamp = resume
-    stamp = publish_stamp(hub, ticker, timestamp)
+    stamp = hub.publish_stamp(ticker, timestamp)
     missed = Missed(ticker, timestamp, stamp, tickers, store_interval_ms=store_interval_ms)
     if not tickers:
         return missed
@@ -224,7 +224,7 @@ def _ahead_of_store(hub: StreamHub, latest: Tick, missed: Missed) -> bool:
     key ahead of the store. An unknown resume point has gaps of its own for what is uncertain."""
     if missed.stamp is None:
         return False
-    if publish_stamp(hub, latest.ticker, latest.timestamp) is not None:
+    if hub.publish_stamp(latest.ticker, latest.timestamp) is not None:
         return False
     return latest.received_at > missed.stamp
 
@@ -313,10 +313,6 @@ def _merged(stored: Iterable[Tick], recent: Iterable[Tick]) -> list[Tick]:
     by_timestamp = {tick.timestamp: tick for tick in stored}
     by_timestamp.update((tick.timestamp, tick) for tick in recent)
     return [by_timestamp[timestamp] for timestamp in sorted(by_timestamp)]
-
-
-def publish_stamp(hub: StreamHub, ticker: str, timestamp: int) -> datetime | None:
-    return hub.publish_stamp(ticker, timestamp)
 
 
 def recent_after(hub: StreamHub, ticker: str, stamp: datetime) -> list[Tick]:
