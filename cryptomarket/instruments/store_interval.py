@@ -4,10 +4,10 @@ batches the ticks come and whichever process stores them; and an instrument's fi
 delivery price). Index prices are always stored.
 
 Ticks of a ticker come in timestamp order (ingest publishes them so), so the newest stored window
-per instrument, and which update was chosen in it, is all there is to remember. The same update
-read again (a persist run whose write failed leaves its batch to the next run) is chosen again:
-the choice must not be spent before the write succeeds; a batch spanning many windows is chosen
-inside `choosing()`, which undoes its choices when its write fails. A window that ended
+per instrument is all there is to remember. A choice must not be spent before its write succeeds:
+a persist run whose write failed leaves its batch to the next run, which must choose the same
+updates again; so a batch is chosen inside `choosing()`, which undoes its choices when its write
+fails. A window that ended
 FORGET_AFTER_MS before the newest update seen is forgotten: its instrument's next update lies in
 a later window anyway, and without that the dict would keep every instrument ever stored.
 """
@@ -25,8 +25,7 @@ FORGET_AFTER_MS = 10 * 60 * 1000
 class StoreInterval:
     def __init__(self, interval_ms: int) -> None:
         self.interval_ms = interval_ms
-        # instrument -> (the window of its last kept tick, that tick's timestamp)
-        self._window: dict[str, tuple[int, int]] = {}
+        self._window: dict[str, int] = {}  # instrument -> the window of its last kept tick
         self._swept_at = 0  # the newest timestamp seen at the last sweep
 
     def keep(self, tick: Tick) -> bool:
@@ -42,10 +41,9 @@ class StoreInterval:
         if is_final(tick):
             self._window.pop(tick.ticker, None)  # nothing more comes of it
             return True
-        kept = self._window.get(tick.ticker)
-        if kept is not None and kept[0] >= window:
-            return kept == (window, tick.timestamp)  # the chosen update, read again
-        self._window[tick.ticker] = (window, tick.timestamp)
+        if self._window.get(tick.ticker, -1) >= window:
+            return False
+        self._window[tick.ticker] = window
         return True
 
     @contextlib.contextmanager
@@ -64,5 +62,5 @@ class StoreInterval:
 
     def _sweep(self, newest: int) -> None:
         before = (newest - FORGET_AFTER_MS) // self.interval_ms
-        self._window = {name: kept for name, kept in self._window.items() if kept[0] >= before}
+        self._window = {name: window for name, window in self._window.items() if window >= before}
         self._swept_at = newest
